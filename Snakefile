@@ -1,0 +1,44 @@
+# Concept resurgence study: erase (MACE) -> fine-tune on unrelated concepts -> measure what returns.
+# Rules are thin: each calls `python -m resurgence <stage>`; the logic lives in the package.
+from snakemake.utils import min_version, validate
+
+from resurgence.config import schema_path, validate_config
+from resurgence import study
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+# A bad config stops the run here, before any job, naming the key and the allowed values.
+validate_config(config)
+validate(config, str(schema_path()))
+study.check_study(config)
+
+
+wildcard_constraints:
+    task=r"[A-Za-z0-9_]+",
+    erase=r"[A-Za-z0-9_.-]+",
+    ftset=r"[A-Za-z0-9_]+",
+    ftmethod=r"[A-Za-z0-9_]+",
+    step=r"\d+",
+    experiment=r"fig\d+",
+    state=study.STATE_PATTERN,
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/toyworld.smk"
+include: "workflow/rules/erase.smk"
+include: "workflow/rules/ftdata.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        study.figure_targets(config),
+        toyworld_quality_target(),
+    default_target: True

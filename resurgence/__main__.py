@@ -1,0 +1,5 @@
+import sys
+
+from resurgence.cli import main
+
+sys.exit(main())

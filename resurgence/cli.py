@@ -1,0 +1,111 @@
+"""`python -m resurgence <stage>`: the command every Snakemake rule calls.
+
+Each stage is usable without Snakemake: specs are JSON strings, or `@file.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _json(value: str) -> Any:
+    if value.startswith("@"):
+        return json.loads(Path(value[1:]).read_text())
+    return json.loads(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resurgence", description=__doc__)
+    sub = p.add_subparsers(dest="stage", required=True)
+
+    tw = sub.add_parser("toyworld", help="train the toy world's models or measure their quality")
+    twsub = tw.add_subparsers(dest="action", required=True)
+    t = twsub.add_parser("train", help="train every toy model (or --only some) from scratch")
+    t.add_argument("--out-dir", required=True)
+    t.add_argument("--profile", choices=["gpu", "cpu", "smoke"], default="gpu")
+    t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
+    q.add_argument("--models", type=_json, required=True)
+    q.add_argument("--generation", type=_json, required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--images", type=int, default=4, help="images per concept and template")
+    q.add_argument("--out", required=True)
+    q.add_argument("--device", default="auto")
+
+    e = sub.add_parser("erase", help="MACE: erase a task's concepts -> erased_lora.safetensors")
+    e.add_argument("--spec", type=_json, required=True)
+    e.add_argument("--models", type=_json, required=True)
+    e.add_argument("--generation", type=_json, required=True)
+    e.add_argument("--out-dir", required=True)
+    e.add_argument("--device", default="auto")
+
+    d = sub.add_parser("ftdata", help="generate a fine-tune set with the base model")
+    d.add_argument("--spec", type=_json, required=True)
+    d.add_argument("--world", type=_json, required=True)
+    d.add_argument("--models", type=_json, required=True)
+    d.add_argument("--generation", type=_json, required=True)
+    d.add_argument("--out-dir", required=True)
+    d.add_argument("--device", default="auto")
+
+    f = sub.add_parser("finetune", help="fine-tune an erased model (LoRA or full)")
+    f.add_argument("--spec", type=_json, required=True)
+    f.add_argument("--models", type=_json, required=True)
+    f.add_argument("--erasure", required=True)
+    f.add_argument("--data", required=True)
+    f.add_argument("--out-dir", required=True)
+    f.add_argument("--device", default="auto")
+
+    g = sub.add_parser("generate", help="images of one model state for a task's prompts and seeds")
+    g.add_argument("--spec", type=_json, required=True)
+    g.add_argument("--models", type=_json, required=True)
+    g.add_argument("--erasure")
+    g.add_argument("--finetune")
+    g.add_argument("--step", type=int)
+    g.add_argument("--out-dir", required=True)
+    g.add_argument("--device", default="auto")
+
+    v = sub.add_parser("evaluate", help="score one model state's images -> tidy CSV")
+    v.add_argument("--images", required=True)
+    v.add_argument("--reference", required=True)
+    v.add_argument("--labels", type=_json, required=True)
+    v.add_argument("--state", type=_json, required=True)
+    v.add_argument("--models", type=_json, required=True)
+    v.add_argument("--out", required=True)
+    v.add_argument("--device", default="auto")
+
+    tb = sub.add_parser("tables", help="tidy, summary and resurgence tables of one experiment")
+    tb.add_argument("--experiment", required=True)
+    tb.add_argument("--runs", type=_json, required=True)
+    tb.add_argument("--inputs", nargs="+", required=True)
+    tb.add_argument("--out-dir", required=True)
+
+    fg = sub.add_parser("figure", help="one of the paper's figures from a summary table")
+    fg.add_argument("--name", required=True)
+    fg.add_argument("--summary", required=True)
+    fg.add_argument("--out", required=True)
+
+    gr = sub.add_parser("grids", help="compose image grids of base / erased / fine-tuned states")
+    gr.add_argument("--inputs", nargs="+", required=True)
+    gr.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from resurgence import stages
+
+    handler = getattr(stages, f"run_{args.stage}")
+    handler(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

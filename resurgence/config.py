@@ -1,0 +1,99 @@
+"""Study configuration: load, merge presets, and validate against the JSON schema.
+
+A bad config must stop the study before any job starts, with a message that names the key
+and what is allowed — so validation errors are rewritten from jsonschema's wording.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A study configuration that cannot run; the message names the offending key."""
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("resurgence") / "schemas" / "config.schema.yaml"))
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, the same rule Snakemake applies to ``--configfile`` overlays."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _key(path: Iterable[Any]) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    v = error.validator
+    if v == "enum":
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {schema['enum']}"
+    if v == "const":
+        return f"config key '{key}': must be {schema['const']!r}, got {error.instance!r}"
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f"; allowed keys: {allowed}" if allowed else ""
+        return f"config key '{key}': unknown key(s) {extra}{hint}"
+    if v == "required":
+        return f"config key '{key}': {error.message}"
+    if v == "type":
+        return f"config key '{key}': {error.instance!r} has the wrong type; expected {schema['type']}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"config key '{key}': {error.message}"
+    if v == "propertyNames":
+        return f"config key '{key}': bad name: {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Raise `ConfigError` listing every schema violation, each naming its key and the allowed values."""
+    validator_cls = jsonschema.validators.validator_for(load_schema())
+    validator = validator_cls(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        lines = []
+        for e in errors:
+            # Descend into the most specific sub-error (e.g. inside allOf/if-then).
+            leaf = min(e.context, key=lambda c: len(c.absolute_path) * -1) if e.context else e
+            lines.append(_describe(leaf))
+        raise ConfigError("invalid study configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
+
+
+def load_config(
+    paths: Iterable[str | os.PathLike] = ("config.yaml",), overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read and merge config files left to right (later wins), apply overrides, validate."""
+    config: dict[str, Any] = {}
+    for p in paths:
+        data = yaml.safe_load(Path(p).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
+        config = deep_merge(config, data)
+    if overrides:
+        config = deep_merge(config, overrides)
+    validate_config(config)
+    return config

@@ -1,0 +1,369 @@
+"""Fine-tuning of a (possibly erased) Stable-Diffusion pipeline on a generated set.
+
+The objective is the standard one of diffusers' ``train_text_to_image(_lora).py``: encode
+images with the VAE (times its scaling factor), draw timesteps uniformly, noise the latents
+with the pipe's own training noise schedule and regress the UNet output on the noise (or the
+velocity for v-prediction models) with MSE. LoRA goes through diffusers' PEFT integration.
+
+Resumability is exact: all randomness of a step comes from one CPU ``torch.Generator`` (noise,
+timesteps, VAE posterior samples) plus torch's global RNG (optional flips), both saved in every
+checkpoint, and the data order is a pure function of (seed, position). A run resumed from its
+latest checkpoint therefore equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from resurgence.finetune.config import FinetuneConfig
+from resurgence.finetune.data import FinetuneImageDataset, collate
+from resurgence.io import atomic_path, write_json
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+ADAPTER = "default"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+# Fields that may differ between a run and the run resuming it (extending training is allowed).
+_RESUME_FREE = {"steps", "checkpoint_every"}
+
+
+def _weight_dtype(cfg: FinetuneConfig) -> torch.dtype:
+    return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+
+
+def _setup_trainable(pipe, cfg: FinetuneConfig, device: torch.device) -> list[torch.nn.Parameter]:
+    """Freeze what is not trained, attach LoRA adapters, and return the trainable parameters (fp32)."""
+    unet, te, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    wdt = _weight_dtype(cfg)
+    for m in (unet, te, vae):
+        m.requires_grad_(False)
+    # Frozen weights may live in the half dtype (memory); trained weights stay fp32 (optimizer precision).
+    vae.to(device=device, dtype=wdt)
+    te.to(device=device, dtype=torch.float32 if cfg.train_text_encoder and cfg.method == "full" else wdt)
+    unet.to(device=device, dtype=torch.float32 if cfg.method == "full" else wdt)
+    if cfg.method == "lora":
+        unet.add_adapter(
+            LoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.target_modules),
+            ),
+            adapter_name=ADAPTER,
+        )
+        modules = [unet]
+        if cfg.train_text_encoder:
+            te.add_adapter(
+                LoraConfig(
+                    r=cfg.rank,
+                    lora_alpha=cfg.lora_alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=list(TEXT_ENCODER_LORA_TARGETS),
+                ),
+                adapter_name=ADAPTER,
+            )
+            modules.append(te)
+        params = [p for m in modules for n, p in m.named_parameters() if "lora_" in n]
+        for p in params:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+    else:
+        unet.requires_grad_(True)
+        params = list(unet.parameters())
+        if cfg.train_text_encoder:
+            te.requires_grad_(True)
+            params += list(te.parameters())
+    return params
+
+
+def _save_weights(pipe, cfg: FinetuneConfig, directory: Path) -> None:
+    """Trained weights in diffusers' formats: LoRA file, or ``unet/`` (+ ``text_encoder/``) folders."""
+    if cfg.method == "lora":
+        te_layers = get_peft_model_state_dict(pipe.text_encoder, adapter_name=ADAPTER) if cfg.train_text_encoder else None
+        type(pipe).save_lora_weights(
+            str(directory),
+            unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER),
+            text_encoder_lora_layers=te_layers,
+            unet_lora_adapter_metadata=pipe.unet.peft_config[ADAPTER].to_dict(),
+            text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config[ADAPTER].to_dict() if te_layers else None,
+            safe_serialization=True,
+        )
+    else:
+        pipe.unet.save_pretrained(str(directory / "unet"))
+        if cfg.train_text_encoder:
+            pipe.text_encoder.save_pretrained(str(directory / "text_encoder"))
+
+
+def _load_folder_state(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def _load_trained_weights(pipe, cfg: FinetuneConfig, directory: Path) -> None:
+    """Put a checkpoint's weights back into the (already adapted) modules, for resuming."""
+    if cfg.method == "lora":
+        state = load_file(str(directory / LORA_WEIGHTS))
+        for prefix, module in (("unet.", pipe.unet), ("text_encoder.", pipe.text_encoder)):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                res = set_peft_model_state_dict(module, sub, adapter_name=ADAPTER)
+                unexpected = getattr(res, "unexpected_keys", None)
+                if unexpected:
+                    raise RuntimeError(f"unexpected LoRA keys when resuming: {unexpected[:5]}")
+    else:
+        pipe.unet.load_state_dict(_load_folder_state(directory / "unet"))
+        if (directory / "text_encoder").is_dir():
+            pipe.text_encoder.load_state_dict(_load_folder_state(directory / "text_encoder"), strict=False)
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    return {
+        "generator": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(gen: torch.Generator, s: dict[str, Any]) -> None:
+    gen.set_state(s["generator"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``out_dir/checkpoints`` as (step, path), by step."""
+    root = Path(out_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _STEP_DIR.match(d.name)
+            if m and (d / "state.pt").is_file():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def _batch_indices(seed: int, n: int, start: int, size: int, cache: dict[int, torch.Tensor]) -> list[int]:
+    """Indices at stream positions [start, start+size): epochs of seeded permutations (stateless, resumable)."""
+    out = []
+    for pos in range(start, start + size):
+        epoch, i = divmod(pos, n)
+        if epoch not in cache:
+            cache.clear()  # only the current (and maybe next) epoch is ever needed
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(cache[epoch][i]))
+    return out
+
+
+def _loss(pipe, noise_scheduler, batch: dict[str, Any], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Epsilon (or v) MSE of diffusers' text-to-image fine-tuning, all noise drawn from ``gen`` on CPU."""
+    vae, unet, te = pipe.vae, pipe.unet, pipe.text_encoder
+    pixels = batch["pixel_values"].to(device=device, dtype=vae.dtype)
+    with torch.no_grad():
+        dist = vae.encode(pixels).latent_dist
+        eps = torch.randn(dist.mean.shape, generator=gen).to(device=device, dtype=dist.mean.dtype)
+        latents = dist.mean + dist.std * eps
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = ((latents - shift) * vae.config.scaling_factor).float()
+    noise = torch.randn(latents.shape, generator=gen).to(device)
+    bsz = latents.shape[0]
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    ids = batch["input_ids"].to(device)
+    with torch.set_grad_enabled(any(p.requires_grad for p in te.parameters())):
+        hidden = te(ids, return_dict=False)[0]
+    pred_type = noise_scheduler.config.prediction_type
+    if pred_type == "epsilon":
+        target = noise
+    elif pred_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type {pred_type!r}")
+    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), return_dict=False)[0]
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
+    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_memory_kind": "host_maxrss"}
+
+
+def finetune(
+    pipe,
+    dataset_dir: str | os.PathLike,
+    cfg: FinetuneConfig,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``pipe`` in place on the set in ``dataset_dir``; write checkpoints, ``final/`` and the log.
+
+    Resumes from the latest complete checkpoint in ``out_dir/checkpoints`` when one exists
+    (its config must match except ``steps``/``checkpoint_every``). After return, ``pipe`` holds
+    the trained model (LoRA as an active, unfused adapter). Returns the training log.
+    """
+    device = torch.device(device)
+    out = Path(out_dir)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    dataset = FinetuneImageDataset(dataset_dir, pipe.tokenizer, resolution)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    params = _setup_trainable(pipe, cfg, device)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    warm = cfg.lr_warmup_steps
+    # diffusers' "constant_with_warmup" schedule.
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / max(1, warm) if s < warm else 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+
+    start, losses, prior_wall, resumed_from = 0, [], 0.0, None
+    ckpts = [c for c in list_checkpoints(out) if c[0] <= cfg.steps]
+    if ckpts:
+        step, ckpt = ckpts[-1]
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        old = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
+        new = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(f"cannot resume from {ckpt}: config differs in {diff}")
+        _load_trained_weights(pipe, cfg, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(gen, state["rng"])
+        start, losses, prior_wall, resumed_from = state["step"], list(state["losses"]), state["wall_time_s"], str(ckpt)
+
+    autocast = torch.autocast(device.type, dtype=_weight_dtype(cfg), enabled=cfg.mixed_precision != "no")
+    pipe.unet.train()
+    if cfg.train_text_encoder:
+        pipe.text_encoder.train()
+    perm_cache: dict[int, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="finetune", disable=not progress or None, initial=start, total=cfg.steps)
+    for step in bar:
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            pos = (step * cfg.grad_accum + micro) * cfg.batch_size
+            idx = _batch_indices(cfg.seed, len(dataset), pos, cfg.batch_size, perm_cache)
+            batch = collate([dataset[i] for i in idx])
+            with autocast:
+                loss = _loss(pipe, noise_scheduler, batch, gen, device)
+            scaler.scale(loss / cfg.grad_accum).backward()
+            step_loss += loss.item() / cfg.grad_accum
+        scaler.unscale_(optimizer)
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        lr_scheduler.step()
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0:
+            _checkpoint(
+                pipe, cfg, out, done, optimizer, lr_scheduler, scaler, gen, losses, prior_wall + time.perf_counter() - t0
+            )
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    for p in params:
+        p.requires_grad_(False)
+
+    with atomic_path(out / "final", is_dir=True) as tmp:
+        _save_weights(pipe, cfg, tmp)
+        write_json(tmp / "finetune_config.json", cfg.to_dict())
+    log = {
+        "losses": losses,
+        "steps": cfg.steps,
+        "wall_time_s": prior_wall + time.perf_counter() - t0,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dataset_dir": str(dataset_dir),
+        "n_images": len(dataset),
+        "n_trainable_params": int(sum(p.numel() for p in params)),
+        "resumed_from": resumed_from,
+        **_peak_memory(device),
+    }
+    write_json(out / "train_log.json", log)
+    return log
+
+
+def _checkpoint(pipe, cfg, out: Path, step: int, optimizer, lr_scheduler, scaler, gen, losses, wall: float) -> Path:
+    """Write ``checkpoints/step-{step:06d}/`` (weights + ``state.pt``) as one atomic directory."""
+    final = out / "checkpoints" / f"step-{step:06d}"
+    with atomic_path(final, is_dir=True) as tmp:
+        _save_weights(pipe, cfg, tmp)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": _rng_state(gen),
+            "losses": list(losses),
+            "wall_time_s": wall,
+            "config": cfg.to_dict(),
+        }
+        torch.save(state, tmp / "state.pt")
+    return final
+
+
+def load_finetuned(pipe, ckpt_dir: str | os.PathLike):
+    """Apply a checkpoint (``final/`` or ``checkpoints/step-*``) to ``pipe`` in place; LoRA is fused.
+
+    Fusing makes the result a plain pipeline (no adapter layers), so evaluation code and
+    later weight edits see ordinary weights. Returns ``pipe``.
+    """
+    d = Path(ckpt_dir)
+    if (d / LORA_WEIGHTS).is_file():
+        had_adapters = bool(getattr(pipe.unet, "peft_config", None))
+        pipe.load_lora_weights(str(d), adapter_name="finetune")
+        pipe.fuse_lora(adapter_names=["finetune"], lora_scale=1.0)
+        if had_adapters:
+            pipe.delete_adapters("finetune")
+        else:
+            pipe.unload_lora_weights()
+    elif (d / "unet").is_dir():
+        unet_state = _load_folder_state(d / "unet")
+        ref = next(iter(pipe.unet.parameters()))
+        pipe.unet.load_state_dict({k: v.to(device=ref.device, dtype=ref.dtype) for k, v in unet_state.items()})
+        if (d / "text_encoder").is_dir():
+            te_ref = next(iter(pipe.text_encoder.parameters()))
+            te_state = _load_folder_state(d / "text_encoder")
+            pipe.text_encoder.load_state_dict(
+                {k: v.to(device=te_ref.device, dtype=te_ref.dtype) for k, v in te_state.items()}, strict=False
+            )
+    else:
+        raise FileNotFoundError(f"{d} holds neither {LORA_WEIGHTS} nor a unet/ folder")
+    return pipe

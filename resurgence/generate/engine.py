@@ -1,0 +1,176 @@
+"""Batched, seed-addressed image generation.
+
+Every image's initial latent comes from its own CPU generator seeded with that image's seed,
+so an image is a function of (model, prompt, seed, config) only: batch size, batch
+composition and device placement of the RNG never change what a given (prompt, seed) yields.
+That is what makes evaluation runs resumable and comparable across models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from resurgence.io import atomic_path
+from resurgence.models.pipeline import SCHEDULERS, make_scheduler
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Map a config dtype name ("float32", "bf16", ...) to a torch dtype."""
+    key = DTYPE_ALIASES.get(name, name)
+    if key not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES) + sorted(DTYPE_ALIASES)}, got {name!r}")
+    return DTYPES[key]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings; ``height``/``width`` None means the UNet's native resolution."""
+
+    steps: int = 25
+    guidance_scale: float = 7.5
+    batch_size: int = 32
+    height: int | None = None
+    width: int | None = None
+    scheduler: str = "ddim"
+    dtype: str = "float32"
+    negative_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+        resolve_dtype(self.dtype)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
+        """Build from a config mapping, rejecting unknown keys (typos must not silently fall back)."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown GenerationConfig keys: {unknown}")
+        return cls(**d)
+
+
+def _sampling_pipe(pipe, scheduler: str):
+    """A pipeline sharing ``pipe``'s modules but with its own scheduler (the caller's pipe keeps its own)."""
+    sched = make_scheduler(scheduler, dict(pipe.scheduler.config))
+    kwargs: dict[str, Any] = {**pipe.components, "scheduler": sched}
+    if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
+        kwargs["requires_safety_checker"] = pipe.config.get("requires_safety_checker", False)
+    p = type(pipe)(**kwargs)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+    """Float32 CPU latents, one row per seed, each from its own ``torch.Generator().manual_seed(seed)``."""
+    shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    cfg: GenerationConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[Image.Image]:
+    """One RGB image per (prompt, seed) pair, generated in batches of ``cfg.batch_size``.
+
+    The pipe's modules are moved to ``device`` and cast to ``cfg.dtype`` in place (copying SD
+    weights per call would be wasteful); its scheduler is left untouched.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"prompts and seeds must have the same length ({len(prompts)} != {len(seeds)})")
+    if not prompts:
+        return []
+    dtype = resolve_dtype(cfg.dtype)
+    pipe.to(device=device, dtype=dtype)
+    sp = _sampling_pipe(pipe, cfg.scheduler)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = cfg.height or native, cfg.width or native
+    images: list[Image.Image] = []
+    starts = range(0, len(prompts), cfg.batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress or None, leave=False):
+        bp = list(prompts[start : start + cfg.batch_size])
+        bs = list(seeds[start : start + cfg.batch_size])
+        latents = initial_latents(pipe, bs, height, width).to(device=device, dtype=dtype)
+        out = sp(
+            prompt=bp,
+            negative_prompt=[cfg.negative_prompt] * len(bp) if cfg.guidance_scale > 1 else None,
+            height=height,
+            width=width,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            latents=latents,
+            output_type="pil",
+        )
+        images.extend(img.convert("RGB") for img in out.images)
+    return images
+
+
+def _file_name(record: dict[str, Any], i: int) -> str:
+    return str(record.get("file_name") or f"{i:06d}.png")
+
+
+def generate_to_dir(
+    pipe,
+    records: list[dict[str, Any]],
+    cfg: GenerationConfig,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Generate one PNG per record (needs "prompt" and "seed"), then write ``index.jsonl``.
+
+    Resumable: records whose PNG already exists are skipped, so a crashed job continues where
+    it stopped. Each PNG is written atomically, and ``index.jsonl`` (record + ``file_name``,
+    default ``{i:06d}.png`` unless the record names one) is written last, so its presence
+    means the directory is complete. Returns the index rows.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, r in enumerate(records):
+        if "prompt" not in r or "seed" not in r:
+            raise ValueError(f"record {i} lacks 'prompt' or 'seed': {r}")
+        rows.append({**r, "file_name": _file_name(r, i)})
+    names = [r["file_name"] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError("records map to duplicate file names")
+    todo = [r for r in rows if not (out / r["file_name"]).exists()]
+    chunk = cfg.batch_size
+    starts = range(0, len(todo), chunk)
+    for start in tqdm(starts, desc=f"generate {out.name}", disable=not progress or None):
+        batch = todo[start : start + chunk]
+        imgs = generate(pipe, [r["prompt"] for r in batch], [int(r["seed"]) for r in batch], cfg, device, False)
+        for r, img in zip(batch, imgs, strict=True):
+            target = out / r["file_name"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target) as tmp:
+                img.save(tmp, format="PNG")
+    with atomic_path(out / "index.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+    return rows
+
+
+def config_dict(cfg: GenerationConfig) -> dict[str, Any]:
+    """Plain dict of a config, for manifests."""
+    return asdict(cfg)

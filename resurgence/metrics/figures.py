@@ -1,0 +1,482 @@
+"""Seaborn figures mirroring the paper's Figs. 5-13 (plus a fine-tuning trajectory and image grids).
+
+Every figure function takes a per-seed summary (``tables.summarize``; tidy rows are accepted
+and summarized) and writes a PNG (``DPI``) plus a PDF beside it.  Bars are means over seeds
+with 95% bootstrap intervals (the seed is the unit, as in the paper).  Runs not varied by a
+figure are held at ``BASELINE`` (default erasure, LoRA, random in-domain fine-tune set).
+Missing variants give a "no data" panel instead of a crash; input lacking the figure's
+metric altogether raises ``ValueError`` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from resurgence.io import atomic_path  # noqa: E402
+from resurgence.metrics.tables import (  # noqa: E402
+    ACCURACY_METRIC,
+    _as_summary,
+    _metric_rows,
+    task_label,
+    task_sort_key,
+)
+
+DPI = 150
+FIGSIZE: tuple[float, float] = (11.0, 4.5)  # inches; every data figure uses it (PNG 1650 x 675)
+GRID_WIDTH_IN = 10.0
+CI = ("ci", 95)
+BOOTSTRAP_SEED = 0  # seaborn bootstraps the interval; fix it so reruns give identical files
+
+STATE_LABELS = {"base": "Base model", "erased": "After erasure", "finetuned": "After fine-tuning"}
+STATE_COLORS = {"base": "0.25", "erased": "#4C72B0", "finetuned": "#DD8452"}
+DOMAIN_TITLES = {"identity": "Identity erasure", "object": "Object erasure"}
+ACC_YLABELS = {
+    "identity": "Identity accuracy on erased identities",
+    "object": "CLIP accuracy on erased objects",
+}
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The settings a figure holds fixed while it varies one factor (paper Secs. 3-5)."""
+
+    erase: str = "default"
+    ftmethod: str = "lora"
+    ftset: Mapping[str, str] = field(
+        default_factory=lambda: {"identity": "random_identity", "object": "random_object"}
+    )
+
+
+BASELINE = Baseline()
+
+
+# --------------------------------------------------------------------------- data shaping
+
+
+def _state_long(summary: pd.DataFrame, role: str, metric: str | Mapping[str, str], baseline: Baseline) -> pd.DataFrame:
+    """Long rows (run columns, seed, state, value): base and erased rows copied into every run.
+
+    Runs are the final fine-tuned ones; a task/erase with no fine-tuned run yet gets the
+    baseline run so its erased (and base) bars still show.
+    """
+    rows = _metric_rows(summary, role, metric)
+    run_cols = ["task", "domain", "erase", "ftset", "ftmethod"]
+    final = rows[(rows["state"] == "finetuned") & rows["is_final"]]
+    runs = final[run_cols].drop_duplicates()
+    pairs = rows.loc[rows["state"] == "erased", ["task", "domain", "erase"]].drop_duplicates()
+    tasks = rows.loc[rows["state"] == "base", ["task", "domain"]].drop_duplicates()
+    extra_pairs = pairs.merge(runs[["task", "erase"]].drop_duplicates(), how="left", indicator=True)
+    extra_pairs = extra_pairs[extra_pairs["_merge"] == "left_only"].drop(columns="_merge")
+    extra_tasks = tasks[~tasks["task"].isin(set(runs["task"]) | set(pairs["task"]))].assign(erase=baseline.erase)
+    extra = pd.concat([extra_pairs, extra_tasks], ignore_index=True)
+    extra = extra.assign(ftset=extra["domain"].map(dict(baseline.ftset)).fillna(""), ftmethod=baseline.ftmethod)
+    runs = pd.concat([runs, extra[run_cols]], ignore_index=True)
+
+    def mean(sel: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        return sel.groupby([*keys, "seed"], sort=True)["value"].mean().reset_index()
+
+    parts = [
+        runs.merge(mean(rows[rows["state"] == "base"], ["task", "domain"]), on=["task", "domain"]).assign(state="base"),
+        runs.merge(mean(rows[rows["state"] == "erased"], ["task", "domain", "erase"]), on=["task", "domain", "erase"]).assign(
+            state="erased"
+        ),
+        runs.merge(mean(final, run_cols), on=run_cols).assign(state="finetuned"),
+    ]
+    return pd.concat(parts, ignore_index=True)[[*run_cols, "seed", "state", "value"]]
+
+
+def _require_metric(summary: pd.DataFrame, metrics: Sequence[str], figure: str) -> None:
+    if not summary["metric"].isin(list(metrics)).any():
+        names = " or ".join(repr(m) for m in metrics)
+        raise ValueError(f"{figure}: input has no rows with metric {names}; cannot draw it")
+
+
+# --------------------------------------------------------------------------- x-axis variants
+# Each returns (sort key, label) for a long row, or None when the row is not part of the figure.
+
+XFunc = Callable[[pd.Series, Baseline], "tuple[tuple, str] | None"]
+
+
+def _is_baseline(row: pd.Series, b: Baseline, *, erase: bool = True, ftset: bool = True, ftmethod: bool = True) -> bool:
+    return (
+        (not erase or row["erase"] == b.erase)
+        and (not ftset or row["ftset"] == b.ftset.get(row["domain"]))
+        and (not ftmethod or row["ftmethod"] == b.ftmethod)
+    )
+
+
+def _x_task(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    return (task_sort_key(row["task"]), task_label(row["task"])) if _is_baseline(row, b) else None
+
+
+def _x_mapping(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    if not _is_baseline(row, b, erase=False):
+        return None
+    if row["erase"] == b.erase:
+        return ((0, ""), "default")
+    m = re.fullmatch(r"mapping[_-](.+)", row["erase"])
+    return ((1, m.group(1)), m.group(1).replace("_", " ")) if m else None
+
+
+def _lambda_value(erase: str) -> float | None:
+    m = re.fullmatch(r"lambda_?1?[_=-]?(.+)", erase)
+    if not m:
+        return None
+    try:
+        return float(m.group(1))
+    except ValueError:
+        return None
+
+
+def _x_lambda(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    value = _lambda_value(row["erase"])
+    if value is None or not _is_baseline(row, b, erase=False):
+        return None
+    label = "0" if value == 0 else np.format_float_scientific(value, trim="-", exp_digits=2)
+    return ((value,), label)
+
+
+def _x_ftmethod(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    if not _is_baseline(row, b, ftmethod=False):
+        return None
+    names = {"lora": (0, "LoRA"), "full": (1, "Full")}
+    rank, label = names.get(row["ftmethod"], (2, row["ftmethod"]))
+    return ((rank, row["ftmethod"]), label)
+
+
+def _x_tercile(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    m = re.search(r"tercile\D*(\d+)$", row["ftset"])
+    if not m or not _is_baseline(row, b, ftset=False):
+        return None
+    return ((int(m.group(1)),), f"Tercile {m.group(1)}")
+
+
+def _x_domain(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+    if not _is_baseline(row, b, ftset=False):
+        return None
+    if row["ftset"] == b.ftset.get(row["domain"]):
+        return ((0,), "In-domain")
+    if row["ftset"] in b.ftset.values():
+        return ((1,), "Out-of-domain")
+    return None
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class _BarSpec:
+    name: str
+    title: str
+    xlabel: str
+    role: str
+    metric: Mapping[str, str]
+    x: XFunc
+    domains: tuple[str, ...]
+    ylabel: Mapping[str, str]
+    x_is_task: bool = False
+    only_domains_with_data: bool = False
+
+
+def _write(fig: Figure, out_path: PathLike) -> None:
+    """PNG at ``DPI`` plus a PDF beside it, both atomically (fixed size: no tight bbox)."""
+    png = Path(out_path)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    with atomic_path(png.with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, format="pdf", dpi=DPI, metadata={"CreationDate": None})
+
+
+def _no_data(ax, message: str = "no data") -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=12)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend(fig: Figure, states: Sequence[str], base_ref: bool) -> None:
+    handles = [Patch(facecolor=STATE_COLORS[s], label=STATE_LABELS[s]) for s in states]
+    if base_ref:
+        handles.append(Line2D([], [], color=STATE_COLORS["base"], linestyle="--", label=STATE_LABELS["base"]))
+    fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), frameon=False)
+
+
+def _with_x(long: pd.DataFrame, spec: _BarSpec, baseline: Baseline) -> pd.DataFrame:
+    """Attach x sort keys/labels; a variant panel with several tasks prefixes labels by task."""
+    if long.empty:
+        return long.assign(xkey=[], x=[])
+    keyed = [spec.x(row, baseline) for _, row in long.iterrows()]
+    mask = [k is not None for k in keyed]
+    out = long[mask].copy()
+    out["xkey"] = [k[0] for k in keyed if k is not None]
+    out["x"] = [k[1] for k in keyed if k is not None]
+    if not spec.x_is_task:
+        multi = out.groupby("domain")["task"].transform("nunique") > 1
+        out.loc[multi, "x"] = [f"{task_label(t)}\n{x}" for t, x in zip(out.loc[multi, "task"], out.loc[multi, "x"], strict=True)]
+        out["xkey"] = [(task_sort_key(t), k) if m else k for t, k, m in zip(out["task"], out["xkey"], multi, strict=True)]
+    return out
+
+
+def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str]) -> None:
+    """Bars per x and state (mean, 95% CI over seeds) with the base model as dashed reference ticks."""
+    order = list(dict.fromkeys(x for _, x in sorted(zip(data["xkey"], data["x"], strict=True))))
+    bars = data[data["state"].isin(states)]
+    if not bars.empty:
+        sns.barplot(
+            data=bars,
+            x="x",
+            y="value",
+            hue="state",
+            order=order,
+            hue_order=list(states),
+            palette=STATE_COLORS,
+            errorbar=CI,
+            seed=BOOTSTRAP_SEED,
+            capsize=0.1,
+            err_kws={"linewidth": 1.2},
+            ax=ax,
+            legend=False,
+        )
+    else:
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlim(-0.5, len(order) - 0.5)
+    base = data[data["state"] == "base"].groupby("x")["value"].mean()
+    for i, x in enumerate(order):
+        if x in base.index and np.isfinite(base[x]):
+            ax.hlines(base[x], i - 0.45, i + 0.45, colors=STATE_COLORS["base"], linestyles="--", linewidth=1.5)
+    values = data["value"].dropna()
+    if not values.empty and values.min() >= 0 and values.max() <= 1:
+        ax.set_ylim(0, 1.02)
+    if len(order) > 3 or any(len(x) > 14 for x in order):
+        ax.tick_params(axis="x", labelrotation=20)
+
+
+def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec, baseline: Baseline) -> None:
+    s = _as_summary(summary)
+    _require_metric(s, sorted(set(spec.metric.values())), spec.name)
+    long = _with_x(_state_long(s, spec.role, spec.metric, baseline), spec, baseline)
+    domains = list(spec.domains)
+    if spec.only_domains_with_data:
+        present = [d for d in domains if (long["domain"] == d).any()]
+        domains = present or domains[:1]
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    axes = fig.subplots(1, len(domains), squeeze=False)[0]
+    states = ("erased", "finetuned")
+    for ax, domain in zip(axes, domains, strict=True):
+        data = long[long["domain"] == domain]
+        ax.set_title(DOMAIN_TITLES.get(domain, domain))
+        if data.empty:
+            _no_data(ax)
+            continue
+        _bar_panel(ax, data, states)
+        ax.set_xlabel(spec.xlabel)
+        ax.set_ylabel(spec.ylabel.get(domain, ""))
+    fig.suptitle(spec.title)
+    _legend(fig, states, base_ref=True)
+    _write(fig, out_path)
+
+
+def _acc_spec(name: str, title: str, xlabel: str, x: XFunc, domains=("object", "identity"), x_is_task=False) -> _BarSpec:
+    return _BarSpec(name, title, xlabel, "erased", ACCURACY_METRIC, x, domains, ACC_YLABELS, x_is_task=x_is_task)
+
+
+# --------------------------------------------------------------------------- paper figures
+
+
+def fig5_resurgence(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 5: accuracy on erased concepts after erasure vs after in-domain fine-tuning, per task."""
+    spec = _acc_spec(
+        "fig5", "Concept resurgence after fine-tuning", "Task", _x_task, ("identity", "object"), x_is_task=True
+    )
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig6_mapping(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 6: effect of the mapping concept (erase variants ``mapping_*`` vs ``default``)."""
+    _bar_figure(summary, out_path, _acc_spec("fig6", "Effect of the mapping concept", "Mapping concept", _x_mapping), baseline)
+
+
+def fig7_lambda(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 7: effect of the cross-attention regularization λ1 (erase variants ``lambda1_<value>``)."""
+    spec = _acc_spec("fig7", "Effect of regularization λ1 in cross-attention refinement", "λ1", _x_lambda)
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig8_ftmethod(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 8: LoRA vs full-parameter fine-tuning."""
+    spec = _acc_spec("fig8", "LoRA vs full fine-tuning", "Fine-tuning algorithm", _x_ftmethod)
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig9_terciles(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 9: fine-tune sets by CLIP-similarity tercile to the erased concepts (``*tercile_<k>``)."""
+    spec = _acc_spec("fig9", "Similarity of the fine-tuning set to the erased concepts", "CLIP-similarity tercile", _x_tercile)
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig10_domain(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 10: in-domain vs out-of-domain random fine-tune sets."""
+    spec = _acc_spec("fig10", "In-domain vs out-of-domain fine-tuning", "Fine-tuning set", _x_domain)
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig11_retained(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 11: accuracy on *retained* concepts before vs after fine-tuning (App. B)."""
+    ylabels = {"identity": "Identity accuracy on retained identities", "object": "CLIP accuracy on retained objects"}
+    spec = _BarSpec(
+        "fig11", "Accuracy on retained concepts", "Task", "retained", ACCURACY_METRIC, _x_task,
+        ("identity", "object"), ylabels, x_is_task=True,
+    )  # fmt: skip
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig12_clip_score(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 12: CLIP score on unrelated captions before vs after fine-tuning (App. B)."""
+    spec = _BarSpec(
+        "fig12", "CLIP score on unrelated captions", "Task", "caption",
+        {"identity": "clip_score", "object": "clip_score"}, _x_task, ("identity", "object"),
+        {"identity": "CLIP score", "object": "CLIP score"}, x_is_task=True, only_domains_with_data=True,
+    )  # fmt: skip
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig13_fid(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Fig. 13: FID on unrelated captions before vs after fine-tuning (App. B; lower is better)."""
+    spec = _BarSpec(
+        "fig13", "FID on unrelated captions (lower is better)", "Task", "caption",
+        {"identity": "fid", "object": "fid"}, _x_task, ("identity", "object"),
+        {"identity": "FID", "object": "FID"}, x_is_task=True, only_domains_with_data=True,
+    )  # fmt: skip
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+    """Accuracy on erased concepts vs fine-tune step (step 0 = erased model), one line per task.
+
+    Lines are means over seeds with 95% intervals; dotted lines mark each task's base model.
+    """
+    s = _as_summary(summary)
+    _require_metric(s, sorted(set(ACCURACY_METRIC.values())), "trajectory")
+    rows = _metric_rows(s, "erased", ACCURACY_METRIC)
+    in_domain = rows["ftset"] == rows["domain"].map(dict(baseline.ftset))
+    steps = rows[(rows["state"] == "finetuned") & (rows["erase"] == baseline.erase) & in_domain & (rows["ftmethod"] == baseline.ftmethod)]
+    steps = steps.groupby(["task", "domain", "step", "seed"], sort=True)["value"].mean().reset_index()
+    erased = rows[(rows["state"] == "erased") & (rows["erase"] == baseline.erase)]
+    erased = erased.groupby(["task", "domain", "seed"], sort=True)["value"].mean().reset_index().assign(step=0)
+    base = rows[rows["state"] == "base"].groupby(["task", "domain"])["value"].mean()
+    data = pd.concat([erased, steps], ignore_index=True)
+    data["label"] = data["task"].map(task_label)
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, domain in zip(axes, ("identity", "object"), strict=True):
+        d = data[data["domain"] == domain]
+        ax.set_title(DOMAIN_TITLES[domain])
+        if d.empty:
+            _no_data(ax)
+            continue
+        tasks = sorted(d["task"].unique(), key=task_sort_key)
+        labels = [task_label(t) for t in tasks]
+        colors = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=True))
+        sns.lineplot(
+            data=d, x="step", y="value", hue="label", hue_order=labels, palette=colors,
+            errorbar=CI, seed=BOOTSTRAP_SEED, marker="o", ax=ax,
+        )  # fmt: skip
+        for task, label in zip(tasks, labels, strict=True):
+            if (task, domain) in base.index:
+                ax.axhline(base[(task, domain)], color=colors[label], linestyle=":", linewidth=1.2)
+        handles, names = ax.get_legend_handles_labels()
+        handles.append(Line2D([], [], color="0.3", linestyle=":", label=STATE_LABELS["base"]))
+        ax.legend(handles=handles, fontsize=8, frameon=False)
+        ax.set_xlabel("Fine-tuning step (0 = after erasure)")
+        ax.set_ylabel(ACC_YLABELS[domain])
+        if d["value"].between(0, 1).all():
+            ax.set_ylim(0, 1.02)
+    fig.suptitle("Accuracy on erased concepts during fine-tuning")
+    _write(fig, out_path)
+
+
+# --------------------------------------------------------------------------- image grids
+
+
+def grid_figsize(shapes: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Figure size (inches) for stacking images of ``(height, width)`` at ``GRID_WIDTH_IN`` wide."""
+    image_width = 0.88 * GRID_WIDTH_IN  # the rest is the row-label margin
+    height = sum(image_width * h / w for h, w in shapes) + 0.25 * len(shapes) + 0.5
+    return (GRID_WIDTH_IN, round(height, 2))
+
+
+def image_grid_figure(grid_pngs: Mapping[str, PathLike], out_path: PathLike, *, title: str | None = None) -> None:
+    """Stack existing image grids (e.g. base / erased / fine-tuned rows, paper Figs. 2-4), labelled by key."""
+    if not grid_pngs:
+        raise ValueError("image_grid_figure: no grid PNGs given")
+    images = []
+    for label, path in grid_pngs.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image_grid_figure: grid for {label!r} not found: {path}")
+        with Image.open(path) as im:
+            images.append((label, np.asarray(im.convert("RGB"))))
+    shapes = [img.shape[:2] for _, img in images]
+    fig = Figure(figsize=grid_figsize(shapes), layout="constrained")
+    axes = fig.subplots(len(images), 1, squeeze=False, height_ratios=[h / w for h, w in shapes])[:, 0]
+    for ax, (label, img) in zip(axes, images, strict=True):
+        ax.imshow(img, interpolation="lanczos")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=90, fontsize=11)
+    if title:
+        fig.suptitle(title)
+    _write(fig, out_path)
+
+
+FIGURES: dict[str, Callable[..., None]] = {
+    "fig5": fig5_resurgence,
+    "fig6": fig6_mapping,
+    "fig7": fig7_lambda,
+    "fig8": fig8_ftmethod,
+    "fig9": fig9_terciles,
+    "fig10": fig10_domain,
+    "fig11": fig11_retained,
+    "fig12": fig12_clip_score,
+    "fig13": fig13_fid,
+    "trajectory": fig_trajectory,
+}
+
+__all__ = [
+    "BASELINE",
+    "DPI",
+    "FIGSIZE",
+    "FIGURES",
+    "Baseline",
+    "fig5_resurgence",
+    "fig6_mapping",
+    "fig7_lambda",
+    "fig8_ftmethod",
+    "fig9_terciles",
+    "fig10_domain",
+    "fig11_retained",
+    "fig12_clip_score",
+    "fig13_fid",
+    "fig_trajectory",
+    "grid_figsize",
+    "image_grid_figure",
+]

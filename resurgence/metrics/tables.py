@@ -1,0 +1,377 @@
+"""Tidy evaluation rows -> per-seed summaries -> the resurgence rate.
+
+Evaluation jobs write *tidy* CSVs (one row per model state x concept x prompt x seed x
+metric, columns ``TIDY_COLUMNS``).  Everything downstream (tables, figures) starts from
+``summarize``, whose unit is the seed, because the paper's 95% intervals are over seeds.
+``resurgence_rate`` is the one place in the project where resurgence is defined.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from resurgence.io import atomic_path
+
+TIDY_COLUMNS: tuple[str, ...] = (
+    "task",
+    "domain",
+    "erase",
+    "ftset",
+    "ftmethod",
+    "state",
+    "step",
+    "is_final",
+    "concept",
+    "role",
+    "prompt",
+    "template",
+    "seed",
+    "metric",
+    "value",
+)
+
+STRING_COLUMNS: tuple[str, ...] = (
+    "task",
+    "domain",
+    "erase",
+    "ftset",
+    "ftmethod",
+    "state",
+    "concept",
+    "role",
+    "prompt",
+    "template",
+    "metric",
+)
+
+# Summary rows are keyed by everything that identifies a model state, plus role/metric/seed.
+SUMMARY_KEYS: tuple[str, ...] = (
+    "task",
+    "domain",
+    "erase",
+    "ftset",
+    "ftmethod",
+    "state",
+    "step",
+    "is_final",
+    "role",
+    "metric",
+    "seed",
+)
+SUMMARY_COLUMNS: tuple[str, ...] = (*SUMMARY_KEYS, "value", "n")
+
+# A fine-tuning run is identified by these; base/erased states are shared between runs.
+RUN_KEYS: tuple[str, ...] = ("task", "erase", "ftset", "ftmethod")
+
+DOMAINS: tuple[str, ...] = ("identity", "object")
+STATES: tuple[str, ...] = ("base", "erased", "finetuned")
+ROLES: tuple[str, ...] = ("erased", "retained", "caption")
+FTMETHODS: tuple[str, ...] = ("lora", "full", "none")
+METRICS: tuple[str, ...] = ("identity_acc", "clip_acc", "clip_score", "fid")
+
+ACCURACY_METRIC: dict[str, str] = {"identity": "identity_acc", "object": "clip_acc"}
+
+# Recovery is undefined when erasure removed (almost) nothing: dividing by ~0 is noise.
+RECOVERY_MIN_GAP = 0.01
+
+RESURGENCE_COLUMNS: tuple[str, ...] = (
+    "task",
+    "domain",
+    "erase",
+    "ftset",
+    "ftmethod",
+    "seed",
+    "step",
+    "metric",
+    "acc_base",
+    "acc_erased",
+    "acc_finetuned",
+    "resurgence",
+    "recovery",
+)
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _to_bool(series: pd.Series, column: str) -> pd.Series:
+    """CSV round-trips booleans as text; accept the usual spellings, reject anything else."""
+    if series.dtype == bool:
+        return series
+    mapping = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+    text = series.astype(str).str.strip().str.lower()
+    bad = sorted(set(text[~text.isin(list(mapping))]))
+    if bad:
+        raise ValueError(f"column {column!r} must be boolean; got values {bad[:5]}")
+    return text.map(mapping).astype(bool)
+
+
+def _to_int(series: pd.Series, column: str) -> pd.Series:
+    numeric = pd.to_numeric(series, errors="coerce")
+    bad = numeric.isna() | (numeric != np.round(numeric))
+    if bad.any():
+        raise ValueError(f"column {column!r} must be integer; got values {sorted(set(series[bad].astype(str)))[:5]}")
+    return numeric.astype(np.int64)
+
+
+def _check_values(df: pd.DataFrame, column: str, allowed: Sequence[str]) -> None:
+    bad = sorted(set(df[column]) - set(allowed))
+    if bad:
+        raise ValueError(f"column {column!r} has unknown values {bad}; allowed: {list(allowed)}")
+
+
+def validate_tidy(df: pd.DataFrame, columns: Sequence[str] = TIDY_COLUMNS) -> pd.DataFrame:
+    """Check required columns and coerce dtypes, so every later groupby sees the same types.
+
+    Raises ``ValueError`` naming missing columns or offending values.  Returns a copy.
+    """
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"missing columns: {missing}")
+    out = df.copy()
+    for col in STRING_COLUMNS:
+        if col in out.columns:
+            out[col] = out[col].fillna("").astype(str)
+    out["step"] = _to_int(out["step"], "step")
+    out["seed"] = _to_int(out["seed"], "seed")
+    out["is_final"] = _to_bool(out["is_final"], "is_final")
+    value = pd.to_numeric(out["value"], errors="coerce")
+    bad = value.isna() & out["value"].notna() & (out["value"].astype(str).str.strip().str.lower() != "nan")
+    if bad.any():
+        raise ValueError(f"column 'value' must be numeric; got {sorted(set(out['value'][bad].astype(str)))[:5]}")
+    out["value"] = value.astype(float)
+    _check_values(out, "domain", DOMAINS)
+    _check_values(out, "state", STATES)
+    _check_values(out, "role", ROLES)
+    _check_values(out, "ftmethod", FTMETHODS)
+    return out
+
+
+def _read_csvs(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no CSV paths given")
+    frames = [
+        # Keep "" (FID rows' empty concept/prompt) and "none" as strings; only `value` may be NaN.
+        pd.read_csv(p, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]}, dtype=str)
+        for p in paths
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_tidy(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
+    """Concatenate tidy CSVs (one per evaluation job) and validate them (``validate_tidy``)."""
+    return validate_tidy(_read_csvs(paths))
+
+
+def read_summary(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
+    """Read CSVs written by ``write_summary`` back with the same dtypes ``summarize`` returns."""
+    df = validate_tidy(_read_csvs(paths), columns=SUMMARY_COLUMNS)
+    df["n"] = _to_int(df["n"], "n")
+    return df
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    keys = [k for k in keys if k in df.columns]
+    return df.sort_values(list(keys), kind="mergesort").reset_index(drop=True)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ``value`` over concepts, prompts and templates for each model state x role x metric x seed.
+
+    The seed is kept as a row key because it is the unit of the 95% intervals; ``n`` counts
+    the (non-NaN) tidy rows averaged.  Rows are sorted by ``SUMMARY_KEYS``.
+    """
+    tidy = validate_tidy(df)
+    out = (
+        tidy.groupby(list(SUMMARY_KEYS), dropna=False, sort=True)["value"]
+        .agg(value="mean", n="count")
+        .reset_index()
+    )
+    out["n"] = out["n"].astype(np.int64)
+    return _sorted(out[list(SUMMARY_COLUMNS)], SUMMARY_KEYS)
+
+
+def _as_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Accept either tidy rows or a summary; tidy rows (they have ``concept``) get summarized."""
+    if "concept" in df.columns:
+        return summarize(df)
+    return validate_tidy(df, columns=(*SUMMARY_KEYS, "value"))
+
+
+def _metric_rows(summary: pd.DataFrame, role: str, metric: str | Mapping[str, str]) -> pd.DataFrame:
+    """Rows of ``role`` whose metric is ``metric`` (or ``metric[domain]`` when a mapping)."""
+    rows = summary[summary["role"] == role]
+    wanted = rows["domain"].map(dict(metric)) if isinstance(metric, Mapping) else metric
+    return rows[rows["metric"] == wanted]
+
+
+def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per fine-tuning run and seed, how much accuracy on the *erased* concepts came back.
+
+    Definition (the only one in the project).  On rows with role ``"erased"`` and the task's
+    accuracy metric (``ACCURACY_METRIC[domain]``: identity_acc for identity tasks, clip_acc
+    for objects), per (task, erase, ftset, ftmethod, seed):
+
+    * ``acc_base``      accuracy of the base model (state "base"; same task and seed),
+    * ``acc_erased``    accuracy after erasure (state "erased"; same task, erase and seed),
+    * ``acc_finetuned`` accuracy after fine-tuning (state "finetuned", ``is_final``),
+    * ``resurgence = acc_finetuned - acc_erased`` (accuracy points; the before-vs-after gap
+      the paper's figures show),
+    * ``recovery = resurgence / (acc_base - acc_erased)``, the fraction of what erasure
+      removed that came back; NaN when ``acc_base - acc_erased <= 0.01`` (nothing was erased).
+
+    One row per fine-tuned run and seed (runs without a base/erased match get NaN there);
+    tidy input is summarized first.  Sorted by run keys and seed.
+    """
+    s = _as_summary(summary)
+    acc = _metric_rows(s, "erased", ACCURACY_METRIC)
+    run = ["task", "domain", "erase", "ftset", "ftmethod", "seed"]
+    ft = (
+        acc[(acc["state"] == "finetuned") & acc["is_final"]]
+        .groupby(run + ["metric"], sort=True)
+        .agg(step=("step", "max"), acc_finetuned=("value", "mean"))
+        .reset_index()
+    )
+    erased = (
+        acc[acc["state"] == "erased"]
+        .groupby(["task", "domain", "erase", "seed"], sort=True)["value"]
+        .mean()
+        .rename("acc_erased")
+        .reset_index()
+    )
+    base = (
+        acc[acc["state"] == "base"]
+        .groupby(["task", "domain", "seed"], sort=True)["value"]
+        .mean()
+        .rename("acc_base")
+        .reset_index()
+    )
+    out = ft.merge(erased, on=["task", "domain", "erase", "seed"], how="left").merge(
+        base, on=["task", "domain", "seed"], how="left"
+    )
+    out["resurgence"] = out["acc_finetuned"] - out["acc_erased"]
+    gap = out["acc_base"] - out["acc_erased"]
+    out["recovery"] = (out["resurgence"] / gap).where(gap > RECOVERY_MIN_GAP)
+    out["step"] = out["step"].astype(np.int64)
+    return _sorted(out[list(RESURGENCE_COLUMNS)], run)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None = None) -> None:
+    """Write ``df`` as CSV atomically, rows sorted so reruns produce byte-identical files."""
+    keys = list(sort_by) if sort_by is not None else [c for c in df.columns if c not in ("value", "n")]
+    out = _sorted(df, keys)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def write_summary(df: pd.DataFrame, path: PathLike) -> None:
+    """Write the per-seed summary of ``df`` (tidy rows are summarized first) as sorted CSV."""
+    write_table(_as_summary(df), path, sort_by=SUMMARY_KEYS)
+
+
+def write_tidy(df: pd.DataFrame, path: PathLike) -> None:
+    """Validate and write tidy rows (for evaluation jobs), sorted, columns in ``TIDY_COLUMNS`` order."""
+    tidy = validate_tidy(df)
+    extra = [c for c in tidy.columns if c not in TIDY_COLUMNS]
+    write_table(tidy[[*TIDY_COLUMNS, *extra]], path, sort_by=[c for c in TIDY_COLUMNS if c != "value"])
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@dataclass
+class Experiment:
+    """A named group of fine-tuning runs that one paper figure compares.
+
+    ``runs`` are dicts with the ``RUN_KEYS`` (task, erase, ftset, ftmethod).
+    """
+
+    name: str
+    figure: str
+    runs: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i, run in enumerate(self.runs):
+            missing = [k for k in RUN_KEYS if k not in run]
+            if missing:
+                raise ValueError(f"experiment {self.name!r} run {i} misses keys {missing}")
+        self.runs = [{k: str(run[k]) for k in RUN_KEYS} for run in self.runs]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Experiment:
+        """Build from a config mapping ``{name, figure, runs: [...]}``."""
+        return cls(name=str(d["name"]), figure=str(d["figure"]), runs=[dict(r) for r in d.get("runs", [])])
+
+
+def _isin(df: pd.DataFrame, cols: Sequence[str], keys: Iterable[tuple[str, ...]]) -> np.ndarray:
+    keys = list(keys)
+    if not keys or df.empty:
+        return np.zeros(len(df), dtype=bool)
+    index = pd.MultiIndex.from_frame(df[list(cols)].astype(str))
+    return index.isin(keys)
+
+
+def select(df: pd.DataFrame, experiment: Experiment) -> pd.DataFrame:
+    """Rows (tidy or summary) that belong to ``experiment``'s runs, in their original order.
+
+    Fine-tuned rows match a run on all of task/erase/ftset/ftmethod; erased-state rows belong
+    to every run with the same task and erase; base rows to every run with the same task.
+    """
+    runs = [tuple(r[k] for k in RUN_KEYS) for r in experiment.runs]
+    state = df["state"].to_numpy()
+    finetuned = (state == "finetuned") & _isin(df, RUN_KEYS, runs)
+    erased = (state == "erased") & _isin(df, ("task", "erase"), {r[:2] for r in runs})
+    base = (state == "base") & _isin(df, ("task",), {r[:1] for r in runs})
+    return df[finetuned | erased | base].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- naming helpers
+
+# Single-object tasks in the order the paper lists them; others follow alphabetically.
+OBJECT_TASK_ORDER: tuple[str, ...] = ("ship", "automobile", "bird")
+_DOMAIN_NOUNS = {"identity": ("identity", "identities"), "object": ("object", "objects")}
+
+
+def _split_task(task: str) -> tuple[str, str]:
+    domain, _, rest = task.partition("_")
+    return domain, rest
+
+
+def task_sort_key(task: str) -> tuple:
+    """Identity tasks by size, then named objects in paper order, then multi-object tasks by size."""
+    domain, rest = _split_task(task)
+    domain_rank = DOMAINS.index(domain) if domain in DOMAINS else len(DOMAINS)
+    if rest.isdigit():
+        count = int(rest)
+        return (domain_rank, 0 if domain == "identity" else 2, count, rest)
+    rank = OBJECT_TASK_ORDER.index(rest) if rest in OBJECT_TASK_ORDER else len(OBJECT_TASK_ORDER)
+    return (domain_rank, 1, rank, rest)
+
+
+def task_label(task: str) -> str:
+    """``identity_10`` -> "Erase 10 identities", ``object_ship`` -> "Erase ship"."""
+    domain, rest = _split_task(task)
+    if rest.isdigit() and domain in _DOMAIN_NOUNS:
+        singular, plural = _DOMAIN_NOUNS[domain]
+        return f"Erase {rest} {singular if int(rest) == 1 else plural}"
+    if not rest:
+        return task
+    return "Erase " + re.sub(r"_+", " ", rest)

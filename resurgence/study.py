@@ -1,0 +1,333 @@
+"""Resolve a validated config into the study's jobs: their specs and their artifact paths.
+
+The Snakefile and the CLI both call these pure functions, so a rule's ``params`` (what
+triggers a rerun) are exactly the spec its job runs with.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resurgence.config import ConfigError, deep_merge
+from resurgence.world import World, get_world
+
+RESULTS = "results"
+STATE_PATTERN = r"base|[^/]+/erased|[^/]+/[^/]+/[^/]+/step-\d+"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One erase -> fine-tune run of an experiment."""
+
+    task: str
+    erase: str = "default"
+    ftset: str = ""
+    ftmethod: str = "lora"
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def erase_dir(task: str, erase: str) -> str:
+    return f"{RESULTS}/erase/{task}/{erase}"
+
+
+def ftset_dir(config: dict[str, Any], ftset: str, task: str) -> str:
+    """Random sets are shared by every task; tercile sets depend on the task's erased concepts."""
+    if config["finetune_sets"][ftset]["kind"] == "random":
+        return f"{RESULTS}/ftdata/random/{ftset}"
+    return f"{RESULTS}/ftdata/tercile/{task}/{ftset}"
+
+
+def finetune_dir(run: Run) -> str:
+    return f"{RESULTS}/finetune/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}"
+
+
+def state_id(run: Run | None, stage: str, step: int | None = None) -> str:
+    """The model-state part of image/metric paths: base, <erase>/erased, or <erase>/<set>/<method>/step-N."""
+    if stage == "base":
+        return "base"
+    assert run is not None
+    if stage == "erased":
+        return f"{run.erase}/erased"
+    return f"{run.erase}/{run.ftset}/{run.ftmethod}/step-{step}"
+
+
+def parse_state(task: str, state: str) -> dict[str, Any]:
+    """Inverse of `state_id`: the tidy-table fields of a model state."""
+    if not re.fullmatch(STATE_PATTERN, state):
+        raise ValueError(f"not a model state: {state!r}")
+    parts = state.split("/")
+    if parts == ["base"]:
+        return dict(task=task, erase="none", ftset="none", ftmethod="none", state="base", step=0)
+    if len(parts) == 2:
+        return dict(task=task, erase=parts[0], ftset="none", ftmethod="none", state="erased", step=0)
+    return dict(
+        task=task, erase=parts[0], ftset=parts[1], ftmethod=parts[2], state="finetuned", step=int(parts[3][5:])
+    )
+
+
+def images_index(task: str, state: str) -> str:
+    return f"{RESULTS}/images/{task}/{state}/index.jsonl"
+
+
+def metrics_csv(task: str, state: str) -> str:
+    return f"{RESULTS}/metrics/{task}/{state}/tidy.csv"
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def toy_models_dir(config: dict[str, Any]) -> str:
+    tw = config.get("toyworld", {})
+    return f"{RESULTS}/toyworld/models" if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
+
+
+def model_specs(config: dict[str, Any]) -> dict[str, Any]:
+    """Where each model comes from; for the toy world, inside the toy-model folder unless overridden."""
+    models = dict(config.get("models", {}))
+    if config["world"] == "toy":
+        root = toy_models_dir(config)
+        models.setdefault("pipeline", f"{root}/t2i")
+        models.setdefault("clip", {"kind": "toy", "path": f"{root}/clip"})
+        models.setdefault("detector", {"kind": "toy", "path": f"{root}/detector"})
+        models.setdefault("segmenter", {"kind": "toy", "path": f"{root}/segmenter"})
+    models.setdefault("dtype", "float32")
+    return models
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+def erase_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
+    t = config["tasks"][task]
+    settings = deep_merge(config["erase_defaults"][t["domain"]], {"mapping": t["mapping"]} if "mapping" in t else {})
+    return deep_merge(settings, config["erase_variants"][erase])
+
+
+def _mapping_for(world: World, name: str, mapping: Any) -> str:
+    if isinstance(mapping, dict):
+        if name not in mapping:
+            raise ConfigError(f"mapping has no entry for erased concept {name!r}")
+        return mapping[name]
+    if mapping == "gender":
+        gender = dict(world.concept(name).traits).get("gender")
+        if gender not in ("male", "female"):
+            raise ConfigError(f"mapping 'gender' needs a male/female trait on {name!r}")
+        return f"a {gender} celebrity"
+    return str(mapping)
+
+
+def world_ref(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of the config that defines the world (enough for a job to rebuild it)."""
+    ref: dict[str, Any] = {"world": config["world"], "toyworld": {"seed": int(config.get("toyworld", {}).get("seed", 0))}}
+    if config["world"] != "toy":
+        ref.update(tasks=config["tasks"], finetune_sets=config["finetune_sets"], evaluation=config["evaluation"])
+    return ref
+
+
+def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
+    """What the erase job runs with: erased concepts with their mapping concept, and MACE settings.
+
+    Kept compact (names, not prompts) so it fits a command line; the job expands prompts from the world.
+    """
+    world = world or get_world(config)
+    settings = erase_settings(config, task, erase)
+    mapping = settings.pop("mapping")
+    concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in config["tasks"][task]["erase"]]
+    return dict(
+        world=world_ref(config), task=task, erase=erase, domain=config["tasks"][task]["domain"], concepts=concepts, mace=settings
+    )
+
+
+def ftset_spec(config: dict[str, Any], ftset: str, task: str | None = None) -> dict[str, Any]:
+    fs = dict(config["finetune_sets"][ftset])
+    fs.setdefault("seed", 0)
+    spec = dict(name=ftset, **fs)
+    if fs["kind"] == "tercile":
+        if task is None:
+            raise ValueError(f"fine-tune set {ftset!r} is a tercile set and needs a task")
+        spec["task"] = task
+        spec["domain"] = config["tasks"][task]["domain"]
+        spec["erased"] = list(config["tasks"][task]["erase"])
+        spec["candidates"] = tercile_candidates(config, task)
+    return spec
+
+
+def tercile_candidates(config: dict[str, Any], task: str, world: World | None = None) -> list[str]:
+    """In-domain concepts that are neither erased nor retained by the task (App. C.2's candidate pool)."""
+    world = world or get_world(config)
+    t = config["tasks"][task]
+    excluded = set(t["erase"]) | set(t.get("retain", []))
+    pool = [c.name for c in world.by_domain(t["domain"])] if hasattr(world, "by_domain") else []
+    return [n for n in pool if n not in excluded]
+
+
+def finetune_spec(config: dict[str, Any], ftmethod: str) -> dict[str, Any]:
+    spec = dict(config["finetune_methods"][ftmethod])
+    spec.setdefault("checkpoint_every", spec["steps"])
+    spec.setdefault("seed", 0)
+    return spec
+
+
+def generation_spec(config: dict[str, Any], task: str, roles: tuple[str, ...] = ("erased", "retained", "caption")):
+    """What a generation job renders for one model state of a task (compact; see `expand_records`)."""
+    t = config["tasks"][task]
+    caps = config["evaluation"]["captions"]
+    with_captions = "caption" in roles and t["domain"] in caps.get("domains", ["identity"])
+    return dict(
+        world=world_ref(config),
+        task=task,
+        domain=t["domain"],
+        erase=list(t["erase"]) if "erased" in roles else [],
+        retain=list(t.get("retain", [])) if "retained" in roles else [],
+        seeds=[int(s) for s in config["seeds"]],
+        captions=dict(n=int(caps.get("n", 100)), seed=int(caps.get("seed", 0))) if with_captions else None,
+        generation=dict(config["generation"]),
+    )
+
+
+def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dict[str, Any]]:
+    """The prompts a model state is scored on: erased and retained concepts x templates x seeds, and captions."""
+    world = world or get_world(spec["world"])
+    records = []
+    for role, names in (("erased", spec["erase"]), ("retained", spec["retain"])):
+        for name in names:
+            c = world.concept(name)
+            for prompt in world.eval_prompts(c):
+                for seed in spec["seeds"]:
+                    records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed)))
+    caps = spec.get("captions")
+    if caps:
+        for i, caption in enumerate(world.free_captions(caps["n"], caps["seed"])):
+            records.append(dict(role="caption", concept="", prompt=caption, seed=caps["seed"] + i))
+    return records
+
+
+# ----------------------------------------------------------------------------- experiments and targets
+
+
+def experiment_runs(config: dict[str, Any], experiment: str) -> list[Run]:
+    runs = []
+    for r in config["experiments"][experiment]["runs"]:
+        ftset = r.get("ftset") or default_ftset(config, r["task"])
+        runs.append(Run(task=r["task"], erase=r.get("erase", "default"), ftset=ftset, ftmethod=r.get("ftmethod", "lora")))
+    return runs
+
+
+def default_ftset(config: dict[str, Any], task: str) -> str:
+    domain = config["tasks"][task]["domain"]
+    return f"random_{domain}"
+
+
+def all_runs(config: dict[str, Any]) -> list[Run]:
+    seen: dict[Run, None] = {}
+    for e in config["experiments"]:
+        for r in experiment_runs(config, e):
+            seen[r] = None
+    return list(seen)
+
+
+def trajectory_steps(config: dict[str, Any], run: Run) -> list[int]:
+    """Intermediate checkpoints scored for the trajectory figure (only for the trajectory experiment's runs)."""
+    traj = config.get("trajectory") or {}
+    exp = traj.get("experiment")
+    if not exp or exp not in config["experiments"] or run not in experiment_runs(config, exp):
+        return []
+    final = finetune_spec(config, run.ftmethod)["steps"]
+    return sorted(s for s in traj.get("steps", []) if s < final)
+
+
+def run_states(config: dict[str, Any], run: Run) -> list[str]:
+    final = finetune_spec(config, run.ftmethod)["steps"]
+    states = ["base", state_id(run, "erased"), state_id(run, "finetuned", final)]
+    states += [state_id(run, "finetuned", s) for s in trajectory_steps(config, run)]
+    return states
+
+
+def experiment_metrics(config: dict[str, Any], experiment: str) -> list[str]:
+    paths: dict[str, None] = {}
+    for run in experiment_runs(config, experiment):
+        for s in run_states(config, run):
+            paths[metrics_csv(run.task, s)] = None
+    return list(paths)
+
+
+def check_study(config: dict[str, Any]) -> None:
+    """Cross-reference checks the JSON schema cannot express; raise `ConfigError` naming the key."""
+    world = get_world(config)
+    for tname, t in config["tasks"].items():
+        for role in ("erase", "retain"):
+            for name in t.get(role, []):
+                try:
+                    c = world.concept(name)
+                except KeyError:
+                    raise ConfigError(f"config key 'tasks.{tname}.{role}': unknown concept {name!r}") from None
+                if c.domain != t["domain"]:
+                    raise ConfigError(f"config key 'tasks.{tname}.{role}': {name!r} is a {c.domain}, task domain is {t['domain']}")
+        both = set(t["erase"]) & set(t.get("retain", []))
+        if both:
+            raise ConfigError(f"config key 'tasks.{tname}': concepts both erased and retained: {sorted(both)}")
+    for fname, fs in config["finetune_sets"].items():
+        for name in fs.get("concepts", []):
+            try:
+                world.concept(name)
+            except KeyError:
+                raise ConfigError(f"config key 'finetune_sets.{fname}.concepts': unknown concept {name!r}") from None
+    for ename, e in config["experiments"].items():
+        for i, r in enumerate(e["runs"]):
+            where = f"experiments.{ename}.runs[{i}]"
+            if r["task"] not in config["tasks"]:
+                raise ConfigError(f"config key '{where}.task': {r['task']!r} not in tasks {sorted(config['tasks'])}")
+            if r.get("erase", "default") not in config["erase_variants"]:
+                raise ConfigError(f"config key '{where}.erase': allowed values: {sorted(config['erase_variants'])}")
+            ftset = r.get("ftset") or default_ftset(config, r["task"])
+            if ftset not in config["finetune_sets"]:
+                raise ConfigError(f"config key '{where}.ftset': {ftset!r} not in {sorted(config['finetune_sets'])}")
+            if r.get("ftmethod", "lora") not in config["finetune_methods"]:
+                raise ConfigError(f"config key '{where}.ftmethod': allowed values: {sorted(config['finetune_methods'])}")
+            fs = config["finetune_sets"][ftset]
+            overlap = set(fs.get("concepts", [])) & set(config["tasks"][r["task"]]["erase"])
+            if overlap:
+                raise ConfigError(f"config key 'finetune_sets.{ftset}': fine-tunes on erased concepts {sorted(overlap)}")
+    traj = config.get("trajectory") or {}
+    if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
+        raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")
+    for task in config["tasks"]:
+        for variant in config["erase_variants"]:
+            settings = erase_settings(config, task, variant)
+            if "mapping" not in settings:
+                raise ConfigError(f"config key 'erase_defaults.{config['tasks'][task]['domain']}.mapping' is required")
+
+
+def figure_targets(config: dict[str, Any]) -> list[str]:
+    targets = [f"{RESULTS}/figures/{e}.png" for e in config["experiments"]]
+    if (config.get("trajectory") or {}).get("experiment"):
+        targets.append(f"{RESULTS}/figures/trajectory.png")
+    targets.append(f"{RESULTS}/figures/grids.png")
+    return targets
+
+
+def asdict_run(run: Run) -> dict[str, str]:
+    return asdict(run)
+
+
+def label_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """What an evaluation job scores against: the task's domain and label set (erased + retained)."""
+    t = config["tasks"][task]
+    return dict(
+        world=world_ref(config), task=task, domain=t["domain"], labels=[*t["erase"], *t.get("retain", [])]
+    )
+
+
+def grid_inputs(config: dict[str, Any]) -> list[str]:
+    """Image grids of base, erased and fine-tuned states for the runs of the first experiment."""
+    first = next(iter(config["experiments"]))
+    paths: dict[str, None] = {}
+    for run in experiment_runs(config, first):
+        final = finetune_spec(config, run.ftmethod)["steps"]
+        for s in ("base", state_id(run, "erased"), state_id(run, "finetuned", final)):
+            paths[f"{RESULTS}/images/{run.task}/{s}/grid.png"] = None
+    return list(paths)

@@ -1,0 +1,72 @@
+"""The world a study runs in: its concepts, evaluation prompts and free captions.
+
+The toy world is procedurally defined (`resurgence.toyworld`); the real world (SD v1.4) is
+defined by the config's concept lists and a caption file. Both answer the same questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from resurgence.toyworld.concepts import IDENTITY_TEMPLATES, OBJECT_TEMPLATES, Concept
+
+
+class World(Protocol):
+    name: str
+
+    def concept(self, name: str) -> Concept: ...
+
+    def eval_prompts(self, concept: Concept) -> list[str]: ...
+
+    def free_captions(self, n: int, seed: int) -> list[str]: ...
+
+
+def template_prompts(concept: Concept) -> list[str]:
+    """Evaluation prompts of the paper (App. C.1): every template x every name of the concept."""
+    if concept.domain == "identity":
+        return [t.format(concept.name) for t in IDENTITY_TEMPLATES]
+    return [t.format(n) for n in concept.names for t in OBJECT_TEMPLATES]
+
+
+@dataclass
+class ListedWorld:
+    """A world defined by explicit concept lists (the real-model presets)."""
+
+    concepts: dict[str, Concept]
+    caption_file: str | None = None
+    name: str = "sd14"
+
+    def concept(self, name: str) -> Concept:
+        if name not in self.concepts:
+            raise KeyError(f"unknown concept {name!r}")
+        return self.concepts[name]
+
+    def eval_prompts(self, concept: Concept) -> list[str]:
+        return template_prompts(concept)
+
+    def free_captions(self, n: int, seed: int) -> list[str]:
+        import random
+
+        if not self.caption_file:
+            raise FileNotFoundError("evaluation.captions.file is not set: point it to a caption list (COCO)")
+        lines = [s.strip() for s in Path(self.caption_file).read_text().splitlines() if s.strip()]
+        rng = random.Random(seed)
+        return rng.sample(lines, min(n, len(lines)))
+
+
+def get_world(config: dict[str, Any]) -> World:
+    """The world named by ``config['world']``."""
+    if config["world"] == "toy":
+        from resurgence.toyworld.concepts import toy_world
+
+        return toy_world(int(config.get("toyworld", {}).get("seed", 0)))
+    concepts: dict[str, Concept] = {}
+    for task in config["tasks"].values():
+        for name in [*task["erase"], *task.get("retain", [])]:
+            concepts.setdefault(name, Concept(name=name, domain=task["domain"]))
+    for fs in config["finetune_sets"].values():
+        for name in fs.get("concepts", []):
+            concepts.setdefault(name, Concept(name=name, domain=fs.get("domain", "identity")))
+    return ListedWorld(concepts, caption_file=config["evaluation"]["captions"].get("file"))

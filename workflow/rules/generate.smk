@@ -1,0 +1,85 @@
+# Images of each model state (base, erased, fine-tuned at a step) for a task's evaluation
+# prompts and seeds, with an image grid for people to look at.
+
+
+rule generate_base:
+    input:
+        models_input(),
+    output:
+        index=f"{study.RESULTS}/images/{{task}}/base/index.jsonl",
+        grid=f"{study.RESULTS}/images/{{task}}/base/grid.png",
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        models=as_json(MODELS),
+        device=device(),
+    log:
+        "logs/generate/{task}/base.log",
+    benchmark:
+        "benchmarks/generate/{task}/base.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} generate --spec {params.spec:q} --models {params.models:q}"
+        " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"
+
+
+rule generate_erased:
+    input:
+        erasure=f"{study.RESULTS}/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+    output:
+        index=f"{study.RESULTS}/images/{{task}}/{{erase}}/erased/index.jsonl",
+        grid=f"{study.RESULTS}/images/{{task}}/{{erase}}/erased/grid.png",
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        models=as_json(MODELS),
+        device=device(),
+    log:
+        "logs/generate/{task}/{erase}/erased.log",
+    benchmark:
+        "benchmarks/generate/{task}/{erase}/erased.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"
+
+
+def finetuned_roles(wc):
+    """Intermediate checkpoints (trajectory) are scored on the erased concepts only."""
+    final = study.finetune_spec(config, wc.ftmethod)["steps"]
+    return ("erased", "retained", "caption") if int(wc.step) >= final else ("erased",)
+
+
+rule generate_finetuned:
+    input:
+        erasure=f"{study.RESULTS}/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        finetune=f"{study.RESULTS}/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
+    output:
+        index=f"{study.RESULTS}/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/index.jsonl",
+        grid=f"{study.RESULTS}/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/grid.png",
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task, finetuned_roles(wc))),
+        models=as_json(MODELS),
+        device=device(),
+    log:
+        "logs/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.log",
+    benchmark:
+        "benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        " --finetune $(dirname {input.finetune}) --step {wildcards.step}"
+        " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"

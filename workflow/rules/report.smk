@@ -1,0 +1,90 @@
+# Metric tables per experiment, the paper's figures, image grids, and the HTML report.
+
+
+rule tables:
+    input:
+        lambda wc: study.experiment_metrics(config, wc.experiment),
+    output:
+        tidy=f"{study.RESULTS}/tables/{{experiment}}/tidy.csv",
+        summary=report(
+            f"{study.RESULTS}/tables/{{experiment}}/summary.csv",
+            category="Tables",
+            caption="../report/summary.rst",
+        ),
+        resurgence=report(
+            f"{study.RESULTS}/tables/{{experiment}}/resurgence.csv",
+            category="Tables",
+            caption="../report/resurgence.rst",
+        ),
+    params:
+        runs=lambda wc: as_json([study.asdict_run(r) for r in study.experiment_runs(config, wc.experiment)]),
+    log:
+        "logs/tables/{experiment}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} tables --experiment {wildcards.experiment} --runs {params.runs:q} --inputs {input}"
+        " --out-dir $(dirname {output.tidy}) > {log} 2>&1"
+
+
+rule figure:
+    input:
+        summary=f"{study.RESULTS}/tables/{{experiment}}/summary.csv",
+    output:
+        png=report(
+            f"{study.RESULTS}/figures/{{experiment}}.png",
+            category="Figures",
+            caption="../report/figure.rst",
+        ),
+    log:
+        "logs/figures/{experiment}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} figure --name {wildcards.experiment} --summary {input.summary} --out {output.png} > {log} 2>&1"
+
+
+rule trajectory_figure:
+    input:
+        summary=lambda wc: f"{study.RESULTS}/tables/{config['trajectory']['experiment']}/summary.csv",
+    output:
+        png=report(
+            f"{study.RESULTS}/figures/trajectory.png",
+            category="Figures",
+            caption="../report/figure.rst",
+        ),
+    log:
+        "logs/figures/trajectory.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} figure --name trajectory --summary {input.summary} --out {output.png} > {log} 2>&1"
+
+
+rule grids_figure:
+    input:
+        lambda wc: study.grid_inputs(config),
+    output:
+        png=report(
+            f"{study.RESULTS}/figures/grids.png",
+            category="Figures",
+            caption="../report/grids.rst",
+        ),
+    log:
+        "logs/figures/grids.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/resurgence.yaml"
+    shell:
+        "{PY} grids --inputs {input} --out {output.png} > {log} 2>&1"
