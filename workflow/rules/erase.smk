@@ -15,7 +15,7 @@ rule erase:
     log:
         "logs/erase/{task}/{erase}.log",
     benchmark:
-        "benchmarks/erase/{task}/{erase}.tsv"
+        "results/benchmarks/erase/{task}/{erase}.tsv"
     resources:
         gpu=1,
         mem_mb=12000,

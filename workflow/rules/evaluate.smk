@@ -15,7 +15,7 @@ rule evaluate:
     log:
         "logs/evaluate/{task}/{state}.log",
     benchmark:
-        "benchmarks/evaluate/{task}/{state}.tsv"
+        "results/benchmarks/evaluate/{task}/{state}.tsv"
     resources:
         gpu=1,
         mem_mb=8000,

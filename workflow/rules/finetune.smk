@@ -19,7 +19,7 @@ rule finetune:
     log:
         "logs/finetune/{task}/{erase}/{ftset}/{ftmethod}.log",
     benchmark:
-        "benchmarks/finetune/{task}/{erase}/{ftset}/{ftmethod}.tsv"
+        "results/benchmarks/finetune/{task}/{erase}/{ftset}/{ftmethod}.tsv"
     resources:
         gpu=1,
         mem_mb=12000,

@@ -15,7 +15,7 @@ rule ftdata_random:
     log:
         "logs/ftdata/random/{ftset}.log",
     benchmark:
-        "benchmarks/ftdata/random/{ftset}.tsv"
+        "results/benchmarks/ftdata/random/{ftset}.tsv"
     resources:
         gpu=1,
         mem_mb=8000,
@@ -41,7 +41,7 @@ rule ftdata_tercile:
     log:
         "logs/ftdata/tercile/{task}/{ftset}.log",
     benchmark:
-        "benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
+        "results/benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
     resources:
         gpu=1,
         mem_mb=8000,

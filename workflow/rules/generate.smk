@@ -15,7 +15,7 @@ rule generate_base:
     log:
         "logs/generate/{task}/base.log",
     benchmark:
-        "benchmarks/generate/{task}/base.tsv"
+        "results/benchmarks/generate/{task}/base.tsv"
     resources:
         gpu=1,
         mem_mb=8000,
@@ -40,7 +40,7 @@ rule generate_erased:
     log:
         "logs/generate/{task}/{erase}/erased.log",
     benchmark:
-        "benchmarks/generate/{task}/{erase}/erased.tsv"
+        "results/benchmarks/generate/{task}/{erase}/erased.tsv"
     resources:
         gpu=1,
         mem_mb=8000,
@@ -72,7 +72,7 @@ rule generate_finetuned:
     log:
         "logs/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.log",
     benchmark:
-        "benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
+        "results/benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
     resources:
         gpu=1,
         mem_mb=8000,

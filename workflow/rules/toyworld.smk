@@ -11,7 +11,7 @@ rule toyworld_train:
     log:
         "logs/toyworld/train.log",
     benchmark:
-        "benchmarks/toyworld/train.tsv"
+        "results/benchmarks/toyworld/train.tsv"
     resources:
         gpu=1,
         mem_mb=16000,
@@ -37,7 +37,7 @@ rule toyworld_quality:
     log:
         "logs/toyworld/quality.log",
     benchmark:
-        "benchmarks/toyworld/quality.tsv"
+        "results/benchmarks/toyworld/quality.tsv"
     resources:
         gpu=1,
         mem_mb=8000,

@@ -1,0 +1,96 @@
+"""The config is validated before any job: errors name the key and the allowed values."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resurgence.config import ConfigError, deep_merge, load_config, validate_config
+from resurgence.study import check_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    return load_config([ROOT / "config.yaml"])
+
+
+def test_default_and_presets_validate(default_config):
+    check_study(default_config)
+    for preset in sorted(ROOT.glob("config.*.yaml")):
+        cfg = load_config([ROOT / "config.yaml", preset])
+        check_study(cfg)
+
+
+def _broken(cfg: dict, path: list, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["world"], "mars", ["'world'", "'toy'", "'sd14'"]),
+        (["device"], "tpu", ["'device'", "'cuda'"]),
+        (["finetune_methods", "lora", "method"], "dreambooth", ["finetune_methods.lora.method", "'full'"]),
+        (["finetune_methods", "lora", "learning_rate"], -1.0, ["finetune_methods.lora.learning_rate"]),
+        (["generation", "steps"], "many", ["generation.steps", "integer"]),
+        (["erase_variants", "default", "lamda1"], 0.1, ["erase_variants.default", "lamda1", "lambda1"]),
+        (["seeds"], [], ["'seeds'"]),
+    ],
+)
+def test_bad_values_name_the_key(default_config, path, value, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(_broken(default_config, path, value))
+    for fragment in expected:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_unknown_top_level_key_is_named(default_config):
+    cfg = dict(default_config, colour="blue")
+    with pytest.raises(ConfigError, match="colour"):
+        validate_config(cfg)
+
+
+def test_cross_references_are_checked(default_config):
+    cfg = copy.deepcopy(default_config)
+    first = next(iter(cfg["experiments"]))
+    cfg["experiments"][first]["runs"][0]["task"] = "no_such_task"
+    with pytest.raises(ConfigError, match=r"experiments\.\w+\.runs\[0\]\.task"):
+        check_study(cfg)
+    cfg = copy.deepcopy(default_config)
+    task = next(iter(cfg["tasks"]))
+    cfg["tasks"][task]["erase"] = ["Nobody Atall"]
+    with pytest.raises(ConfigError, match=f"tasks.{task}.erase"):
+        check_study(cfg)
+
+
+def test_finetuning_on_erased_concepts_is_rejected(default_config):
+    cfg = copy.deepcopy(default_config)
+    first = next(iter(cfg["experiments"]))
+    run = cfg["experiments"][first]["runs"][0]
+    task = cfg["tasks"][run["task"]]
+    ftset = run.get("ftset") or f"random_{task['domain']}"
+    cfg["finetune_sets"][ftset]["concepts"] = [task["erase"][0], *cfg["finetune_sets"][ftset]["concepts"][1:]]
+    with pytest.raises(ConfigError, match="fine-tunes on erased concepts"):
+        check_study(cfg)
+
+
+def test_deep_merge_overlays_nested_keys():
+    merged = deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 5}})
+    assert merged == {"a": {"b": 5, "c": 2}, "d": 1}
+
+
+def test_config_files_are_mappings(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config([bad])
