@@ -38,7 +38,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         study.figure_targets(config),
         toyworld_quality_target(),
-    default_target: True

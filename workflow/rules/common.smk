@@ -1,6 +1,5 @@
 import json
 
-PY = "python -m resurgence"
 MODELS = study.model_specs(config)
 
 
@@ -28,3 +27,13 @@ def gen_settings():
     g = dict(config["generation"])
     g.setdefault("dtype", MODELS.get("dtype", "float32"))
     return g
+
+
+def ftdata_manifest(wc):
+    return f"{study.ftset_dir(config, wc.ftset, wc.task)}/manifest.json"
+
+
+def finetuned_roles(wc):
+    """Intermediate checkpoints (trajectory) are scored on the erased concepts only."""
+    final = study.finetune_spec(config, wc.ftmethod)["steps"]
+    return ("erased", "retained", "caption") if int(wc.step) >= final else ("erased",)

@@ -2,30 +2,26 @@
 # beside train_log.json and are not declared outputs, so a crashed job resumes from them.
 
 
-def ftdata_manifest(wc):
-    return f"{study.ftset_dir(config, wc.ftset, wc.task)}/manifest.json"
-
-
 rule finetune:
     input:
-        erasure=f"{study.RESULTS}/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
         data=ftdata_manifest,
     output:
-        log=f"{study.RESULTS}/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
-    params:
-        spec=lambda wc: as_json(study.finetune_spec(config, wc.ftmethod)),
-        models=as_json(MODELS),
-        device=device(),
+        log=f"results/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
     log:
         "logs/finetune/{task}/{erase}/{ftset}/{ftmethod}.log",
     benchmark:
         "results/benchmarks/finetune/{task}/{erase}/{ftset}/{ftmethod}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         gpu=1,
         mem_mb=12000,
         runtime=120,
-    conda:
-        "../../envs/resurgence.yaml"
+    params:
+        spec=lambda wc: as_json(study.finetune_spec(config, wc.ftmethod)),
+        models=as_json(MODELS),
+        device=device(),
     shell:
-        "{PY} finetune --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        "python -m resurgence finetune --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
         " --data $(dirname {input.data}) --out-dir $(dirname {output.log}) --device {params.device} > {log} 2>&1"

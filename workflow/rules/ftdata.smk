@@ -5,25 +5,25 @@ rule ftdata_random:
     input:
         models_input(),
     output:
-        manifest=f"{study.RESULTS}/ftdata/random/{{ftset}}/manifest.json",
+        manifest=f"results/ftdata/random/{{ftset}}/manifest.json",
+    log:
+        "logs/ftdata/random/{ftset}.log",
+    benchmark:
+        "results/benchmarks/ftdata/random/{ftset}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
     params:
         spec=lambda wc: as_json(study.ftset_spec(config, wc.ftset)),
         world=as_json(study.world_ref(config)),
         models=as_json(MODELS),
         generation=as_json(gen_settings()),
         device=device(),
-    log:
-        "logs/ftdata/random/{ftset}.log",
-    benchmark:
-        "results/benchmarks/ftdata/random/{ftset}.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../../envs/resurgence.yaml"
     shell:
-        "{PY} ftdata --spec {params.spec:q} --world {params.world:q} --models {params.models:q}"
+        "python -m resurgence ftdata --spec {params.spec:q} --world {params.world:q} --models {params.models:q}"
         " --generation {params.generation:q} --out-dir $(dirname {output.manifest}) --device {params.device} > {log} 2>&1"
 
 
@@ -31,23 +31,23 @@ rule ftdata_tercile:
     input:
         models_input(),
     output:
-        manifest=f"{study.RESULTS}/ftdata/tercile/{{task}}/{{ftset}}/manifest.json",
+        manifest=f"results/ftdata/tercile/{{task}}/{{ftset}}/manifest.json",
+    log:
+        "logs/ftdata/tercile/{task}/{ftset}.log",
+    benchmark:
+        "results/benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
     params:
         spec=lambda wc: as_json(study.ftset_spec(config, wc.ftset, wc.task)),
         world=as_json(study.world_ref(config)),
         models=as_json(MODELS),
         generation=as_json(gen_settings()),
         device=device(),
-    log:
-        "logs/ftdata/tercile/{task}/{ftset}.log",
-    benchmark:
-        "results/benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../../envs/resurgence.yaml"
     shell:
-        "{PY} ftdata --spec {params.spec:q} --world {params.world:q} --models {params.models:q}"
+        "python -m resurgence ftdata --spec {params.spec:q} --world {params.world:q} --models {params.models:q}"
         " --generation {params.generation:q} --out-dir $(dirname {output.manifest}) --device {params.device} > {log} 2>&1"

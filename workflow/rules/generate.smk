@@ -6,80 +6,76 @@ rule generate_base:
     input:
         models_input(),
     output:
-        index=f"{study.RESULTS}/images/{{task}}/base/index.jsonl",
-        grid=f"{study.RESULTS}/images/{{task}}/base/grid.png",
-    params:
-        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
-        models=as_json(MODELS),
-        device=device(),
+        index=f"results/images/{{task}}/base/index.jsonl",
+        grid=f"results/images/{{task}}/base/grid.png",
     log:
         "logs/generate/{task}/base.log",
     benchmark:
         "results/benchmarks/generate/{task}/base.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/resurgence.yaml"
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        models=as_json(MODELS),
+        device=device(),
     shell:
-        "{PY} generate --spec {params.spec:q} --models {params.models:q}"
+        "python -m resurgence generate --spec {params.spec:q} --models {params.models:q}"
         " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"
 
 
 rule generate_erased:
     input:
-        erasure=f"{study.RESULTS}/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
     output:
-        index=f"{study.RESULTS}/images/{{task}}/{{erase}}/erased/index.jsonl",
-        grid=f"{study.RESULTS}/images/{{task}}/{{erase}}/erased/grid.png",
-    params:
-        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
-        models=as_json(MODELS),
-        device=device(),
+        index=f"results/images/{{task}}/{{erase}}/erased/index.jsonl",
+        grid=f"results/images/{{task}}/{{erase}}/erased/grid.png",
     log:
         "logs/generate/{task}/{erase}/erased.log",
     benchmark:
         "results/benchmarks/generate/{task}/{erase}/erased.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/resurgence.yaml"
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        models=as_json(MODELS),
+        device=device(),
     shell:
-        "{PY} generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
         " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"
-
-
-def finetuned_roles(wc):
-    """Intermediate checkpoints (trajectory) are scored on the erased concepts only."""
-    final = study.finetune_spec(config, wc.ftmethod)["steps"]
-    return ("erased", "retained", "caption") if int(wc.step) >= final else ("erased",)
 
 
 rule generate_finetuned:
     input:
-        erasure=f"{study.RESULTS}/erase/{{task}}/{{erase}}/erased_lora.safetensors",
-        finetune=f"{study.RESULTS}/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
+        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        finetune=f"results/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
     output:
-        index=f"{study.RESULTS}/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/index.jsonl",
-        grid=f"{study.RESULTS}/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/grid.png",
-    params:
-        spec=lambda wc: as_json(study.generation_spec(config, wc.task, finetuned_roles(wc))),
-        models=as_json(MODELS),
-        device=device(),
+        index=f"results/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/index.jsonl",
+        grid=f"results/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/grid.png",
     log:
         "logs/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.log",
     benchmark:
         "results/benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/resurgence.yaml"
+    params:
+        spec=lambda wc: as_json(
+            study.generation_spec(config, wc.task, finetuned_roles(wc))
+        ),
+        models=as_json(MODELS),
+        device=device(),
     shell:
-        "{PY} generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
         " --finetune $(dirname {input.finetune}) --step {wildcards.step}"
         " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"

@@ -5,69 +5,71 @@ rule tables:
     input:
         lambda wc: study.experiment_metrics(config, wc.experiment),
     output:
-        tidy=f"{study.RESULTS}/tables/{{experiment}}/tidy.csv",
+        tidy=f"results/tables/{{experiment}}/tidy.csv",
         summary=report(
-            f"{study.RESULTS}/tables/{{experiment}}/summary.csv",
+            f"results/tables/{{experiment}}/summary.csv",
             category="Tables",
             caption="../report/summary.rst",
         ),
         resurgence=report(
-            f"{study.RESULTS}/tables/{{experiment}}/resurgence.csv",
+            f"results/tables/{{experiment}}/resurgence.csv",
             category="Tables",
             caption="../report/resurgence.rst",
         ),
-    params:
-        runs=lambda wc: as_json([study.asdict_run(r) for r in study.experiment_runs(config, wc.experiment)]),
     log:
         "logs/tables/{experiment}.log",
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/resurgence.yaml"
+    params:
+        runs=lambda wc: as_json(
+            [study.asdict_run(r) for r in study.experiment_runs(config, wc.experiment)]
+        ),
     shell:
-        "{PY} tables --experiment {wildcards.experiment} --runs {params.runs:q} --inputs {input}"
+        "python -m resurgence tables --experiment {wildcards.experiment} --runs {params.runs:q} --inputs {input}"
         " --out-dir $(dirname {output.tidy}) > {log} 2>&1"
 
 
 rule figure:
     input:
-        summary=f"{study.RESULTS}/tables/{{experiment}}/summary.csv",
+        summary=f"results/tables/{{experiment}}/summary.csv",
     output:
         png=report(
-            f"{study.RESULTS}/figures/{{experiment}}.png",
+            f"results/figures/{{experiment}}.png",
             category="Figures",
             caption="../report/figure.rst",
         ),
     log:
         "logs/figures/{experiment}.log",
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/resurgence.yaml"
     shell:
-        "{PY} figure --name {wildcards.experiment} --summary {input.summary} --out {output.png} > {log} 2>&1"
+        "python -m resurgence figure --name {wildcards.experiment} --summary {input.summary} --out {output.png} > {log} 2>&1"
 
 
 rule trajectory_figure:
     input:
-        summary=lambda wc: f"{study.RESULTS}/tables/{config['trajectory']['experiment']}/summary.csv",
+        summary=lambda wc: f"results/tables/{config['trajectory']['experiment']}/summary.csv",
     output:
         png=report(
-            f"{study.RESULTS}/figures/trajectory.png",
+            f"results/figures/trajectory.png",
             category="Figures",
             caption="../report/figure.rst",
         ),
     log:
         "logs/figures/trajectory.log",
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/resurgence.yaml"
     shell:
-        "{PY} figure --name trajectory --summary {input.summary} --out {output.png} > {log} 2>&1"
+        "python -m resurgence figure --name trajectory --summary {input.summary} --out {output.png} > {log} 2>&1"
 
 
 rule grids_figure:
@@ -75,16 +77,16 @@ rule grids_figure:
         lambda wc: study.grid_inputs(config),
     output:
         png=report(
-            f"{study.RESULTS}/figures/grids.png",
+            f"results/figures/grids.png",
             category="Figures",
             caption="../report/grids.rst",
         ),
     log:
         "logs/figures/grids.log",
+    conda:
+        "../../envs/resurgence.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/resurgence.yaml"
     shell:
-        "{PY} grids --inputs {input} --out {output.png} > {log} 2>&1"
+        "python -m resurgence grids --inputs {input} --out {output.png} > {log} 2>&1"
