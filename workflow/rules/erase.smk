@@ -5,8 +5,8 @@ rule erase:
     input:
         models_input(),
     output:
-        lora=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
-        report=f"results/erase/{{task}}/{{erase}}/report.json",
+        lora="results/erase/{task}/{erase}/erased_lora.safetensors",
+        report="results/erase/{task}/{erase}/report.json",
     log:
         "logs/erase/{task}/{erase}.log",
     benchmark:

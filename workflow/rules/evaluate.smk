@@ -3,10 +3,10 @@
 
 rule evaluate:
     input:
-        images=f"results/images/{{task}}/{{state}}/index.jsonl",
-        reference=f"results/images/{{task}}/base/index.jsonl",
+        images="results/images/{task}/{state}/index.jsonl",
+        reference="results/images/{task}/base/index.jsonl",
     output:
-        tidy=f"results/metrics/{{task}}/{{state}}/tidy.csv",
+        tidy="results/metrics/{task}/{state}/tidy.csv",
     log:
         "logs/evaluate/{task}/{state}.log",
     benchmark:

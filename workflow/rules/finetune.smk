@@ -4,10 +4,10 @@
 
 rule finetune:
     input:
-        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
         data=ftdata_manifest,
     output:
-        log=f"results/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
+        log="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
     log:
         "logs/finetune/{task}/{erase}/{ftset}/{ftmethod}.log",
     benchmark:

@@ -5,7 +5,7 @@ rule ftdata_random:
     input:
         models_input(),
     output:
-        manifest=f"results/ftdata/random/{{ftset}}/manifest.json",
+        manifest="results/ftdata/random/{ftset}/manifest.json",
     log:
         "logs/ftdata/random/{ftset}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule ftdata_tercile:
     input:
         models_input(),
     output:
-        manifest=f"results/ftdata/tercile/{{task}}/{{ftset}}/manifest.json",
+        manifest="results/ftdata/tercile/{task}/{ftset}/manifest.json",
     log:
         "logs/ftdata/tercile/{task}/{ftset}.log",
     benchmark:

@@ -6,8 +6,8 @@ rule generate_base:
     input:
         models_input(),
     output:
-        index=f"results/images/{{task}}/base/index.jsonl",
-        grid=f"results/images/{{task}}/base/grid.png",
+        index="results/images/{task}/base/index.jsonl",
+        grid="results/images/{task}/base/grid.png",
     log:
         "logs/generate/{task}/base.log",
     benchmark:
@@ -29,10 +29,10 @@ rule generate_base:
 
 rule generate_erased:
     input:
-        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
+        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
     output:
-        index=f"results/images/{{task}}/{{erase}}/erased/index.jsonl",
-        grid=f"results/images/{{task}}/{{erase}}/erased/grid.png",
+        index="results/images/{task}/{erase}/erased/index.jsonl",
+        grid="results/images/{task}/{erase}/erased/grid.png",
     log:
         "logs/generate/{task}/{erase}/erased.log",
     benchmark:
@@ -54,11 +54,11 @@ rule generate_erased:
 
 rule generate_finetuned:
     input:
-        erasure=f"results/erase/{{task}}/{{erase}}/erased_lora.safetensors",
-        finetune=f"results/finetune/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/train_log.json",
+        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
+        finetune="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
     output:
-        index=f"results/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/index.jsonl",
-        grid=f"results/images/{{task}}/{{erase}}/{{ftset}}/{{ftmethod}}/step-{{step}}/grid.png",
+        index="results/images/{task}/{erase}/{ftset}/{ftmethod}/step-{step}/index.jsonl",
+        grid="results/images/{task}/{erase}/{ftset}/{ftmethod}/step-{step}/grid.png",
     log:
         "logs/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.log",
     benchmark:

@@ -5,14 +5,14 @@ rule tables:
     input:
         lambda wc: study.experiment_metrics(config, wc.experiment),
     output:
-        tidy=f"results/tables/{{experiment}}/tidy.csv",
+        tidy="results/tables/{experiment}/tidy.csv",
         summary=report(
-            f"results/tables/{{experiment}}/summary.csv",
+            "results/tables/{experiment}/summary.csv",
             category="Tables",
             caption="../report/summary.rst",
         ),
         resurgence=report(
-            f"results/tables/{{experiment}}/resurgence.csv",
+            "results/tables/{experiment}/resurgence.csv",
             category="Tables",
             caption="../report/resurgence.rst",
         ),
@@ -34,10 +34,10 @@ rule tables:
 
 rule figure:
     input:
-        summary=f"results/tables/{{experiment}}/summary.csv",
+        summary="results/tables/{experiment}/summary.csv",
     output:
         png=report(
-            f"results/figures/{{experiment}}.png",
+            "results/figures/{experiment}.png",
             category="Figures",
             caption="../report/figure.rst",
         ),
@@ -57,7 +57,7 @@ rule trajectory_figure:
         summary=lambda wc: f"results/tables/{config['trajectory']['experiment']}/summary.csv",
     output:
         png=report(
-            f"results/figures/trajectory.png",
+            "results/figures/trajectory.png",
             category="Figures",
             caption="../report/figure.rst",
         ),
@@ -77,7 +77,7 @@ rule grids_figure:
         lambda wc: study.grid_inputs(config),
     output:
         png=report(
-            f"results/figures/grids.png",
+            "results/figures/grids.png",
             category="Figures",
             caption="../report/grids.rst",
         ),

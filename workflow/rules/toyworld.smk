@@ -3,7 +3,7 @@
 
 rule toyworld_train:
     output:
-        manifest=f"results/toyworld/models/manifest.json",
+        manifest="results/toyworld/models/manifest.json",
     log:
         "logs/toyworld/train.log",
     benchmark:
@@ -27,7 +27,7 @@ rule toyworld_quality:
     input:
         models_input(),
     output:
-        quality=f"results/toyworld/quality.json",
+        quality="results/toyworld/quality.json",
     log:
         "logs/toyworld/quality.log",
     benchmark:
