@@ -83,6 +83,23 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("invalid study configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
 
 
+PRUNABLE = ("tasks", "erase_variants", "finetune_sets", "finetune_methods", "experiments")
+
+
+def drop_disabled(config: dict[str, Any]) -> dict[str, Any]:
+    """Remove entries set to null in the named sections, in place: how an overlay preset drops them.
+
+    Overlays are merged key by key (as Snakemake merges ``--configfile``), so a preset cannot
+    delete an inherited task or figure; writing ``fig7: null`` in it does.
+    """
+    for section in PRUNABLE:
+        entries = config.get(section)
+        if isinstance(entries, dict):
+            for key in [k for k, v in entries.items() if v is None]:
+                del entries[key]
+    return config
+
+
 def load_config(
     paths: Iterable[str | os.PathLike] = ("config.yaml",), overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -95,5 +112,6 @@ def load_config(
         config = deep_merge(config, data)
     if overrides:
         config = deep_merge(config, overrides)
+    drop_disabled(config)
     validate_config(config)
     return config

@@ -1,0 +1,132 @@
+"""Train every toy model from scratch and write the manifest the study checks against.
+
+Profiles set the budget: ``gpu`` (one H100, minutes: the shipped weights), ``cpu`` (the same
+recipe shrunk for a CPU-only machine; slower to converge) and ``smoke`` (seconds; tests only,
+its models do not pass the quality gates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resurgence.io import write_json
+
+log = logging.getLogger(__name__)
+
+MODELS = ("t2i", "clip", "detector", "segmenter")
+
+# Overrides of each trainer's config dataclass per profile; the dataclass defaults are the GPU run.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "gpu": {"t2i": {}, "clip": {}, "detector": {}, "segmenter": {}},
+    "cpu": {
+        "t2i": dict(n_train_images=40_000, render_workers=2, vae_steps=1_500, unet_steps=6_000, unet_batch_size=96),
+        "clip": dict(),
+        "detector": dict(),
+        "segmenter": dict(),
+    },
+    "smoke": {
+        "t2i": dict(n_train_images=256, render_workers=1, tokenizer_captions=500, vae_steps=4, vae_batch_size=8,
+                    unet_steps=4, unet_batch_size=8, checkpoint_every=2, log_every=1, n_samples=0, warmup_steps=1),
+        "clip": dict(),
+        "detector": dict(),
+        "segmenter": dict(),
+    },
+}
+
+
+def _configs(profile: str, seed: int) -> dict[str, Any]:
+    from resurgence.toyworld.clip import ToyClipTrainConfig
+    from resurgence.toyworld.detector import DetectorTrainConfig, SegmenterTrainConfig
+    from resurgence.toyworld.t2i import T2ITrainConfig
+
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    classes = {"t2i": T2ITrainConfig, "clip": ToyClipTrainConfig, "detector": DetectorTrainConfig,
+               "segmenter": SegmenterTrainConfig}
+    out = {}
+    for name, cls in classes.items():
+        overrides = {k: v for k, v in PROFILES[profile][name].items() if k in {f.name for f in dataclasses.fields(cls)}}
+        out[name] = cls(**{**overrides, "seed": seed})
+    return out
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_files(root: str | os.PathLike) -> dict[str, str]:
+    """Every shipped file under the model folders (checkpoints excluded) -> its sha256."""
+    root = Path(root)
+    files = {}
+    for name in MODELS:
+        for p in sorted((root / name).rglob("*")):
+            if p.is_file():
+                files[str(p.relative_to(root))] = sha256(p)
+    return files
+
+
+def verify_manifest(root: str | os.PathLike) -> list[str]:
+    """Files whose sha256 differs from the manifest (empty when the weights are intact)."""
+    root = Path(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    bad = []
+    for rel, digest in manifest["files"].items():
+        p = root / rel
+        if not p.exists() or sha256(p) != digest:
+            bad.append(rel)
+    return bad
+
+
+def train_all(
+    out_dir: str | os.PathLike,
+    profile: str = "gpu",
+    only: list[str] | None = None,
+    seed: int = 0,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``."""
+    from resurgence.toyworld.clip import train_clip
+    from resurgence.toyworld.concepts import toy_world
+    from resurgence.toyworld.detector import train_detector, train_segmenter
+    from resurgence.toyworld.t2i import train_text_to_image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = toy_world(seed)
+    cfgs = _configs(profile, seed)
+    trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
+    manifest_path = out / "manifest.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    for name in only or MODELS:
+        t0 = time.time()
+        log.info("training %s (profile %s, seed %d) on %s", name, profile, seed, device)
+        metrics = trainers[name](cfgs[name], world, out, device=device)
+        manifest["models"][name] = dict(
+            config=dataclasses.asdict(cfgs[name]), metrics=metrics, wall_s=round(time.time() - t0, 1)
+        )
+    manifest.update(
+        profile=profile,
+        seed=seed,
+        world_seed=seed,
+        device=str(device),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        host=platform.node(),
+        torch=torch.__version__,
+        files=model_files(out),
+    )
+    write_json(manifest_path, manifest)
+    return manifest
