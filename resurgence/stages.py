@@ -227,7 +227,7 @@ def run_evaluate(args: Namespace) -> None:
 
     evaluators = build_evaluators(args.models, labels, device=device)
     rows: list[dict[str, Any]] = []
-    base = dict(args.state, domain=labels["domain"], is_final=True)
+    base = dict(args.state, domain=labels["domain"])
     concept_items = [r for r in index if r["role"] in ("erased", "retained")]
     images = [Image.open(images_dir / r["file"]).convert("RGB") for r in concept_items]
     metric = "identity_acc" if labels["domain"] == "identity" else "clip_acc"
@@ -256,23 +256,30 @@ def run_evaluate(args: Namespace) -> None:
 
 
 def run_tables(args: Namespace) -> None:
-    from resurgence.metrics.tables import Experiment, read_tidy, resurgence_rate, select, summarize, write_summary
+    from resurgence.metrics.tables import (
+        Experiment,
+        read_tidy,
+        resurgence_rate,
+        select,
+        summarize,
+        write_summary,
+        write_tidy,
+    )
 
     exp = Experiment(name=args.experiment, figure=args.experiment, runs=args.runs)
     tidy = select(read_tidy(args.inputs), exp)
     out = Path(args.out_dir)
-    write_summary(tidy, out / "tidy.csv")
+    write_tidy(tidy, out / "tidy.csv")
     summary = summarize(tidy)
     write_summary(summary, out / "summary.csv")
     write_summary(resurgence_rate(summary), out / "resurgence.csv")
 
 
 def run_figure(args: Namespace) -> None:
-    import pandas as pd
-
     from resurgence.metrics.figures import FIGURES
+    from resurgence.metrics.tables import read_summary
 
-    FIGURES[args.name](pd.read_csv(args.summary), args.out)
+    FIGURES[args.name](read_summary(args.summary), args.out)
 
 
 def run_grids(args: Namespace) -> None:

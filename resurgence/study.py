@@ -69,6 +69,13 @@ def parse_state(task: str, state: str) -> dict[str, Any]:
     )
 
 
+def state_fields(config: dict[str, Any], task: str, state: str) -> dict[str, Any]:
+    """`parse_state` plus ``is_final``: whether a fine-tuned state is the run's last step."""
+    fields = parse_state(task, state)
+    final = fields["state"] != "finetuned" or fields["step"] >= finetune_spec(config, fields["ftmethod"])["steps"]
+    return dict(fields, is_final=bool(final))
+
+
 def images_index(task: str, state: str) -> str:
     return f"{RESULTS}/images/{task}/{state}/index.jsonl"
 
@@ -292,6 +299,8 @@ def check_study(config: dict[str, Any]) -> None:
             overlap = set(fs.get("concepts", [])) & set(config["tasks"][r["task"]]["erase"])
             if overlap:
                 raise ConfigError(f"config key 'finetune_sets.{ftset}': fine-tunes on erased concepts {sorted(overlap)}")
+    for run in all_runs(config):
+        erase_spec(config, run.task, run.erase, world)  # e.g. mapping 'gender' on an object task
     traj = config.get("trajectory") or {}
     if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
         raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")

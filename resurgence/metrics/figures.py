@@ -33,6 +33,7 @@ from resurgence.metrics.tables import (  # noqa: E402
     ACCURACY_METRIC,
     _as_summary,
     _metric_rows,
+    final_rows,
     task_label,
     task_sort_key,
 )
@@ -40,6 +41,7 @@ from resurgence.metrics.tables import (  # noqa: E402
 DPI = 150
 FIGSIZE: tuple[float, float] = (11.0, 4.5)  # inches; every data figure uses it (PNG 1650 x 675)
 GRID_WIDTH_IN = 10.0
+IMAGE_WIDTH_FRACTION = 0.88  # of the grid figure's width; the rest holds row labels
 CI = ("ci", 95)
 BOOTSTRAP_SEED = 0  # seaborn bootstraps the interval; fix it so reruns give identical files
 
@@ -71,7 +73,9 @@ BASELINE = Baseline()
 # --------------------------------------------------------------------------- data shaping
 
 
-def _state_long(summary: pd.DataFrame, role: str, metric: str | Mapping[str, str], baseline: Baseline) -> pd.DataFrame:
+def _state_long(
+    summary: pd.DataFrame, role: str, metric: str | Mapping[str, str], baseline: Baseline
+) -> pd.DataFrame:
     """Long rows (run columns, seed, state, value): base and erased rows copied into every run.
 
     Runs are the final fine-tuned ones; a task/erase with no fine-tuned run yet gets the
@@ -79,25 +83,31 @@ def _state_long(summary: pd.DataFrame, role: str, metric: str | Mapping[str, str
     """
     rows = _metric_rows(summary, role, metric)
     run_cols = ["task", "domain", "erase", "ftset", "ftmethod"]
-    final = rows[(rows["state"] == "finetuned") & rows["is_final"]]
+    final = final_rows(rows)
     runs = final[run_cols].drop_duplicates()
     pairs = rows.loc[rows["state"] == "erased", ["task", "domain", "erase"]].drop_duplicates()
     tasks = rows.loc[rows["state"] == "base", ["task", "domain"]].drop_duplicates()
     extra_pairs = pairs.merge(runs[["task", "erase"]].drop_duplicates(), how="left", indicator=True)
     extra_pairs = extra_pairs[extra_pairs["_merge"] == "left_only"].drop(columns="_merge")
-    extra_tasks = tasks[~tasks["task"].isin(set(runs["task"]) | set(pairs["task"]))].assign(erase=baseline.erase)
+    extra_tasks = tasks[~tasks["task"].isin(set(runs["task"]) | set(pairs["task"]))].assign(
+        erase=baseline.erase
+    )
     extra = pd.concat([extra_pairs, extra_tasks], ignore_index=True)
-    extra = extra.assign(ftset=extra["domain"].map(dict(baseline.ftset)).fillna(""), ftmethod=baseline.ftmethod)
+    extra = extra.assign(
+        ftset=extra["domain"].map(dict(baseline.ftset)).fillna(""), ftmethod=baseline.ftmethod
+    )
     runs = pd.concat([runs, extra[run_cols]], ignore_index=True)
 
     def mean(sel: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         return sel.groupby([*keys, "seed"], sort=True)["value"].mean().reset_index()
 
     parts = [
-        runs.merge(mean(rows[rows["state"] == "base"], ["task", "domain"]), on=["task", "domain"]).assign(state="base"),
-        runs.merge(mean(rows[rows["state"] == "erased"], ["task", "domain", "erase"]), on=["task", "domain", "erase"]).assign(
-            state="erased"
+        runs.merge(mean(rows[rows["state"] == "base"], ["task", "domain"]), on=["task", "domain"]).assign(
+            state="base"
         ),
+        runs.merge(
+            mean(rows[rows["state"] == "erased"], ["task", "domain", "erase"]), on=["task", "domain", "erase"]
+        ).assign(state="erased"),
         runs.merge(mean(final, run_cols), on=run_cols).assign(state="finetuned"),
     ]
     return pd.concat(parts, ignore_index=True)[[*run_cols, "seed", "state", "value"]]
@@ -115,7 +125,9 @@ def _require_metric(summary: pd.DataFrame, metrics: Sequence[str], figure: str) 
 XFunc = Callable[[pd.Series, Baseline], "tuple[tuple, str] | None"]
 
 
-def _is_baseline(row: pd.Series, b: Baseline, *, erase: bool = True, ftset: bool = True, ftmethod: bool = True) -> bool:
+def _is_baseline(
+    row: pd.Series, b: Baseline, *, erase: bool = True, ftset: bool = True, ftmethod: bool = True
+) -> bool:
     return (
         (not erase or row["erase"] == b.erase)
         and (not ftset or row["ftset"] == b.ftset.get(row["domain"]))
@@ -132,7 +144,7 @@ def _x_mapping(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
         return None
     if row["erase"] == b.erase:
         return ((0, ""), "default")
-    m = re.fullmatch(r"mapping[_-](.+)", row["erase"])
+    m = re.fullmatch(r"(?:mapping|map)[_-](.+)", row["erase"])
     return ((1, m.group(1)), m.group(1).replace("_", " ")) if m else None
 
 
@@ -215,26 +227,38 @@ def _legend(fig: Figure, states: Sequence[str], base_ref: bool) -> None:
     handles = [Patch(facecolor=STATE_COLORS[s], label=STATE_LABELS[s]) for s in states]
     if base_ref:
         handles.append(Line2D([], [], color=STATE_COLORS["base"], linestyle="--", label=STATE_LABELS["base"]))
-    fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
 
 
 def _with_x(long: pd.DataFrame, spec: _BarSpec, baseline: Baseline) -> pd.DataFrame:
-    """Attach x sort keys/labels; a variant panel with several tasks prefixes labels by task."""
+    """Attach x sort keys and labels; rows the figure does not show are dropped."""
     if long.empty:
         return long.assign(xkey=[], x=[])
     keyed = [spec.x(row, baseline) for _, row in long.iterrows()]
-    mask = [k is not None for k in keyed]
-    out = long[mask].copy()
+    out = long[[k is not None for k in keyed]].copy()
     out["xkey"] = [k[0] for k in keyed if k is not None]
     out["x"] = [k[1] for k in keyed if k is not None]
-    if not spec.x_is_task:
-        multi = out.groupby("domain")["task"].transform("nunique") > 1
-        out.loc[multi, "x"] = [f"{task_label(t)}\n{x}" for t, x in zip(out.loc[multi, "task"], out.loc[multi, "x"], strict=True)]
-        out["xkey"] = [(task_sort_key(t), k) if m else k for t, k, m in zip(out["task"], out["xkey"], multi, strict=True)]
     return out
 
 
-def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str]) -> None:
+def _panels(long: pd.DataFrame, spec: _BarSpec) -> list[tuple[str, str | None]]:
+    """(domain, task) per panel: one per domain when x is the task, else one per task.
+
+    A domain without data keeps one panel (annotated "no data") unless the spec drops it.
+    """
+    panels: list[tuple[str, str | None]] = []
+    for domain in spec.domains:
+        tasks = sorted(long.loc[long["domain"] == domain, "task"].unique(), key=task_sort_key)
+        if not tasks and spec.only_domains_with_data:
+            continue
+        if spec.x_is_task or not tasks:
+            panels.append((domain, None))
+        else:
+            panels.extend((domain, t) for t in tasks)
+    return panels or [(spec.domains[0], None)]
+
+
+def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str], max_chars: int = 52) -> None:
     """Bars per x and state (mean, 95% CI over seeds) with the base model as dashed reference ticks."""
     order = list(dict.fromkeys(x for _, x in sorted(zip(data["xkey"], data["x"], strict=True))))
     bars = data[data["state"].isin(states)]
@@ -246,6 +270,7 @@ def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str]) -> None:
             hue="state",
             order=order,
             hue_order=list(states),
+            dodge=True,  # keep slots when one state is missing, so bars stay comparable
             palette=STATE_COLORS,
             errorbar=CI,
             seed=BOOTSTRAP_SEED,
@@ -260,11 +285,14 @@ def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str]) -> None:
     base = data[data["state"] == "base"].groupby("x")["value"].mean()
     for i, x in enumerate(order):
         if x in base.index and np.isfinite(base[x]):
-            ax.hlines(base[x], i - 0.45, i + 0.45, colors=STATE_COLORS["base"], linestyles="--", linewidth=1.5)
+            ax.hlines(
+                base[x], i - 0.45, i + 0.45, colors=STATE_COLORS["base"], linestyles="--", linewidth=1.5
+            )
     values = data["value"].dropna()
     if not values.empty and values.min() >= 0 and values.max() <= 1:
         ax.set_ylim(0, 1.02)
-    if len(order) > 3 or any(len(x) > 14 for x in order):
+    longest = max((len(line) for x in order for line in x.split("\n")), default=0)
+    if longest * len(order) > max_chars:  # labels would overlap horizontally
         ax.tick_params(axis="x", labelrotation=20)
 
 
@@ -272,20 +300,21 @@ def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec, basel
     s = _as_summary(summary)
     _require_metric(s, sorted(set(spec.metric.values())), spec.name)
     long = _with_x(_state_long(s, spec.role, spec.metric, baseline), spec, baseline)
-    domains = list(spec.domains)
-    if spec.only_domains_with_data:
-        present = [d for d in domains if (long["domain"] == d).any()]
-        domains = present or domains[:1]
+    panels = _panels(long, spec)
     fig = Figure(figsize=FIGSIZE, layout="constrained")
-    axes = fig.subplots(1, len(domains), squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     states = ("erased", "finetuned")
-    for ax, domain in zip(axes, domains, strict=True):
+    for ax, (domain, task) in zip(axes, panels, strict=True):
         data = long[long["domain"] == domain]
-        ax.set_title(DOMAIN_TITLES.get(domain, domain))
+        title = DOMAIN_TITLES.get(domain, domain)
+        if task is not None:
+            data = data[data["task"] == task]
+            title = task_label(task)  # names its domain ("Erase ship", "Erase 10 identities")
+        ax.set_title(title)
         if data.empty:
             _no_data(ax)
             continue
-        _bar_panel(ax, data, states)
+        _bar_panel(ax, data, states, max_chars=104 // len(panels))
         ax.set_xlabel(spec.xlabel)
         ax.set_ylabel(spec.ylabel.get(domain, ""))
     fig.suptitle(spec.title)
@@ -293,8 +322,17 @@ def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec, basel
     _write(fig, out_path)
 
 
-def _acc_spec(name: str, title: str, xlabel: str, x: XFunc, domains=("object", "identity"), x_is_task=False) -> _BarSpec:
-    return _BarSpec(name, title, xlabel, "erased", ACCURACY_METRIC, x, domains, ACC_YLABELS, x_is_task=x_is_task)
+def _acc_spec(
+    name: str,
+    title: str,
+    xlabel: str,
+    x: XFunc,
+    domains: tuple[str, ...] = ("object", "identity"),
+    x_is_task: bool = False,
+) -> _BarSpec:
+    return _BarSpec(
+        name, title, xlabel, "erased", ACCURACY_METRIC, x, domains, ACC_YLABELS, x_is_task=x_is_task
+    )
 
 
 # --------------------------------------------------------------------------- paper figures
@@ -303,14 +341,24 @@ def _acc_spec(name: str, title: str, xlabel: str, x: XFunc, domains=("object", "
 def fig5_resurgence(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
     """Fig. 5: accuracy on erased concepts after erasure vs after in-domain fine-tuning, per task."""
     spec = _acc_spec(
-        "fig5", "Concept resurgence after fine-tuning", "Task", _x_task, ("identity", "object"), x_is_task=True
+        "fig5",
+        "Concept resurgence after fine-tuning",
+        "Task",
+        _x_task,
+        ("identity", "object"),
+        x_is_task=True,
     )
     _bar_figure(summary, out_path, spec, baseline)
 
 
 def fig6_mapping(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
     """Fig. 6: effect of the mapping concept (erase variants ``mapping_*`` vs ``default``)."""
-    _bar_figure(summary, out_path, _acc_spec("fig6", "Effect of the mapping concept", "Mapping concept", _x_mapping), baseline)
+    _bar_figure(
+        summary,
+        out_path,
+        _acc_spec("fig6", "Effect of the mapping concept", "Mapping concept", _x_mapping),
+        baseline,
+    )
 
 
 def fig7_lambda(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
@@ -327,7 +375,12 @@ def fig8_ftmethod(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseli
 
 def fig9_terciles(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
     """Fig. 9: fine-tune sets by CLIP-similarity tercile to the erased concepts (``*tercile_<k>``)."""
-    spec = _acc_spec("fig9", "Similarity of the fine-tuning set to the erased concepts", "CLIP-similarity tercile", _x_tercile)
+    spec = _acc_spec(
+        "fig9",
+        "Similarity of the fine-tuning set to the erased concepts",
+        "CLIP-similarity tercile",
+        _x_tercile,
+    )
     _bar_figure(summary, out_path, spec, baseline)
 
 
@@ -339,7 +392,10 @@ def fig10_domain(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baselin
 
 def fig11_retained(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
     """Fig. 11: accuracy on *retained* concepts before vs after fine-tuning (App. B)."""
-    ylabels = {"identity": "Identity accuracy on retained identities", "object": "CLIP accuracy on retained objects"}
+    ylabels = {
+        "identity": "Identity accuracy on retained identities",
+        "object": "CLIP accuracy on retained objects",
+    }
     spec = _BarSpec(
         "fig11", "Accuracy on retained concepts", "Task", "retained", ACCURACY_METRIC, _x_task,
         ("identity", "object"), ylabels, x_is_task=True,
@@ -376,10 +432,17 @@ def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Basel
     _require_metric(s, sorted(set(ACCURACY_METRIC.values())), "trajectory")
     rows = _metric_rows(s, "erased", ACCURACY_METRIC)
     in_domain = rows["ftset"] == rows["domain"].map(dict(baseline.ftset))
-    steps = rows[(rows["state"] == "finetuned") & (rows["erase"] == baseline.erase) & in_domain & (rows["ftmethod"] == baseline.ftmethod)]
+    steps = rows[
+        (rows["state"] == "finetuned")
+        & (rows["erase"] == baseline.erase)
+        & in_domain
+        & (rows["ftmethod"] == baseline.ftmethod)
+    ]
     steps = steps.groupby(["task", "domain", "step", "seed"], sort=True)["value"].mean().reset_index()
     erased = rows[(rows["state"] == "erased") & (rows["erase"] == baseline.erase)]
-    erased = erased.groupby(["task", "domain", "seed"], sort=True)["value"].mean().reset_index().assign(step=0)
+    erased = (
+        erased.groupby(["task", "domain", "seed"], sort=True)["value"].mean().reset_index().assign(step=0)
+    )
     base = rows[rows["state"] == "base"].groupby(["task", "domain"])["value"].mean()
     data = pd.concat([erased, steps], ignore_index=True)
     data["label"] = data["task"].map(task_label)
@@ -418,26 +481,35 @@ def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Basel
 
 def grid_figsize(shapes: Sequence[tuple[int, int]]) -> tuple[float, float]:
     """Figure size (inches) for stacking images of ``(height, width)`` at ``GRID_WIDTH_IN`` wide."""
-    image_width = 0.88 * GRID_WIDTH_IN  # the rest is the row-label margin
+    image_width = IMAGE_WIDTH_FRACTION * GRID_WIDTH_IN  # the rest is the row-label margin
     height = sum(image_width * h / w for h, w in shapes) + 0.25 * len(shapes) + 0.5
     return (GRID_WIDTH_IN, round(height, 2))
 
 
-def image_grid_figure(grid_pngs: Mapping[str, PathLike], out_path: PathLike, *, title: str | None = None) -> None:
+def image_grid_figure(
+    grid_pngs: Mapping[str, PathLike], out_path: PathLike, *, title: str | None = None
+) -> None:
     """Stack existing image grids (e.g. base / erased / fine-tuned rows, paper Figs. 2-4), labelled by key."""
     if not grid_pngs:
         raise ValueError("image_grid_figure: no grid PNGs given")
     images = []
+    target_px = round(IMAGE_WIDTH_FRACTION * GRID_WIDTH_IN * DPI)
     for label, path in grid_pngs.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"image_grid_figure: grid for {label!r} not found: {path}")
         with Image.open(path) as im:
-            images.append((label, np.asarray(im.convert("RGB"))))
+            rgb = im.convert("RGB")
+            # Downscale big grids here (PIL's Lanczos is fast); matplotlib's resampler is slow on them.
+            if rgb.width > target_px:
+                rgb = rgb.resize(
+                    (target_px, max(1, round(rgb.height * target_px / rgb.width))), Image.LANCZOS
+                )
+            images.append((label, np.asarray(rgb)))
     shapes = [img.shape[:2] for _, img in images]
     fig = Figure(figsize=grid_figsize(shapes), layout="constrained")
     axes = fig.subplots(len(images), 1, squeeze=False, height_ratios=[h / w for h, w in shapes])[:, 0]
     for ax, (label, img) in zip(axes, images, strict=True):
-        ax.imshow(img, interpolation="lanczos")
+        ax.imshow(img, interpolation="none")  # small grids upscale with crisp pixels
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():

@@ -81,6 +81,13 @@ ACCURACY_METRIC: dict[str, str] = {"identity": "identity_acc", "object": "clip_a
 # Recovery is undefined when erasure removed (almost) nothing: dividing by ~0 is noise.
 RECOVERY_MIN_GAP = 0.01
 
+# Canonical row order for every table (tidy, summary, resurgence): whichever of these it has.
+# SUMMARY_KEYS is its restriction to summary columns, so summaries sort the same either way.
+SORT_ORDER: tuple[str, ...] = (
+    "task", "domain", "erase", "ftset", "ftmethod", "state", "step", "is_final",
+    "role", "metric", "concept", "template", "prompt", "seed",
+)  # fmt: skip
+
 RESURGENCE_COLUMNS: tuple[str, ...] = (
     "task",
     "domain",
@@ -119,7 +126,9 @@ def _to_int(series: pd.Series, column: str) -> pd.Series:
     numeric = pd.to_numeric(series, errors="coerce")
     bad = numeric.isna() | (numeric != np.round(numeric))
     if bad.any():
-        raise ValueError(f"column {column!r} must be integer; got values {sorted(set(series[bad].astype(str)))[:5]}")
+        raise ValueError(
+            f"column {column!r} must be integer; got values {sorted(set(series[bad].astype(str)))[:5]}"
+        )
     return numeric.astype(np.int64)
 
 
@@ -147,7 +156,9 @@ def validate_tidy(df: pd.DataFrame, columns: Sequence[str] = TIDY_COLUMNS) -> pd
     value = pd.to_numeric(out["value"], errors="coerce")
     bad = value.isna() & out["value"].notna() & (out["value"].astype(str).str.strip().str.lower() != "nan")
     if bad.any():
-        raise ValueError(f"column 'value' must be numeric; got {sorted(set(out['value'][bad].astype(str)))[:5]}")
+        raise ValueError(
+            f"column 'value' must be numeric; got {sorted(set(out['value'][bad].astype(str)))[:5]}"
+        )
     out["value"] = value.astype(float)
     _check_values(out, "domain", DOMAINS)
     _check_values(out, "state", STATES)
@@ -185,7 +196,7 @@ def read_summary(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- summaries
 
 
-def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def _sorted(df: pd.DataFrame, keys: Sequence[str] = SORT_ORDER) -> pd.DataFrame:
     keys = [k for k in keys if k in df.columns]
     return df.sort_values(list(keys), kind="mergesort").reset_index(drop=True)
 
@@ -220,6 +231,14 @@ def _metric_rows(summary: pd.DataFrame, role: str, metric: str | Mapping[str, st
     return rows[rows["metric"] == wanted]
 
 
+def final_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Fine-tuned rows of each run's final checkpoint: ``is_final`` and, should several steps be
+    flagged final, only the largest step per run and seed (never a mix of checkpoints)."""
+    ft = summary[(summary["state"] == "finetuned") & summary["is_final"]]
+    last = ft.groupby(["task", "domain", "erase", "ftset", "ftmethod", "seed"])["step"].transform("max")
+    return ft[ft["step"] == last]
+
+
 def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
     """Per fine-tuning run and seed, how much accuracy on the *erased* concepts came back.
 
@@ -229,7 +248,7 @@ def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
 
     * ``acc_base``      accuracy of the base model (state "base"; same task and seed),
     * ``acc_erased``    accuracy after erasure (state "erased"; same task, erase and seed),
-    * ``acc_finetuned`` accuracy after fine-tuning (state "finetuned", ``is_final``),
+    * ``acc_finetuned`` accuracy after fine-tuning (state "finetuned", final checkpoint: ``final_rows``),
     * ``resurgence = acc_finetuned - acc_erased`` (accuracy points; the before-vs-after gap
       the paper's figures show),
     * ``recovery = resurgence / (acc_base - acc_erased)``, the fraction of what erasure
@@ -242,7 +261,7 @@ def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
     acc = _metric_rows(s, "erased", ACCURACY_METRIC)
     run = ["task", "domain", "erase", "ftset", "ftmethod", "seed"]
     ft = (
-        acc[(acc["state"] == "finetuned") & acc["is_final"]]
+        final_rows(acc)
         .groupby(run + ["metric"], sort=True)
         .agg(step=("step", "max"), acc_finetuned=("value", "mean"))
         .reset_index()
@@ -268,30 +287,36 @@ def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
     gap = out["acc_base"] - out["acc_erased"]
     out["recovery"] = (out["resurgence"] / gap).where(gap > RECOVERY_MIN_GAP)
     out["step"] = out["step"].astype(np.int64)
-    return _sorted(out[list(RESURGENCE_COLUMNS)], run)
+    return _sorted(out[list(RESURGENCE_COLUMNS)])
 
 
 # --------------------------------------------------------------------------- writing
 
 
 def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None = None) -> None:
-    """Write ``df`` as CSV atomically, rows sorted so reruns produce byte-identical files."""
-    keys = list(sort_by) if sort_by is not None else [c for c in df.columns if c not in ("value", "n")]
+    """Write ``df`` as CSV atomically, rows sorted so reruns produce byte-identical files.
+
+    Without ``sort_by`` rows are ordered by whichever ``SORT_ORDER`` columns ``df`` has.
+    """
+    keys = list(sort_by) if sort_by is not None else [c for c in SORT_ORDER if c in df.columns]
     out = _sorted(df, keys)
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def write_summary(df: pd.DataFrame, path: PathLike) -> None:
-    """Write the per-seed summary of ``df`` (tidy rows are summarized first) as sorted CSV."""
-    write_table(_as_summary(df), path, sort_by=SUMMARY_KEYS)
+    """Write a table (summary, resurgence rates, or selected tidy rows) as deterministic sorted CSV.
+
+    Writes ``df`` as given (no summarizing); read summaries back with ``read_summary``.
+    """
+    write_table(df, path)
 
 
 def write_tidy(df: pd.DataFrame, path: PathLike) -> None:
     """Validate and write tidy rows (for evaluation jobs), sorted, columns in ``TIDY_COLUMNS`` order."""
     tidy = validate_tidy(df)
     extra = [c for c in tidy.columns if c not in TIDY_COLUMNS]
-    write_table(tidy[[*TIDY_COLUMNS, *extra]], path, sort_by=[c for c in TIDY_COLUMNS if c != "value"])
+    write_table(tidy[[*TIDY_COLUMNS, *extra]], path)
 
 
 # --------------------------------------------------------------------------- experiments

@@ -19,7 +19,7 @@ rule evaluate:
         runtime=30,
     params:
         labels=lambda wc: as_json(study.label_spec(config, wc.task)),
-        state=lambda wc: as_json(study.parse_state(wc.task, wc.state)),
+        state=lambda wc: as_json(study.state_fields(config, wc.task, wc.state)),
         models=as_json(MODELS),
         device=device(),
     shell:

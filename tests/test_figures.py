@@ -1,0 +1,203 @@
+"""Every paper figure renders from a synthetic summary, tolerates missing variants, and names missing metrics."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from resurgence.metrics import figures
+from resurgence.metrics.figures import (
+    DPI,
+    FIGSIZE,
+    FIGURES,
+    fig5_resurgence,
+    fig7_lambda,
+    fig13_fid,
+    grid_figsize,
+    image_grid_figure,
+)
+from resurgence.metrics.tables import ACCURACY_METRIC, SUMMARY_KEYS
+
+SEEDS = (0, 1, 2)
+DOMAIN = {"identity_1": "identity", "identity_10": "identity", "object_ship": "object"}
+IN_DOMAIN = {"identity": "random_identity", "object": "random_object"}
+OUT_DOMAIN = {"identity": "random_object", "object": "random_identity"}
+
+
+def _rows(
+    task: str, erase: str, ftset: str, ftmethod: str, state: str, step: int, final: bool, level: float
+) -> list[dict]:
+    domain = DOMAIN[task]
+    common = dict(
+        task=task,
+        domain=domain,
+        erase=erase,
+        ftset=ftset,
+        ftmethod=ftmethod,
+        state=state,
+        step=step,
+        is_final=final,
+    )
+    out = []
+    for seed in SEEDS:
+        jitter = 0.02 * (seed - 1)
+        out.append(
+            dict(common, role="erased", metric=ACCURACY_METRIC[domain], seed=seed, value=level + jitter)
+        )
+        out.append(
+            dict(common, role="retained", metric=ACCURACY_METRIC[domain], seed=seed, value=0.85 + jitter)
+        )
+        if domain == "identity":
+            out.append(dict(common, role="caption", metric="clip_score", seed=seed, value=0.30 + jitter / 10))
+            if state != "base":
+                out.append(
+                    dict(common, role="caption", metric="fid", seed=seed, value=20.0 + 10 * level + seed)
+                )
+    return out
+
+
+def make_summary() -> pd.DataFrame:
+    """Per-seed summary covering every figure's variants (the shape ``tables.summarize`` returns).
+
+    identity_10 and object_ship get every variant (as in the paper's Secs. 4-5); identity_1 only
+    the default run, so variant figures also meet a task with a single variant.
+    """
+    rows: list[dict] = []
+    for task, domain in DOMAIN.items():
+        rows += _rows(task, "none", "none", "none", "base", 0, False, 0.9)
+        rows += _rows(task, "default", "none", "none", "erased", 0, False, 0.05)
+        rows += _rows(task, "default", IN_DOMAIN[domain], "lora", "finetuned", 200, True, 0.3)
+        for step, level in ((50, 0.1), (100, 0.2), (150, 0.25)):
+            rows += _rows(task, "default", IN_DOMAIN[domain], "lora", "finetuned", step, False, level)
+        if task == "identity_1":
+            continue
+        for i, erase in enumerate(
+            ["mapping_object", "lambda1_0", "lambda1_0.0001", "lambda1_0.01", "lambda1_1"], 1
+        ):
+            rows += _rows(task, erase, "none", "none", "erased", 0, False, 0.05 + 0.02 * i)
+            rows += _rows(task, erase, IN_DOMAIN[domain], "lora", "finetuned", 200, True, 0.3 + 0.05 * i)
+        rows += _rows(task, "default", IN_DOMAIN[domain], "full", "finetuned", 200, True, 0.4)
+        rows += _rows(task, "default", OUT_DOMAIN[domain], "lora", "finetuned", 200, True, 0.1)
+        for k in (1, 2, 3):
+            rows += _rows(task, "default", f"tercile_{k}", "lora", "finetuned", 200, True, 0.25 + 0.02 * k)
+    df = pd.DataFrame(rows)
+    df["n"] = 4
+    return df.sort_values(list(SUMMARY_KEYS)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def summary() -> pd.DataFrame:
+    return make_summary()
+
+
+EXPECTED_PX = (1650, 675)  # FIGSIZE (11 x 4.5 in) at 150 dpi; fixed, no tight bbox
+
+
+def _check_outputs(png) -> None:
+    pdf = png.with_suffix(".pdf")
+    assert png.stat().st_size > 1000 and pdf.stat().st_size > 1000
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+        assert im.size == EXPECTED_PX == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+    assert not list(png.parent.glob(".*.tmp"))
+
+
+def test_dispatcher_covers_every_paper_figure() -> None:
+    assert set(FIGURES) == {f"fig{i}" for i in range(5, 14)} | {"trajectory"}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_every_figure_writes_png_and_pdf(name: str, summary: pd.DataFrame, tmp_path) -> None:
+    png = tmp_path / "figs" / f"{name}.png"
+    FIGURES[name](summary, png)
+    _check_outputs(png)
+
+
+def test_missing_variants_give_no_data_panels_not_crashes(summary: pd.DataFrame, tmp_path) -> None:
+    # Only the identity tasks' default run: object panels are empty, fig7 has no λ1 variants at all.
+    only = summary[(summary.domain == "identity") & summary.erase.isin(["none", "default"])]
+    for name in ("fig5", "fig7", "trajectory"):
+        FIGURES[name](only, tmp_path / f"{name}.png")
+        _check_outputs(tmp_path / f"{name}.png")
+    # Erased models without any fine-tuned run yet still plot (their baseline run is implied).
+    not_tuned = summary[summary.state != "finetuned"]
+    fig5_resurgence(not_tuned, tmp_path / "early.png")
+    _check_outputs(tmp_path / "early.png")
+
+
+def test_figures_accept_tidy_rows(summary: pd.DataFrame, tmp_path) -> None:
+    per_concept = [summary.assign(concept=f"c{i}", prompt=f"p{i}", template="{}") for i in range(2)]
+    tidy = pd.concat(per_concept, ignore_index=True).drop(columns="n")
+    fig7_lambda(tidy, tmp_path / "fig7.png")
+    _check_outputs(tmp_path / "fig7.png")
+
+
+def test_missing_metric_raises_naming_it(summary: pd.DataFrame, tmp_path) -> None:
+    no_fid = summary[summary.metric != "fid"]
+    with pytest.raises(ValueError, match="'fid'"):
+        fig13_fid(no_fid, tmp_path / "fig13.png")
+    with pytest.raises(ValueError, match="'clip_score'"):
+        FIGURES["fig12"](summary[summary.metric != "clip_score"], tmp_path / "fig12.png")
+    only_fid = summary[summary.metric == "fid"]
+    for name in ("fig5", "fig11", "trajectory"):
+        with pytest.raises(ValueError, match="'clip_acc' or 'identity_acc'"):
+            FIGURES[name](only_fid, tmp_path / f"{name}.png")
+    assert not (tmp_path / "fig13.png").exists()
+
+
+def test_state_rows_are_shared_by_every_run(summary: pd.DataFrame) -> None:
+    """Base and erased bars are copied into each run so before/after sit side by side per variant."""
+    long = figures._state_long(summary, "erased", ACCURACY_METRIC, figures.BASELINE)
+    ship = long[(long.task == "object_ship") & (long.erase == "default")]
+    runs = set(zip(ship.ftset, ship.ftmethod, strict=True))
+    assert (
+        ("random_object", "lora") in runs
+        and ("tercile_2", "lora") in runs
+        and ("random_object", "full") in runs
+    )
+    for _, run in ship.groupby(["ftset", "ftmethod"]):
+        assert sorted(run.state.unique()) == ["base", "erased", "finetuned"]
+        assert len(run) == 3 * len(SEEDS)  # intermediate checkpoints are not in the bars
+        np.testing.assert_allclose(run[run.state == "erased"].value.mean(), 0.05)
+
+
+def test_image_grid_figure_stacks_labelled_grids(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    shapes = {"SD (base)": (64, 256), "After erasure": (64, 256), "After fine-tuning": (128, 256)}
+    paths = {}
+    for i, (label, (h, w)) in enumerate(shapes.items()):
+        paths[label] = tmp_path / f"grid{i}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(paths[label])
+    out = tmp_path / "grids" / "fig2.png"
+    image_grid_figure(paths, out, title="Erase 10 identities")
+    width, height = grid_figsize(list(shapes.values()))
+    assert width * DPI == 1500
+    pdf = out.with_suffix(".pdf")
+    assert pdf.read_bytes().startswith(b"%PDF")
+    with Image.open(out) as im:
+        assert im.size[0] == 1500 and abs(im.size[1] - height * DPI) <= 1
+    with pytest.raises(FileNotFoundError, match="After erasure"):
+        image_grid_figure({"After erasure": tmp_path / "missing.png"}, tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        image_grid_figure({}, tmp_path / "x.png")
+
+
+def test_lambda_axis_is_ordered_numerically() -> None:
+    rows = [figures._x_lambda(pd.Series(dict(erase=e, domain="object", ftset="random_object", ftmethod="lora")), figures.BASELINE)
+            for e in ("lambda1_1", "lambda1_0", "lambda1_0.001", "default")]  # fmt: skip
+    assert rows[-1] is None
+    assert [label for _, label in sorted(r for r in rows if r)] == ["0", "1e-03", "1e+00"]
+    assert list(itertools.islice(FIGURES, 1)) == ["fig5"]
+
+
+def test_figures_are_byte_reproducible(summary: pd.DataFrame, tmp_path) -> None:
+    """Fixed bootstrap seed and sorted inputs: reruns (and shuffled rows) give identical files."""
+    fig5_resurgence(summary, tmp_path / "a.png")
+    fig5_resurgence(summary.sample(frac=1.0, random_state=0), tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()

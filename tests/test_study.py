@@ -1,0 +1,103 @@
+"""The study resolver: specs, model states and targets derived from the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resurgence import study
+from resurgence.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return load_config([ROOT / "config.yaml"])
+
+
+def test_state_ids_round_trip(config):
+    run = study.Run(task="identity_10", erase="lambda1_0.001", ftset="tercile_2", ftmethod="full")
+    assert study.parse_state("identity_10", study.state_id(None, "base")) == dict(
+        task="identity_10", erase="none", ftset="none", ftmethod="none", state="base", step=0
+    )
+    erased = study.parse_state("identity_10", study.state_id(run, "erased"))
+    assert (erased["erase"], erased["state"]) == ("lambda1_0.001", "erased")
+    ft = study.parse_state("identity_10", study.state_id(run, "finetuned", 150))
+    assert (ft["erase"], ft["ftset"], ft["ftmethod"], ft["state"], ft["step"]) == (
+        "lambda1_0.001", "tercile_2", "full", "finetuned", 150
+    )
+    with pytest.raises(ValueError):
+        study.parse_state("identity_10", "nonsense/state")
+
+
+def test_erase_spec_resolves_mapping_per_concept(config):
+    spec = study.erase_spec(config, "identity_10", "mapping_gender")
+    from resurgence.world import get_world
+
+    world = get_world(config)
+    assert len(spec["concepts"]) == 10
+    for c in spec["concepts"]:
+        gender = world.concept(c["name"]).trait("gender")
+        assert c["mapping"] == f"a {gender} celebrity"
+    assert "mapping" not in spec["mace"]
+    plain = study.erase_spec(config, "object_ship", "default")
+    assert [c["mapping"] for c in plain["concepts"]] == ["ground"]
+    lam = study.erase_spec(config, "object_ship", "lambda1_0.01")
+    assert lam["mace"]["lambda1"] == 0.01
+
+
+def test_runs_fill_defaults(config):
+    runs = study.experiment_runs(config, "fig5")
+    assert runs[0] == study.Run(task="identity_1", erase="default", ftset="random_identity", ftmethod="lora")
+    assert study.Run(task="object_ship", erase="default", ftset="random_object", ftmethod="lora") in runs
+    fig10 = study.experiment_runs(config, "fig10")
+    assert study.Run(task="identity_10", ftset="random_object") in fig10
+
+
+def test_expand_records_counts(config):
+    spec = study.generation_spec(config, "identity_10")
+    records = study.expand_records(spec)
+    n_seeds = len(config["seeds"])
+    n_erased = 10 * 5 * n_seeds
+    n_retained = len(config["tasks"]["identity_10"]["retain"]) * 5 * n_seeds
+    n_captions = config["evaluation"]["captions"]["n"]
+    roles = [r["role"] for r in records]
+    assert roles.count("erased") == n_erased
+    assert roles.count("retained") == n_retained
+    assert roles.count("caption") == n_captions
+    # object tasks are not scored on captions (as in the paper), and prompts include synonyms
+    obj = study.expand_records(study.generation_spec(config, "object_ship"))
+    assert {r["prompt"] for r in obj if r["role"] == "erased"} == {"a photo of the ship", "a photo of the boat"}
+    assert not [r for r in obj if r["role"] == "caption"]
+    # trajectory checkpoints are scored on erased concepts only
+    traj = study.expand_records(study.generation_spec(config, "identity_10", ("erased",)))
+    assert {r["role"] for r in traj} == {"erased"}
+
+
+def test_tercile_spec_excludes_task_concepts(config):
+    spec = study.ftset_spec(config, "tercile_1", "identity_10")
+    task = config["tasks"]["identity_10"]
+    assert not set(spec["candidates"]) & (set(task["erase"]) | set(task["retain"]))
+    assert spec["erased"] == task["erase"]
+    assert study.ftset_dir(config, "tercile_1", "identity_10") == "results/ftdata/tercile/identity_10/tercile_1"
+    assert study.ftset_dir(config, "random_object", "identity_10") == "results/ftdata/random/random_object"
+
+
+def test_trajectory_states_only_for_trajectory_experiment(config):
+    fig5 = study.experiment_runs(config, "fig5")[0]
+    states = study.run_states(config, fig5)
+    assert [s for s in states if s.endswith(("step-50", "step-100", "step-150"))]
+    fig8 = study.Run(task="identity_10", ftmethod="full")
+    assert study.trajectory_steps(config, fig8) == []
+
+
+def test_specs_fit_a_command_line(config):
+    """Rule params travel as one shell argument; Linux caps one at 128 KiB."""
+    import json
+
+    for run in study.all_runs(config):
+        assert len(json.dumps(study.erase_spec(config, run.task, run.erase))) < 64_000
+    for task in config["tasks"]:
+        assert len(json.dumps(study.generation_spec(config, task))) < 64_000
