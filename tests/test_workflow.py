@@ -1,0 +1,128 @@
+"""The workflow as users run it: lint, formatting, the default DAG, config rejection, and an
+end-to-end run of the smoke preset with its incremental-rerun behaviour."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {
+    "toyworld_quality", "erase", "ftdata_random", "ftdata_tercile", "finetune", "generate_base",
+    "generate_erased", "generate_finetuned", "evaluate", "tables", "figure", "trajectory_figure", "grids_figure",
+}
+
+
+def run(cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "snakemake", *args], cwd=cwd, check=check)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table."""
+    counts: dict[str, int] = {}
+    block = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def test_ruff_clean():
+    run([sys.executable, "-m", "ruff", "check", "resurgence", "tests", "benchmarks"])
+
+
+def test_snakefmt_clean():
+    run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"])
+
+
+def test_snakemake_lint_clean():
+    out = snakemake("--lint")
+    assert "Congratulations" in out.stdout + out.stderr
+
+
+def test_default_study_dry_run_lists_every_stage():
+    out = snakemake("-n", "--forceall")
+    counts = job_counts(out.stdout)
+    assert set(counts) >= STAGES, f"missing stages: {STAGES - set(counts)}"
+    assert counts["figure"] == 9  # Figs. 5-13
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("world=mars", "'world'"), ("device=tpu", "'device'"), ("seeds=[]", "'seeds'")],
+)
+def test_malformed_config_stops_before_any_job(override, fragment):
+    out = snakemake("-n", "--config", override, check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert f"config key {fragment}" in text, text[-2000:]
+    assert "allowed values" in text or "non-empty" in text, text[-2000:]
+    assert "Job stats" not in text
+
+
+# ----------------------------------------------------------------------------- end to end (smoke)
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    """A working directory that sees the repository's workflow and shipped models, with its own results/."""
+    work = tmp_path_factory.mktemp("smoke")
+    for name in ("Snakefile", "workflow", "config.yaml", "config.smoke.yaml", "resources", "envs"):
+        (work / name).symlink_to(ROOT / name)
+    snakemake("--cores", "2", "--configfile", "config.smoke.yaml", "--resources", "gpu=1", cwd=work)
+    return work
+
+
+@pytest.mark.slow
+def test_smoke_study_produces_tables_and_figures(smoke_dir):
+    import pandas as pd
+
+    for fig in ("fig5", "fig11", "fig12", "fig13", "trajectory", "grids"):
+        png = smoke_dir / "results" / "figures" / f"{fig}.png"
+        assert png.stat().st_size > 10_000, fig
+    summary = pd.read_csv(smoke_dir / "results" / "tables" / "fig5" / "summary.csv")
+    assert {"base", "erased", "finetuned"} <= set(summary["state"])
+    assert {"identity_acc", "clip_acc"} <= set(summary["metric"])
+    rates = pd.read_csv(smoke_dir / "results" / "tables" / "fig5" / "resurgence.csv")
+    assert set(rates["task"]) == {"identity_1", "object_ship"}
+    assert rates["resurgence"].notna().all()
+    erasure = smoke_dir / "results" / "erase" / "identity_1" / "default" / "erased_lora.safetensors"
+    assert erasure.stat().st_size > 0
+    assert not list((smoke_dir / "results").rglob("*.tmp")), "half-written artifacts left behind"
+
+
+@pytest.mark.slow
+def test_second_run_does_nothing(smoke_dir):
+    out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=smoke_dir)
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_changing_a_learning_rate_reruns_exactly_downstream(smoke_dir):
+    overlay = smoke_dir / "lr.yaml"
+    overlay.write_text("finetune_methods:\n  lora: {learning_rate: 3.0e-4}\n")
+    out = snakemake("-n", "--configfile", "config.smoke.yaml", "lr.yaml", cwd=smoke_dir)
+    counts = job_counts(out.stdout)
+    # 2 runs (identity_1, object_ship): each fine-tune, its final and trajectory generations,
+    # their evaluations; then every table and figure that reads them. Nothing upstream.
+    assert counts.get("finetune") == 2
+    assert counts.get("generate_finetuned") == 4
+    assert counts.get("evaluate") == 4
+    assert not {"erase", "ftdata_random", "generate_base", "generate_erased", "toyworld_quality"} & set(counts), counts
+    shutil.rmtree(smoke_dir / ".snakemake" / "locks", ignore_errors=True)
