@@ -91,7 +91,7 @@ def run_erase(args: Namespace) -> None:
     gen_cfg = generation_config(args.generation)
     mace = dict(spec["mace"])
     mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
-    cfg = EraseConfig.from_dict(mace)
+    cfg = EraseConfig.from_dict(mace)  # the spec is complete: no preset defaults are filled in here
     concepts = []
     for c in spec["concepts"]:
         concept = world.concept(c["name"])

@@ -15,6 +15,8 @@ from resurgence.world import World, get_world
 
 RESULTS = "results"
 STATE_PATTERN = r"base|[^/]+/erased|[^/]+/[^/]+/[^/]+/step-\d+"
+# Free captions that MACE preserves are drawn with their own seed, apart from the evaluation captions.
+PRESERVE_CAPTION_SEED = 7_000_003
 
 
 @dataclass(frozen=True)
@@ -135,18 +137,50 @@ def world_ref(config: dict[str, Any]) -> dict[str, Any]:
     return ref
 
 
-def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
-    """What the erase job runs with: erased concepts with their mapping concept, and MACE settings.
+def _domain_preserve(config: dict[str, Any], world: World, task: str) -> list[str]:
+    """MACE's in-domain cache: the task domain's concepts that no task and no fine-tune set uses."""
+    domain = config["tasks"][task]["domain"]
+    used: set[str] = set()
+    for t in config["tasks"].values():
+        used |= set(t["erase"]) | set(t.get("retain", []))
+    for fs in config["finetune_sets"].values():
+        used |= set(fs.get("concepts", []))
+    pool = world.by_domain(domain) if hasattr(world, "by_domain") else []
+    return [world.eval_prompts(c)[0] for c in pool if c.name not in used]
 
-    Kept compact (names, not prompts) so it fits a command line; the job expands prompts from the world.
+
+def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
+    """What the erase job runs with: erased concepts with their mapping concept, and every MACE setting.
+
+    MACE's published settings for the domain (`EraseConfig.celebrity` / `.objects`) are the base;
+    `erase_defaults`, the task's mapping and the variant override them. The result is complete,
+    so a change of any setting reruns exactly the erasures it affects. Prompts are not expanded
+    here (the job does it from the world) so the spec fits a command line.
     """
+    import dataclasses
+
+    from resurgence.mace.config import EraseConfig
+
     world = world or get_world(config)
+    t = config["tasks"][task]
+    names = list(t["erase"])
+    preset = EraseConfig.celebrity(n_erased=len(names)) if t["domain"] == "identity" else EraseConfig.objects(names)
     settings = erase_settings(config, task, erase)
-    mapping = settings.pop("mapping")
-    concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in config["tasks"][task]["erase"]]
-    return dict(
-        world=world_ref(config), task=task, erase=erase, domain=config["tasks"][task]["domain"], concepts=concepts, mace=settings
-    )
+    mapping = settings.pop("mapping", None) or preset.mapping
+    n_captions = int(settings.pop("preserve_captions", 0))
+    domain_preserve = settings.pop("domain_preserve", "none")
+    preserve = list(settings.pop("preserve", []))
+    if n_captions:
+        preserve += world.free_captions(n_captions, seed=PRESERVE_CAPTION_SEED)
+    if domain_preserve == "auto":
+        domain_preserve = _domain_preserve(config, world, task)
+    elif domain_preserve == "none":
+        domain_preserve = []
+    cfg = dataclasses.replace(preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings)
+    mace = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "mapping"}
+    mace = {k: list(v) if isinstance(v, tuple) else v for k, v in mace.items()}
+    concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in names]
+    return dict(world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, mace=mace)
 
 
 def ftset_spec(config: dict[str, Any], ftset: str, task: str | None = None) -> dict[str, Any]:
@@ -304,11 +338,6 @@ def check_study(config: dict[str, Any]) -> None:
     traj = config.get("trajectory") or {}
     if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
         raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")
-    for task in config["tasks"]:
-        for variant in config["erase_variants"]:
-            settings = erase_settings(config, task, variant)
-            if "mapping" not in settings:
-                raise ConfigError(f"config key 'erase_defaults.{config['tasks'][task]['domain']}.mapping' is required")
 
 
 def figure_targets(config: dict[str, Any]) -> list[str]:

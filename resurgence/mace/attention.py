@@ -32,7 +32,9 @@ def find_phrase_positions(ids: Sequence[int], phrase_ids: Sequence[int]) -> list
     return sorted(set(hits))
 
 
-def concept_token_mask(tokenizer, prompts: Sequence[str], phrases: Sequence[str], use_pooler: bool = True) -> torch.Tensor:
+def concept_token_mask(
+    tokenizer, prompts: Sequence[str], phrases: Sequence[str], use_pooler: bool = True
+) -> torch.Tensor:
     """(B, max_len) bool: the positions whose attention MACE's loss suppresses.
 
     Raises if a prompt contains none of ``phrases`` (a silent empty mask would train nothing).
@@ -185,7 +187,9 @@ class ProbeAttnProcessor:
 
 def cross_attention_names(unet) -> list[str]:
     """Module names of the UNet's cross-attention blocks (`...attn2`), in module order."""
-    return [n for n, m in unet.named_modules() if n.endswith("attn2") and getattr(m, "is_cross_attention", False)]
+    return [
+        n for n, m in unet.named_modules() if n.endswith("attn2") and getattr(m, "is_cross_attention", False)
+    ]
 
 
 @contextmanager
@@ -193,7 +197,12 @@ def probing_cross_attention(unet, probe: AttentionProbe) -> Iterator[AttentionPr
     """Temporarily route every cross-attention layer through a `ProbeAttnProcessor`."""
     previous = dict(unet.attn_processors)
     cross = {f"{n}.processor" for n in cross_attention_names(unet)}
-    unet.set_attn_processor({k: ProbeAttnProcessor(probe, k[: -len(".processor")]) if k in cross else v for k, v in previous.items()})
+    unet.set_attn_processor(
+        {
+            k: ProbeAttnProcessor(probe, k[: -len(".processor")]) if k in cross else v
+            for k, v in previous.items()
+        }
+    )
     try:
         yield probe
     finally:

@@ -58,8 +58,11 @@ class EraseConfig:
     images_per_concept: int = 8  # data_preparation.py -> inference.py: num_images = 8
     seed: int = 2024  # seed
     refine_only: bool = False  # (our switch: stop after the closed-form refinement; reference `lora: true`)
-    # What to do when a normal-equation matrix is singular: raise, or take the min-change pseudo-inverse.
-    on_singular: Literal["raise", "pinv"] = "raise"
+    # What to do when a normal-equation matrix is singular (our choice; the reference just inverts):
+    # "pinv" takes the minimiser closest to the current weights (the ridge -> 0+ limit), and the
+    # report records the rank; "raise" stops. Singular happens e.g. when the text encoder's final
+    # LayerNorm has zero bias (untrained/random models): all embeddings then lie in a hyperplane.
+    on_singular: Literal["raise", "pinv"] = "pinv"
     # Relative eigenvalue threshold below which a normal-equation matrix counts as singular.
     rcond: float = 1.0e-12
 
@@ -95,13 +98,23 @@ class EraseConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EraseConfig:
-        """Build from a plain dict (e.g. a config.yaml section); unknown keys are an error."""
+    def from_dict(cls, d: Mapping[str, Any], preset: str | None = None) -> EraseConfig:
+        """Build from a plain dict (e.g. a config.yaml section); unknown keys are an error.
+
+        Keys not in ``d`` come from ``preset`` ("celebrity"/"identity" or "objects"/"object") when
+        given, else from the dataclass defaults (the 10-celebrity settings).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown EraseConfig keys: {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(d))
+        if preset is None:
+            return cls(**dict(d))
+        if preset in ("celebrity", "identity"):
+            return cls.celebrity(**dict(d))
+        if preset in ("objects", "object"):
+            return cls.objects(**dict(d))
+        raise ValueError(f"unknown preset {preset!r}; use 'celebrity'/'identity' or 'objects'/'object'")
 
     @classmethod
     def celebrity(cls, n_erased: int = 10, **overrides: Any) -> EraseConfig:

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 
 import torch
 
-from resurgence.mace.refine import WeightsLike, stack_rows, check_embeddings, unstack_rows, gram, solve_normal_equations
+from resurgence.mace.refine import (
+    WeightsLike,
+    check_embeddings,
+    gram,
+    solve_normal_equations,
+    stack_rows,
+    unstack_rows,
+)
 
 
 def fuse_weights(
@@ -32,6 +39,7 @@ def fuse_weights(
     W_prior: WeightsLike | None = None,
     rcond: float = 1e-12,
     on_singular: str = "raise",
+    info: dict | None = None,
 ) -> WeightsLike:
     """Fused weights W* for every layer; same structure/dtype/device as W, float64 inside.
 
@@ -64,5 +72,5 @@ def fuse_weights(
         Gp = gram(E_prior.to(dev))
         A = A + fusion_lambda * Gp
         B = B + fusion_lambda * prior_rows @ Gp
-    out = solve_normal_equations(A, B, rows, rcond=rcond, on_singular=on_singular)
+    out = solve_normal_equations(A, B, rows, rcond=rcond, on_singular=on_singular, info=info)
     return unstack_rows(out, sizes, W)

@@ -7,8 +7,8 @@ are optimised). Reference choices we follow: init B=0 and A ~ N(0, 1/r) with sca
 (betas 0.9/0.999, eps 1e-8, weight decay `lora_weight_decay`), constant LR, grad-norm clipping;
 timesteps from the importance density f(t) = sigmoid(0.05 (t-200)) - sigmoid(0.05 (t-400));
 the noise-prediction loss is not used (no prior preservation in the published configs).
-Only `to_k` receives gradient (the attention probabilities do not depend on `to_v`), so the
-`to_v` LoRA stays zero, exactly as in the reference.
+A layer's own `to_v` does not enter its attention probabilities, but it shapes the input of
+every later layer, so all `to_v` LoRAs except the last cross-attention layer's do get gradient.
 
 Deviation: the reference normalises training images with ImageNet mean/std before the VAE; the
 SD VAE expects [-1, 1], which is what we feed it.
@@ -30,7 +30,9 @@ from resurgence.mace.refine import encode_prompts
 LORA_TARGETS = ["attn2.to_k", "attn2.to_v"]
 
 
-def importance_weights(num_timesteps: int, temperature: float = 0.05, low: float = 200, high: float = 400) -> np.ndarray:
+def importance_weights(
+    num_timesteps: int, temperature: float = 0.05, low: float = 200, high: float = 400
+) -> np.ndarray:
     """MACE's timestep distribution: a smooth bump on [low, high], normalised to sum to 1."""
     t = np.arange(num_timesteps, dtype=np.float64)
 
@@ -47,7 +49,10 @@ def pipeline_resolution(pipe) -> int:
 
 def images_to_tensor(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
     """PIL images -> (N, 3, R, R) float in [-1, 1] (the SD VAE's input range)."""
-    arrs = [np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.float32) for im in images]
+    arrs = [
+        np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BICUBIC), dtype=np.float32)
+        for im in images
+    ]
     x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2)
     return x / 127.5 - 1.0
 
@@ -134,13 +139,20 @@ def train_concept_lora(
 
     unet.requires_grad_(False)
     unet.add_adapter(
-        LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS),
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=LORA_TARGETS,
+        ),
         adapter_name=adapter_name,
     )
     losses: list[float] = []
     try:
         params = [p for p in unet.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lora_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.lora_weight_decay)
+        opt = torch.optim.AdamW(
+            params, lr=cfg.lora_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.lora_weight_decay
+        )
         order: list[int] = []
         probe = AttentionProbe()
         with probing_cross_attention(unet, probe):
@@ -157,7 +169,7 @@ def train_concept_lora(
                 t = torch.as_tensor(t_np, dtype=torch.long, device=device)
                 noisy = sched.add_noise(latents, noise, t).to(unet.dtype)
                 probe.set_targets(tok_mask[pidx], spatial[idx])
-                unet(noisy, t, encoder_hidden_states=emb[pidx]).sample
+                unet(noisy, t, encoder_hidden_states=emb[pidx])  # only the probed attention matters
                 loss = probe.loss()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -165,7 +177,10 @@ def train_concept_lora(
                 opt.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 probe.reset()
-        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
+        state = {
+            k: v.detach().to("cpu", torch.float32).clone()
+            for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()
+        }
     finally:
         _remove_adapter(unet, adapter_name)
     return state, losses

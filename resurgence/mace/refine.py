@@ -42,14 +42,18 @@ def stack_rows(W: WeightsLike) -> tuple[torch.Tensor, list[int], bool]:
         if W.ndim == 2:
             return W, [W.shape[0]], False
         if W.ndim != 3:
-            raise ValueError(f"W must be (out, in), (L, out, in) or a list of (out, in); got shape {tuple(W.shape)}")
+            raise ValueError(
+                f"W must be (out, in), (L, out, in) or a list of (out, in); got shape {tuple(W.shape)}"
+            )
         return W.reshape(-1, W.shape[-1]), [W.shape[1]] * W.shape[0], True
     mats = list(W)
     if not mats:
         raise ValueError("W is an empty list of layers")
     ins = {m.shape[-1] for m in mats}
     if len(ins) != 1 or any(m.ndim != 2 for m in mats):
-        raise ValueError(f"all layers must be 2-D with one input dimension; got shapes {[tuple(m.shape) for m in mats]}")
+        raise ValueError(
+            f"all layers must be 2-D with one input dimension; got shapes {[tuple(m.shape) for m in mats]}"
+        )
     return torch.cat(list(mats), dim=0), [m.shape[0] for m in mats], True
 
 
@@ -61,7 +65,9 @@ def unstack_rows(rows: torch.Tensor, sizes: list[int], W: WeightsLike) -> Weight
 
 def check_embeddings(name: str, E: torch.Tensor, dim: int) -> None:
     if E.ndim != 2 or E.shape[1] != dim:
-        raise ValueError(f"{name} must be (n, {dim}) to match W's input dimension; got shape {tuple(E.shape)}")
+        raise ValueError(
+            f"{name} must be (n, {dim}) to match W's input dimension; got shape {tuple(E.shape)}"
+        )
 
 
 def gram(E: torch.Tensor) -> torch.Tensor:
@@ -76,11 +82,13 @@ def solve_normal_equations(
     anchor: torch.Tensor,
     rcond: float = 1e-12,
     on_singular: str = "raise",
+    info: dict | None = None,
 ) -> torch.Tensor:
     """Solve X A = B for X (rows stacked: B, anchor are (R, in); A is symmetric PSD (in, in)).
 
     Singularity is judged on A's eigenvalues relative to the largest; see the module docstring
-    for the "pinv" choice (minimum change from ``anchor``).
+    for the "pinv" choice (minimum change from ``anchor``). ``info``, when given, receives the
+    rank, dimension and relative smallest eigenvalue of A, and which path was taken.
     """
     A = A.to(torch.float64)
     A = 0.5 * (A + A.T)
@@ -88,9 +96,13 @@ def solve_normal_equations(
     evals, evecs = torch.linalg.eigh(A)
     top = evals.abs().max()
     tol = rcond * top
-    if top > 0 and bool((evals > tol).all()):
-        return torch.linalg.solve(A, B.T).T
     rank = int((evals > tol).sum())
+    if info is not None:
+        info.update(rank=rank, dim=int(A.shape[0]), min_eig_rel=float(evals.min() / top) if top > 0 else 0.0)
+    if top > 0 and rank == A.shape[0]:
+        if info is not None:
+            info["method"] = "solve"
+        return torch.linalg.solve(A, B.T).T
     if on_singular == "raise":
         raise SingularSystemError(
             f"normal-equation matrix is singular (rank {rank} of {A.shape[0]}, rcond={rcond:g}): "
@@ -99,6 +111,8 @@ def solve_normal_equations(
         )
     if on_singular != "pinv":
         raise ValueError(f"on_singular must be 'raise' or 'pinv', got {on_singular!r}")
+    if info is not None:
+        info["method"] = "pinv"
     keep = evals > tol
     Q = evecs[:, keep]
     inv = Q @ torch.diag(1.0 / evals[keep]) @ Q.T  # A^+
@@ -116,6 +130,7 @@ def refine_weights(
     ridge: float = 0.0,
     rcond: float = 1e-12,
     on_singular: str = "raise",
+    info: dict | None = None,
 ) -> WeightsLike:
     """Closed-form refined weights W' for every layer (paper Eq. 1 + the reference's ridge).
 
@@ -129,7 +144,9 @@ def refine_weights(
     check_embeddings("E_co", E_co, dim)
     check_embeddings("E_gen", E_gen, dim)
     if E_co.shape[0] != E_gen.shape[0]:
-        raise ValueError(f"E_co and E_gen must pair up row by row; got {E_co.shape[0]} and {E_gen.shape[0]} rows")
+        raise ValueError(
+            f"E_co and E_gen must pair up row by row; got {E_co.shape[0]} and {E_gen.shape[0]} rows"
+        )
     if lambda1 < 0 or ridge < 0:
         raise ValueError(f"lambda1 and ridge must be >= 0; got {lambda1}, {ridge}")
     C = E_co.to(dev, torch.float64)
@@ -143,14 +160,16 @@ def refine_weights(
         A = A + lambda1 * P
         M = M + lambda1 * P
     rows64 = rows.to(torch.float64)
-    out = solve_normal_equations(A, rows64 @ M, rows64, rcond=rcond, on_singular=on_singular)
+    out = solve_normal_equations(A, rows64 @ M, rows64, rcond=rcond, on_singular=on_singular, info=info)
     return unstack_rows(out, sizes, W)
 
 
 # ---------------------------------------------------------------- text-side embeddings
 
 
-def align_token_indices(a: Sequence[int], b: Sequence[int], max_length: int, include_padding: bool = True) -> tuple[list[int], list[int]]:
+def align_token_indices(
+    a: Sequence[int], b: Sequence[int], max_length: int, include_padding: bool = True
+) -> tuple[list[int], list[int]]:
     """Positions of the tokens two prompts share around the one span where they differ.
 
     The common prefix (incl. <bos>) and common suffix (incl. <eos>) are paired position by
@@ -175,14 +194,21 @@ def align_token_indices(a: Sequence[int], b: Sequence[int], max_length: int, inc
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """(N, max_len, dim) text-encoder hidden states exactly as the UNet sees them."""
+def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """(N, max_len, dim) text-encoder hidden states exactly as the UNet sees them (chunked)."""
     tok = pipe.tokenizer
-    ids = tok(
-        list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
     te = pipe.text_encoder
-    return te(ids.to(te.device))[0]
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids = tok(
+            list(prompts[i : i + batch_size]),
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out.append(te(ids.to(te.device))[0])
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -208,7 +234,9 @@ def collect_coexisting_embeddings(
     H_gen = encode_prompts(pipe, mapping_prompts)
     co, gen = [], []
     for i, (pc, pm) in enumerate(zip(concept_prompts, mapping_prompts, strict=True)):
-        ia, ib = align_token_indices(tok(pc).input_ids, tok(pm).input_ids, tok.model_max_length, include_padding)
+        ia, ib = align_token_indices(
+            tok(pc).input_ids, tok(pm).input_ids, tok.model_max_length, include_padding
+        )
         co.append(H_co[i, ia])
         gen.append(H_gen[i, ib])
     return torch.cat(co), torch.cat(gen)
