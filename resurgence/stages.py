@@ -135,11 +135,12 @@ def run_ftdata(args: Namespace) -> None:
         names = selection["terciles"][spec["tercile"]]
     else:
         names = spec["concepts"]
-    prompts = [p for n in names for p in world.eval_prompts(world.concept(n))]
+    pairs = [(n, p) for n in names for p in world.eval_prompts(world.concept(n))]
     pipe = load_study_pipeline(args.models, device)
     build_finetune_set(
         pipe,
-        prompts,
+        [p for _, p in pairs],
+        concepts=[n for n, _ in pairs],
         images_per_prompt=spec["images_per_prompt"],
         seed=spec["seed"],
         gen_cfg=generation_config(args.generation),
@@ -193,7 +194,7 @@ def run_generate(args: Namespace) -> None:
     rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0]]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
-    by_key = {(r["prompt"], r["seed"]): r["file"] for r in index}
+    by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index}
     from PIL import Image
 
     cells, labels = [], []
@@ -206,7 +207,7 @@ def run_generate(args: Namespace) -> None:
         labels.append(c)
     if not cells:
         caps = [r for r in index if r["role"] == "caption"][:8]
-        cells = [Image.open(out / r["file"]).convert("RGB") for r in caps]
+        cells = [Image.open(out / r["file_name"]).convert("RGB") for r in caps]
         labels, ncols = ["captions"], max(1, len(cells))
     save_grid(cells, out / "grid.png", rows=max(1, len(labels)), cols=ncols, labels=labels)
 
@@ -229,19 +230,19 @@ def run_evaluate(args: Namespace) -> None:
     rows: list[dict[str, Any]] = []
     base = dict(args.state, domain=labels["domain"])
     concept_items = [r for r in index if r["role"] in ("erased", "retained")]
-    images = [Image.open(images_dir / r["file"]).convert("RGB") for r in concept_items]
+    images = [Image.open(images_dir / r["file_name"]).convert("RGB") for r in concept_items]
     metric = "identity_acc" if labels["domain"] == "identity" else "clip_acc"
     for r, v in zip(concept_items, evaluators[metric](images, [r["concept"] for r in concept_items]), strict=True):
         rows.append(dict(base, concept=r["concept"], role=r["role"], prompt=r["prompt"], template=r.get("template", ""),
                          seed=r["seed"], metric=metric, value=float(v)))
     caps = [r for r in index if r["role"] == "caption"]
     if caps:
-        cap_images = [Image.open(images_dir / r["file"]).convert("RGB") for r in caps]
+        cap_images = [Image.open(images_dir / r["file_name"]).convert("RGB") for r in caps]
         for r, v in zip(caps, evaluators["clip_score"](cap_images, [r["prompt"] for r in caps]), strict=True):
             rows.append(dict(base, concept="", role="caption", prompt=r["prompt"], template="", seed=r["seed"],
                              metric="clip_score", value=float(v)))
         ref_index = [json.loads(x) for x in (ref_dir / "index.jsonl").read_text().splitlines()]
-        ref = [Image.open(ref_dir / r["file"]).convert("RGB") for r in ref_index if r["role"] == "caption"]
+        ref = [Image.open(ref_dir / r["file_name"]).convert("RGB") for r in ref_index if r["role"] == "caption"]
         fid = frechet_distance(cap_images, ref, **evaluators["fid_kwargs"])
         rows.append(dict(base, concept="", role="caption", prompt="", template="", seed=caps[0]["seed"], metric="fid",
                          value=float(fid)))

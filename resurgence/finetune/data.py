@@ -39,11 +39,13 @@ def build_finetune_set(
     device: str | torch.device = "cpu",
     concepts: list[str] | None = None,
     progress: bool = True,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate ``images_per_prompt`` images per prompt with ``pipe`` (the base model) into ``out_dir``.
 
-    ``concepts[i]`` labels ``prompts[i]`` (default: the prompt itself). Resumable through
-    `generate_to_dir`. Returns the manifest.
+    ``concepts[i]`` labels ``prompts[i]`` (default: the prompt itself). ``extra_manifest``
+    (e.g. the study spec and tercile selection) is merged into ``manifest.json`` under its own
+    keys. Resumable through `generate_to_dir`. Returns the manifest.
     """
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
@@ -82,6 +84,10 @@ def build_finetune_set(
         "images_per_concept": per_concept,
         "prompts": list(prompts),
     }
+    clash = sorted(set(extra_manifest or {}) & set(manifest))
+    if clash:
+        raise ValueError(f"extra_manifest would overwrite manifest keys {clash}")
+    manifest.update(extra_manifest or {})
     write_json(out / "manifest.json", manifest)
     return manifest
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.data import FinetuneImageDataset, collate
+from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -53,9 +54,9 @@ def _setup_trainable(pipe, cfg: FinetuneConfig, device: torch.device) -> list[to
     for m in (unet, te, vae):
         m.requires_grad_(False)
     # Frozen weights may live in the half dtype (memory); trained weights stay fp32 (optimizer precision).
-    vae.to(device=device, dtype=wdt)
-    te.to(device=device, dtype=torch.float32 if cfg.train_text_encoder and cfg.method == "full" else wdt)
-    unet.to(device=device, dtype=torch.float32 if cfg.method == "full" else wdt)
+    move_module(vae, device, wdt)
+    move_module(te, device, torch.float32 if cfg.train_text_encoder and cfg.method == "full" else wdt)
+    move_module(unet, device, torch.float32 if cfg.method == "full" else wdt)
     if cfg.method == "lora":
         unet.add_adapter(
             LoraConfig(
@@ -94,13 +95,19 @@ def _setup_trainable(pipe, cfg: FinetuneConfig, device: torch.device) -> list[to
 def _save_weights(pipe, cfg: FinetuneConfig, directory: Path) -> None:
     """Trained weights in diffusers' formats: LoRA file, or ``unet/`` (+ ``text_encoder/``) folders."""
     if cfg.method == "lora":
-        te_layers = get_peft_model_state_dict(pipe.text_encoder, adapter_name=ADAPTER) if cfg.train_text_encoder else None
+        te_layers = (
+            get_peft_model_state_dict(pipe.text_encoder, adapter_name=ADAPTER)
+            if cfg.train_text_encoder
+            else None
+        )
         type(pipe).save_lora_weights(
             str(directory),
             unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=ADAPTER),
             text_encoder_lora_layers=te_layers,
             unet_lora_adapter_metadata=pipe.unet.peft_config[ADAPTER].to_dict(),
-            text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config[ADAPTER].to_dict() if te_layers else None,
+            text_encoder_lora_adapter_metadata=pipe.text_encoder.peft_config[ADAPTER].to_dict()
+            if te_layers
+            else None,
             safe_serialization=True,
         )
     else:
@@ -174,12 +181,16 @@ def _batch_indices(seed: int, n: int, start: int, size: int, cache: dict[int, to
         epoch, i = divmod(pos, n)
         if epoch not in cache:
             cache.clear()  # only the current (and maybe next) epoch is ever needed
-            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            cache[epoch] = torch.randperm(
+                n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            )
         out.append(int(cache[epoch][i]))
     return out
 
 
-def _loss(pipe, noise_scheduler, batch: dict[str, Any], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def _loss(
+    pipe, noise_scheduler, batch: dict[str, Any], gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Epsilon (or v) MSE of diffusers' text-to-image fine-tuning, all noise drawn from ``gen`` on CPU."""
     vae, unet, te = pipe.vae, pipe.unet, pipe.text_encoder
     pixels = batch["pixel_values"].to(device=device, dtype=vae.dtype)
@@ -209,8 +220,14 @@ def _loss(pipe, noise_scheduler, batch: dict[str, Any], gen: torch.Generator, de
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
-    return {"peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "peak_memory_kind": "host_maxrss"}
+        return {
+            "peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)),
+            "peak_memory_kind": "cuda_allocated",
+        }
+    return {
+        "peak_memory_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        "peak_memory_kind": "host_maxrss",
+    }
 
 
 def finetune(
@@ -240,10 +257,14 @@ def finetune(
     np.random.seed(cfg.seed % 2**32)
     gen = torch.Generator().manual_seed(cfg.seed)
     params = _setup_trainable(pipe, cfg, device)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
+    )
     warm = cfg.lr_warmup_steps
     # diffusers' "constant_with_warmup" schedule.
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / max(1, warm) if s < warm else 1.0)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / max(1, warm) if s < warm else 1.0
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
 
     start, losses, prior_wall, resumed_from = 0, [], 0.0, None
@@ -261,7 +282,12 @@ def finetune(
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(gen, state["rng"])
-        start, losses, prior_wall, resumed_from = state["step"], list(state["losses"]), state["wall_time_s"], str(ckpt)
+        start, losses, prior_wall, resumed_from = (
+            state["step"],
+            list(state["losses"]),
+            state["wall_time_s"],
+            str(ckpt),
+        )
 
     autocast = torch.autocast(device.type, dtype=_weight_dtype(cfg), enabled=cfg.mixed_precision != "no")
     pipe.unet.train()
@@ -269,7 +295,9 @@ def finetune(
         pipe.text_encoder.train()
     perm_cache: dict[int, torch.Tensor] = {}
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="finetune", disable=not progress or None, initial=start, total=cfg.steps)
+    bar = tqdm(
+        range(start, cfg.steps), desc="finetune", disable=not progress or None, initial=start, total=cfg.steps
+    )
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
@@ -292,7 +320,16 @@ def finetune(
         done = step + 1
         if done % cfg.checkpoint_every == 0:
             _checkpoint(
-                pipe, cfg, out, done, optimizer, lr_scheduler, scaler, gen, losses, prior_wall + time.perf_counter() - t0
+                pipe,
+                cfg,
+                out,
+                done,
+                optimizer,
+                lr_scheduler,
+                scaler,
+                gen,
+                losses,
+                prior_wall + time.perf_counter() - t0,
             )
     pipe.unet.eval()
     pipe.text_encoder.eval()
@@ -320,7 +357,9 @@ def finetune(
     return log
 
 
-def _checkpoint(pipe, cfg, out: Path, step: int, optimizer, lr_scheduler, scaler, gen, losses, wall: float) -> Path:
+def _checkpoint(
+    pipe, cfg, out: Path, step: int, optimizer, lr_scheduler, scaler, gen, losses, wall: float
+) -> Path:
     """Write ``checkpoints/step-{step:06d}/`` (weights + ``state.pt``) as one atomic directory."""
     final = out / "checkpoints" / f"step-{step:06d}"
     with atomic_path(final, is_dir=True) as tmp:
@@ -357,7 +396,9 @@ def load_finetuned(pipe, ckpt_dir: str | os.PathLike):
     elif (d / "unet").is_dir():
         unet_state = _load_folder_state(d / "unet")
         ref = next(iter(pipe.unet.parameters()))
-        pipe.unet.load_state_dict({k: v.to(device=ref.device, dtype=ref.dtype) for k, v in unet_state.items()})
+        pipe.unet.load_state_dict(
+            {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in unet_state.items()}
+        )
         if (d / "text_encoder").is_dir():
             te_ref = next(iter(pipe.text_encoder.parameters()))
             te_state = _load_folder_state(d / "text_encoder")

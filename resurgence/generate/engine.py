@@ -23,7 +23,11 @@ from tqdm.auto import tqdm
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -77,6 +81,20 @@ def _sampling_pipe(pipe, scheduler: str):
     return p
 
 
+def move_pipe(pipe, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Move the pipe's modules to ``device``, casting only those not already in ``dtype`` (no-op casts warn)."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            move_module(module, device, dtype)
+
+
+def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(device, dtype)`` that skips the cast when every floating parameter already has ``dtype``."""
+    if any(p.is_floating_point() and p.dtype != dtype for p in module.parameters()):
+        return module.to(device=device, dtype=dtype)
+    return module.to(device=device)
+
+
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Float32 CPU latents, one row per seed, each from its own ``torch.Generator().manual_seed(seed)``."""
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -102,7 +120,7 @@ def generate(
     if not prompts:
         return []
     dtype = resolve_dtype(cfg.dtype)
-    pipe.to(device=device, dtype=dtype)
+    move_pipe(pipe, device, dtype)
     sp = _sampling_pipe(pipe, cfg.scheduler)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = cfg.height or native, cfg.width or native
@@ -111,6 +129,10 @@ def generate(
     for start in tqdm(starts, desc="generate", disable=not progress or None, leave=False):
         bp = list(prompts[start : start + cfg.batch_size])
         bs = list(seeds[start : start + cfg.batch_size])
+        n = len(bp)
+        # Pad the last batch to full size: per-sample results are then bitwise independent of the
+        # batch's other members (kernels are chosen per shape), so resumed runs match uninterrupted ones.
+        bp, bs = bp + [bp[-1]] * (cfg.batch_size - n), bs + [bs[-1]] * (cfg.batch_size - n)
         latents = initial_latents(pipe, bs, height, width).to(device=device, dtype=dtype)
         out = sp(
             prompt=bp,
@@ -122,7 +144,7 @@ def generate(
             latents=latents,
             output_type="pil",
         )
-        images.extend(img.convert("RGB") for img in out.images)
+        images.extend(img.convert("RGB") for img in out.images[:n])
     return images
 
 
@@ -142,8 +164,8 @@ def generate_to_dir(
 
     Resumable: records whose PNG already exists are skipped, so a crashed job continues where
     it stopped. Each PNG is written atomically, and ``index.jsonl`` (record + ``file_name``,
-    default ``{i:06d}.png`` unless the record names one) is written last, so its presence
-    means the directory is complete. Returns the index rows.
+    default ``{i:06d}.png`` unless the record names one, also under the alias ``file``) is
+    written last, so its presence means the directory is complete. Returns the index rows.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,7 +173,8 @@ def generate_to_dir(
     for i, r in enumerate(records):
         if "prompt" not in r or "seed" not in r:
             raise ValueError(f"record {i} lacks 'prompt' or 'seed': {r}")
-        rows.append({**r, "file_name": _file_name(r, i)})
+        name = _file_name(r, i)
+        rows.append({**r, "file_name": name, "file": name})
     names = [r["file_name"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError("records map to duplicate file names")
@@ -160,7 +183,9 @@ def generate_to_dir(
     starts = range(0, len(todo), chunk)
     for start in tqdm(starts, desc=f"generate {out.name}", disable=not progress or None):
         batch = todo[start : start + chunk]
-        imgs = generate(pipe, [r["prompt"] for r in batch], [int(r["seed"]) for r in batch], cfg, device, False)
+        imgs = generate(
+            pipe, [r["prompt"] for r in batch], [int(r["seed"]) for r in batch], cfg, device, False
+        )
         for r, img in zip(batch, imgs, strict=True):
             target = out / r["file_name"]
             target.parent.mkdir(parents=True, exist_ok=True)

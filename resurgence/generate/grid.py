@@ -30,23 +30,27 @@ def make_grid(
     cols: int,
     labels: Sequence[str] | None = None,
     *,
-    row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
+    cell_labels: Sequence[str] | None = None,
     pad: int = 2,
     font_size: int = 12,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
     """Tile ``images`` row-major into a ``rows x cols`` grid.
 
-    ``labels`` caption each cell (one per image, drawn under it); ``row_labels`` go in a left
-    margin and ``col_labels`` in a top margin. Cells take the size of the first image; other
-    images are resized to it so a grid never silently misaligns.
+    ``labels`` caption the rows (one per row, in a left margin: e.g. concepts or model states),
+    ``col_labels`` the columns (top margin), ``cell_labels`` each image (drawn under it). Cells
+    take the size of the first image; others are resized to it so a grid never misaligns.
     """
     if len(images) > rows * cols:
         raise ValueError(f"{len(images)} images do not fit a {rows}x{cols} grid")
     if not images:
         raise ValueError("no images")
-    for name, lab, n in (("labels", labels, len(images)), ("row_labels", row_labels, rows), ("col_labels", col_labels, cols)):
+    for name, lab, n in (
+        ("labels", labels, rows),
+        ("col_labels", col_labels, cols),
+        ("cell_labels", cell_labels, len(images)),
+    ):
         if lab is not None and len(lab) != n:
             raise ValueError(f"{name} has {len(lab)} entries, expected {n}")
     w, h = images[0].size
@@ -54,7 +58,8 @@ def make_grid(
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = _text_size(probe, "Ag", font)[1] + 2 * pad
 
-    cap_h = line_h if labels is not None else 0
+    row_labels = labels
+    cap_h = line_h if cell_labels is not None else 0
     top = line_h if col_labels is not None else 0
     left = max((_text_size(probe, s, font)[0] for s in row_labels), default=0) + 2 * pad if row_labels else 0
     cell_w, cell_h = w + pad, h + cap_h + pad
@@ -67,8 +72,8 @@ def make_grid(
         if tile.size != (w, h):
             tile = tile.resize((w, h))
         grid.paste(tile, (x, y))
-        if labels is not None:
-            draw.text((x, y + h + pad // 2), str(labels[i]), fill=(0, 0, 0), font=font)
+        if cell_labels is not None:
+            draw.text((x, y + h + pad // 2), str(cell_labels[i]), fill=(0, 0, 0), font=font)
     for c, s in enumerate(col_labels or []):
         draw.text((left + pad + c * cell_w, pad // 2), str(s), fill=(0, 0, 0), font=font)
     for r, s in enumerate(row_labels or []):
@@ -83,14 +88,21 @@ def save_grid(
     cols: int,
     labels: Sequence[str] | None = None,
     *,
-    row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
+    cell_labels: Sequence[str] | None = None,
     pad: int = 2,
     font_size: int = 12,
 ) -> Image.Image:
     """`make_grid` written atomically as PNG; returns the grid image."""
     grid = make_grid(
-        images, rows, cols, labels, row_labels=row_labels, col_labels=col_labels, pad=pad, font_size=font_size
+        images,
+        rows,
+        cols,
+        labels,
+        col_labels=col_labels,
+        cell_labels=cell_labels,
+        pad=pad,
+        font_size=font_size,
     )
     with atomic_path(path) as tmp:
         grid.save(tmp, format="PNG")

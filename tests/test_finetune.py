@@ -1,0 +1,251 @@
+"""Fine-tune sets, tercile selection and LoRA/full fine-tuning on the tiny random pipeline."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from resurgence.finetune import train
+from resurgence.finetune.config import FinetuneConfig
+from resurgence.finetune.data import (
+    FinetuneImageDataset,
+    build_finetune_set,
+    collate,
+    select_tercile_concepts,
+)
+from resurgence.finetune.train import finetune, list_checkpoints, load_finetuned
+from resurgence.generate.engine import GenerationConfig
+from resurgence.models.pipeline import build_random_pipeline
+
+GEN = GenerationConfig(steps=2, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def base_pipe():
+    pipe = build_random_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def ft_set(base_pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ftset")
+    build_finetune_set(
+        copy.deepcopy(base_pipe),
+        ["a photo of a cat", "a photo of a dog"],
+        2,
+        7,
+        GEN,
+        out,
+        concepts=["cat", "dog"],
+        progress=False,
+        extra_manifest={"spec": {"kind": "random"}},
+    )
+    return out
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    base = dict(steps=6, learning_rate=1e-3, batch_size=2, checkpoint_every=3, seed=0)
+    return FinetuneConfig(**{**base, **kw})
+
+
+# --- fine-tune sets -------------------------------------------------------------------------
+
+
+def test_build_finetune_set_and_read_back(base_pipe, ft_set):
+    rows = [json.loads(line) for line in (ft_set / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len(list((ft_set / "images").glob("*.png"))) == 4
+    assert [r["concept"] for r in rows] == ["cat", "cat", "dog", "dog"]
+    assert all(r["caption"] == r["prompt"] == r["text"] for r in rows)
+    assert len({r["seed"] for r in rows}) == 4
+    manifest = json.loads((ft_set / "manifest.json").read_text())
+    assert (
+        manifest["seed"] == 7
+        and manifest["n_images"] == 4
+        and manifest["images_per_concept"] == {"cat": 2, "dog": 2}
+    )
+    assert manifest["generation"]["steps"] == 2 and manifest["spec"] == {"kind": "random"}
+
+    ds = FinetuneImageDataset(ft_set, base_pipe.tokenizer, resolution=16)
+    assert len(ds) == 4
+    ex = ds[2]
+    assert ex["pixel_values"].shape == (3, 16, 16) and ex["caption"] == "a photo of a dog"
+    assert ex["pixel_values"].min() >= -1.0 and ex["pixel_values"].max() <= 1.0
+    png = np.asarray(Image.open(ft_set / rows[2]["file_name"]), dtype=np.float32)
+    assert torch.allclose(ex["pixel_values"], torch.from_numpy(png).permute(2, 0, 1) / 127.5 - 1)
+    assert ex["input_ids"].shape == (base_pipe.tokenizer.model_max_length,)
+    assert collate([ds[0], ds[1]])["pixel_values"].shape == (2, 3, 16, 16)
+    # Flip off by default: reading twice gives the same tensor.
+    assert torch.equal(ds[0]["pixel_values"], ds[0]["pixel_values"])
+
+
+def test_tercile_selection_matches_numpy_percentiles():
+    rng = np.random.default_rng(3)
+    cands = [f"c{i}" for i in range(30)] + ["Erased A"]
+    erased = ["erased a", "erased b", "erased c"]
+    sim = rng.uniform(0.1, 0.9, size=(30, 3))
+    table = {c: sim[i] for i, c in enumerate(cands[:30])}
+    seen = {}
+
+    def similarity(cs, es):
+        seen["args"] = (list(cs), list(es))
+        return torch.tensor(np.stack([table[c] for c in cs]))
+
+    out = select_tercile_concepts(cands, erased, similarity, n_per_tercile=4, seed=11)
+    assert "Erased A" not in seen["args"][0]  # erased concepts are never fine-tuning candidates
+
+    score = sim.min(axis=1)  # min over erased concepts, as in App. C.2
+    q1, q2 = np.percentile(score, [100 / 3, 200 / 3])
+    expected = {
+        1: {c for c, s in zip(cands, score, strict=False) if s <= q1},
+        2: {c for c, s in zip(cands, score, strict=False) if q1 < s <= q2},
+        3: {c for c, s in zip(cands, score, strict=False) if s > q2},
+    }
+    assert [len(expected[t]) for t in (1, 2, 3)] == [10, 10, 10]
+    order = [cands[i] for i in np.argsort(score)]
+    assert expected[1] == set(order[:10]) and expected[3] == set(order[20:])
+    for t in (1, 2, 3):
+        assert set(out["members"][t]) == expected[t]
+        assert len(out["terciles"][t]) == 4 and set(out["terciles"][t]) <= expected[t]
+    assert out["intervals"][1][0] == pytest.approx(score.min()) and out["intervals"][3][1] == pytest.approx(
+        score.max()
+    )
+    assert out["intervals"][1][1] == pytest.approx(q1) and out["intervals"][2][1] == pytest.approx(q2)
+    assert out["scores"]["c5"] == pytest.approx(score[5])
+    again = select_tercile_concepts(cands, erased, similarity, n_per_tercile=4, seed=11)
+    assert again["terciles"] == out["terciles"]
+    other = select_tercile_concepts(cands, erased, similarity, n_per_tercile=4, seed=12)
+    assert other["terciles"] != out["terciles"]
+    with pytest.raises(ValueError, match="cannot fill"):
+        select_tercile_concepts(cands, erased, similarity, n_per_tercile=11, seed=0)
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_config_from_dict_rejects_unknown_and_missing_keys():
+    d = dict(
+        steps=10,
+        learning_rate=1e-4,
+        batch_size=1,
+        checkpoint_every=5,
+        seed=0,
+        target_modules=["to_k", "to_v"],
+    )
+    cfg = FinetuneConfig.from_dict(d)
+    assert cfg.target_modules == ("to_k", "to_v") and cfg.lora_alpha == 4.0
+    with pytest.raises(ValueError, match="lerning_rate"):
+        FinetuneConfig.from_dict({**d, "lerning_rate": 1.0})
+    with pytest.raises(ValueError, match="seed"):
+        FinetuneConfig.from_dict({k: v for k, v in d.items() if k != "seed"})
+    with pytest.raises(ValueError, match="method"):
+        FinetuneConfig.from_dict({**d, "method": "dora"})
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _fixed_loss(pipe, ds_dir) -> float:
+    """Training loss over the whole set with fixed noise/timesteps (comparable before vs after)."""
+    ds = FinetuneImageDataset(ds_dir, pipe.tokenizer, 16)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        return train._loss(
+            pipe, sched, collate([ds[i] for i in range(len(ds))]), torch.Generator().manual_seed(123), "cpu"
+        ).item()
+
+
+def _lora_free_state(unet) -> dict[str, torch.Tensor]:
+    return {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def test_lora_trains_only_adapters_and_lowers_loss(base_pipe, ft_set, tmp_path):
+    pipe = copy.deepcopy(base_pipe)
+    before = _fixed_loss(pipe, ft_set)
+    log = finetune(
+        pipe, ft_set, _cfg(steps=8, learning_rate=1e-2, checkpoint_every=4), tmp_path, progress=False
+    )
+    assert len(log["losses"]) == 8 and log["seed"] == 0 and log["n_trainable_params"] > 0
+    assert _fixed_loss(pipe, ft_set) < before
+    base_state = base_pipe.unet.state_dict()
+    for k, v in _lora_free_state(pipe.unet).items():  # base weights untouched
+        assert torch.equal(v, base_state[k]), k
+    lora_b = [v for k, v in pipe.unet.state_dict().items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8]
+    assert (tmp_path / "final" / train.LORA_WEIGHTS).is_file()
+    saved = json.loads((tmp_path / "train_log.json").read_text())
+    assert (
+        saved["losses"] == log["losses"]
+        and saved["config"]["method"] == "lora"
+        and saved["peak_memory_bytes"] > 0
+    )
+
+    # load_finetuned on a fresh base model reproduces the trained model, with LoRA fused away.
+    fresh = load_finetuned(copy.deepcopy(base_pipe), tmp_path / "final")
+    assert not any("lora_" in k for k in fresh.unet.state_dict())
+    x, enc = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        want = pipe.unet(x, 500, enc).sample
+        got = fresh.unet(x, 500, enc).sample
+        untrained = base_pipe.unet(x, 500, enc).sample
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(untrained, want, atol=1e-4)
+
+
+def test_full_finetune_changes_unet_only(base_pipe, ft_set, tmp_path):
+    pipe = copy.deepcopy(base_pipe)
+    before = _fixed_loss(pipe, ft_set)
+    finetune(
+        pipe,
+        ft_set,
+        _cfg(method="full", steps=4, learning_rate=1e-3, checkpoint_every=2),
+        tmp_path,
+        progress=False,
+    )
+    assert _fixed_loss(pipe, ft_set) < before
+    base_unet = base_pipe.unet.state_dict()
+    changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, base_unet[k])]
+    assert len(changed) > 0.9 * len(base_unet)
+    for name in ("vae", "text_encoder"):
+        ref = getattr(base_pipe, name).state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in getattr(pipe, name).state_dict().items()), name
+    fresh = load_finetuned(copy.deepcopy(base_pipe), tmp_path / "final")
+    trained = pipe.unet.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_equals_uninterrupted(base_pipe, ft_set, tmp_path, method):
+    cfg = _cfg(method=method, steps=4, checkpoint_every=2)
+    whole = copy.deepcopy(base_pipe)
+    log_whole = finetune(whole, ft_set, cfg, tmp_path / "whole", progress=False)
+
+    # Crash after the step-2 checkpoint: a 2-step run, then lose its final output, then a fresh process resumes.
+    first = copy.deepcopy(base_pipe)
+    finetune(
+        first, ft_set, _cfg(method=method, steps=2, checkpoint_every=2), tmp_path / "resumed", progress=False
+    )
+    shutil.rmtree(tmp_path / "resumed" / "final")
+    resumed = copy.deepcopy(base_pipe)
+    log_resumed = finetune(resumed, ft_set, cfg, tmp_path / "resumed", progress=False)
+    assert log_resumed["resumed_from"].endswith("step-000002")
+    assert log_resumed["losses"] == log_whole["losses"]
+    w, r = whole.unet.state_dict(), resumed.unet.state_dict()
+    assert w.keys() == r.keys() and all(torch.equal(w[k], r[k]) for k in w)
+    assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [2, 4]
+
+
+def test_resume_refuses_a_different_config(base_pipe, ft_set, tmp_path):
+    finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=3), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="learning_rate"):
+        finetune(
+            copy.deepcopy(base_pipe), ft_set, _cfg(steps=6, learning_rate=5e-4), tmp_path, progress=False
+        )

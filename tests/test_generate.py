@@ -1,0 +1,128 @@
+"""Generation engine and grids on the tiny random pipeline (CPU, seconds)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resurgence.generate import engine
+from resurgence.generate.engine import GenerationConfig, generate, generate_to_dir
+from resurgence.generate.grid import make_grid, save_grid
+from resurgence.models.pipeline import build_random_pipeline
+
+CFG = GenerationConfig(steps=2, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def base_pipe():
+    pipe = build_random_pipeline("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture()
+def pipe(base_pipe):
+    return copy.deepcopy(base_pipe)
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.int16)
+
+
+def test_image_depends_only_on_prompt_and_seed_not_batch(pipe):
+    prompts = ["a cat", "a dog", "a cow", "a dog", "a fish"]
+    seeds = [1, 2, 3, 4, 5]
+    batched = generate(pipe, prompts, seeds, CFG, progress=False)
+    assert len(batched) == 5 and all(im.size == (16, 16) and im.mode == "RGB" for im in batched)
+    # Same pairs, different batch neighbours and order: bitwise-identical images.
+    alone = generate(pipe, ["a dog"], [2], CFG, progress=False)[0]
+    shuffled = generate(pipe, ["a fish", "a cow", "a dog"], [5, 3, 2], CFG, progress=False)
+    assert np.array_equal(_arr(alone), _arr(batched[1]))
+    assert np.array_equal(_arr(shuffled[0]), _arr(batched[4]))
+    assert np.array_equal(_arr(shuffled[1]), _arr(batched[2]))
+    assert np.array_equal(_arr(shuffled[2]), _arr(batched[1]))
+    # A different batch size may change float rounding, never the image beyond a quantisation step.
+    big = generate(pipe, prompts, seeds, GenerationConfig(steps=2, batch_size=5), progress=False)
+    assert max(np.abs(_arr(a) - _arr(b)).max() for a, b in zip(big, batched, strict=True)) <= 2
+
+
+def test_seed_and_prompt_change_the_image(pipe):
+    a, b, c = generate(pipe, ["a dog", "a dog", "a red car"], [2, 4, 2], CFG, progress=False)
+    again = generate(pipe, ["a dog"], [2], CFG, progress=False)[0]
+    assert np.array_equal(_arr(a), _arr(again))
+    assert np.abs(_arr(a) - _arr(b)).mean() > 1.0  # other seed
+    assert not np.array_equal(_arr(a), _arr(c))  # other prompt, same seed
+
+
+def test_generate_keeps_caller_scheduler_and_validates(pipe):
+    sched = pipe.scheduler
+    generate(pipe, ["a dog"], [0], GenerationConfig(steps=2, scheduler="dpm"), progress=False)
+    assert pipe.scheduler is sched
+    with pytest.raises(ValueError, match="same length"):
+        generate(pipe, ["a", "b"], [0], CFG)
+    with pytest.raises(ValueError, match="scheduler"):
+        GenerationConfig(scheduler="euler-x")
+    with pytest.raises(ValueError, match="unknown"):
+        GenerationConfig.from_dict({"step": 3})
+    assert generate(pipe, [], [], CFG) == []
+
+
+def test_generate_to_dir_writes_index_and_resumes(pipe, tmp_path, monkeypatch):
+    records = [
+        {"prompt": p, "seed": s, "concept": c}
+        for p, s, c in [("a cat", 1, "cat"), ("a dog", 2, "dog"), ("a cow", 3, "cow")]
+    ]
+    rows = generate_to_dir(pipe, records, CFG, tmp_path, progress=False)
+    index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
+    assert index == rows
+    assert [r["file_name"] for r in rows] == ["000000.png", "000001.png", "000002.png"]
+    assert all(r["file"] == r["file_name"] for r in rows)
+    assert all(r["concept"] == rec["concept"] for r, rec in zip(rows, records, strict=True))
+    first = {r["file_name"]: _arr(Image.open(tmp_path / r["file_name"])) for r in rows}
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporaries left behind
+
+    # "Crash": one PNG and the index missing. Only that image is generated again, identically.
+    (tmp_path / "000001.png").unlink()
+    (tmp_path / "index.jsonl").unlink()
+    calls: list[list[str]] = []
+    real = engine.generate
+
+    def counting(p, prompts, seeds, cfg, device="cpu", progress=True):
+        calls.append(list(prompts))
+        return real(p, prompts, seeds, cfg, device, progress)
+
+    monkeypatch.setattr(engine, "generate", counting)
+    generate_to_dir(pipe, records, CFG, tmp_path, progress=False)
+    assert calls == [["a dog"]]
+    assert np.array_equal(_arr(Image.open(tmp_path / "000001.png")), first["000001.png"])
+    assert (tmp_path / "index.jsonl").exists()
+    calls.clear()
+    generate_to_dir(pipe, records, CFG, tmp_path, progress=False)
+    assert calls == []
+
+
+def test_grid_shape_and_placement(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(6)]
+    g = save_grid(imgs, tmp_path / "g.png", rows=2, cols=3)
+    pad = 2
+    assert g.size == (3 * (16 + pad) + pad, 2 * (16 + pad) + pad)
+    assert Image.open(tmp_path / "g.png").size == g.size
+    # Image 4 sits at row 1, column 1.
+    x, y = pad + 1 * (16 + pad), pad + 1 * (16 + pad)
+    assert np.array_equal(np.asarray(g.crop((x, y, x + 16, y + 16))), np.asarray(imgs[4]))
+
+    rows_only = make_grid(imgs, 2, 3, labels=["erased", "tuned"])  # row captions widen the grid only
+    assert rows_only.size[0] > g.size[0] and rows_only.size[1] == g.size[1]
+    labelled = make_grid(
+        imgs, 2, 3, labels=["erased", "tuned"], col_labels=["a", "b", "c"], cell_labels=list("uvwxyz")
+    )
+    assert labelled.size[0] > g.size[0] and labelled.size[1] > g.size[1]
+    with pytest.raises(ValueError, match="labels"):
+        make_grid(imgs, 2, 3, labels=["only one"])
+    with pytest.raises(ValueError, match="fit"):
+        make_grid(imgs, 1, 3)
