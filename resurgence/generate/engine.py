@@ -174,7 +174,7 @@ def generate_to_dir(
         if "prompt" not in r or "seed" not in r:
             raise ValueError(f"record {i} lacks 'prompt' or 'seed': {r}")
         name = _file_name(r, i)
-        rows.append({**r, "file_name": name, "file": name})
+        rows.append({**r, "file_name": name})
     names = [r["file_name"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError("records map to duplicate file names")

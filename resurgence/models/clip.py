@@ -60,8 +60,12 @@ class ClipModel:
         pcfg = getattr(model.visual, "preprocess_cfg", {}) or {}
         size = getattr(model.visual, "image_size", pcfg.get("size", 224))
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.mean = tuple(pcfg.get("mean", getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)))
-        self.std = tuple(pcfg.get("std", getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)))
+        self.mean = tuple(
+            pcfg.get("mean", getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
+        )
+        self.std = tuple(
+            pcfg.get("std", getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,7 +95,9 @@ class ClipModel:
         pil = to_pil_list(images)
         out = []
         for i in range(0, len(pil), batch_size):
-            x = torch.stack([self.preprocess(im) for im in pil[i : i + batch_size]]).to(self.device, self.dtype)
+            x = torch.stack([self.preprocess(im) for im in pil[i : i + batch_size]]).to(
+                self.device, self.dtype
+            )
             out.append(self.model.encode_image(x, normalize=True).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
@@ -169,7 +175,9 @@ def load_clip(spec: Mapping[str, Any], device: str | torch.device = "cpu") -> Cl
     if kind == "toy":
         path = Path(spec["path"])
         if not (path / "open_clip_config.json").is_file():
-            raise FileNotFoundError(f"toy CLIP folder {path} has no open_clip_config.json (run train_clip first)")
+            raise FileNotFoundError(
+                f"toy CLIP folder {path} has no open_clip_config.json (run train_clip first)"
+            )
         name = f"local-dir:{path}"
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
         return ClipModel(model, preprocess, open_clip.get_tokenizer(name), device=device, name=str(path))
@@ -181,7 +189,12 @@ def load_clip(spec: Mapping[str, Any], device: str | torch.device = "cpu") -> Cl
     cache_dir = spec.get("cache_dir")
     if pretrained is None:
         raise _missing_weights_error(model_name, pretrained, None)
-    is_file = os.path.sep in str(pretrained) or Path(str(pretrained)).suffix in {".bin", ".pt", ".pth", ".safetensors"}
+    is_file = os.path.sep in str(pretrained) or Path(str(pretrained)).suffix in {
+        ".bin",
+        ".pt",
+        ".pth",
+        ".safetensors",
+    }
     if is_file and not Path(pretrained).is_file():
         raise _missing_weights_error(model_name, pretrained, FileNotFoundError(str(pretrained)))
     import huggingface_hub.constants as hf_constants

@@ -126,7 +126,51 @@ TINY = Architecture(
     resolution=16,
 )
 
-ARCHITECTURES: dict[str, Architecture] = {"sd14": SD14, "tiny": TINY}
+# The toy world's miniature SD v1.4 (64x64 RGB, f=4 VAE -> 16x16x4 latents), trained by
+# `resurgence.toyworld.t2i`. Cross-attention (attn2.to_k/to_v, MACE's targets) sits at the
+# 16x16 and 8x8 levels and in the 4x4 mid block, mirroring SD's (CA, CA, CA, plain) layout.
+# Parameters: UNet 3.3M, VAE 1.9M, text encoder 1.9M + 192 x vocab (compact world BPE, ~1.5k).
+# Forward FLOPs per image: UNet 0.265 GFLOP per step (SD v1.4: ~800 GFLOP at 64x64 latents),
+# VAE decode ~1.2 GFLOP; 25 DDIM steps with CFG ~ 14 GFLOP per image.
+TOY = Architecture(
+    unet=dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        cross_attention_dim=192,
+        attention_head_dim=(1, 2, 4),  # diffusers' legacy name: number of heads (head dim 32)
+        norm_num_groups=16,
+    ),
+    vae=dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 128),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+    ),
+    text=dict(
+        vocab_size=49408,  # build_toy_pipeline resizes it to the world tokenizer
+        hidden_size=192,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        hidden_act="quick_gelu",
+        projection_dim=192,
+    ),
+    resolution=64,
+    tokenizer_max_length=32,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {"sd14": SD14, "tiny": TINY, "toy": TOY}
 
 
 def make_scheduler(name: str = "ddim", config: dict[str, Any] | None = None):
