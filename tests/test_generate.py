@@ -80,7 +80,6 @@ def test_generate_to_dir_writes_index_and_resumes(pipe, tmp_path, monkeypatch):
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert index == rows
     assert [r["file_name"] for r in rows] == ["000000.png", "000001.png", "000002.png"]
-    assert all(r["file"] == r["file_name"] for r in rows)
     assert all(r["concept"] == rec["concept"] for r, rec in zip(rows, records, strict=True))
     first = {r["file_name"]: _arr(Image.open(tmp_path / r["file_name"])) for r in rows}
     assert not list(tmp_path.glob(".*.tmp"))  # no temporaries left behind
