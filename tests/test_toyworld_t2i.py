@@ -1,0 +1,220 @@
+"""The toy world's miniature SD: real-size shapes, a micro training run, checkpoint/resume, offline reload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resurgence.models.pipeline import ARCHITECTURES, TOY, Architecture, load_pipeline
+from resurgence.toyworld.concepts import Concept
+from resurgence.toyworld.t2i import (
+    T2ITrainConfig,
+    build_toy_pipeline,
+    build_toy_tokenizer,
+    count_parameters,
+    train_text_to_image,
+    world_words,
+)
+
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("square", "stripe")
+RGB = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
+
+
+class FakeWorld:
+    """The slice of the ToyWorld contract the trainer uses: concepts, captions, eval prompts."""
+
+    def __init__(self) -> None:
+        self.identities = [Concept("Orla Vantreck", "identity"), Concept("Kadan Quilmoor", "identity")]
+        self.objects = [Concept(s, "object", synonyms=(f"{s}s",)) for s in SHAPES]
+
+    def eval_prompts(self, c: Concept) -> list[str]:
+        if c.domain == "identity":
+            return [f"A portrait of {c.name}", f"An oil painting of {c.name}"]
+        return [f"a photo of the {n}" for n in c.names]
+
+    def training_caption(self, rng: np.random.Generator) -> tuple[str, None]:
+        return f"a {COLOURS[rng.integers(4)]} {SHAPES[rng.integers(2)]}", None
+
+    def free_captions(self, n: int, seed: int) -> list[str]:
+        return ["a red square next to a blue stripe"] * n
+
+
+def fake_data(n: int, size: int, seed: int = 0) -> dict:
+    """Captioned images whose content depends on the caption (colour, shape) plus noise."""
+    rng = np.random.default_rng(seed)
+    images = np.full((n, size, size, 3), 128, np.uint8)
+    captions = []
+    for i in range(n):
+        c, s = COLOURS[rng.integers(4)], SHAPES[rng.integers(2)]
+        captions.append(f"a {c} {s}")
+        if s == "square":
+            images[i, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = RGB[c]
+        else:
+            images[i, :, size // 3 : 2 * size // 3] = RGB[c]
+    images = np.clip(images + rng.integers(-8, 9, images.shape), 0, 255).astype(np.uint8)
+    return dict(images=images, captions=captions)
+
+
+MICRO = Architecture(
+    unet=dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    ),
+    vae=dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ),
+    text=dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        hidden_act="quick_gelu",
+        projection_dim=32,
+    ),
+    resolution=16,
+    tokenizer_max_length=16,
+)
+
+
+def micro_cfg(**kw) -> T2ITrainConfig:
+    base = dict(
+        seed=0,
+        n_train_images=64,
+        tokenizer_captions=50,
+        vae_steps=15,
+        vae_batch_size=16,
+        vae_lr=2e-3,
+        unet_steps=40,
+        unet_batch_size=32,
+        unet_lr=2e-3,
+        text_lr=1e-3,
+        warmup_steps=2,
+        ema_decay=0.9,
+        checkpoint_every=10,
+        log_every=5,
+        n_samples=2,
+    )
+    return T2ITrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("t2i")
+    metrics = train_text_to_image(
+        micro_cfg(), FakeWorld(), out, device="cpu", arch=MICRO, data=fake_data(64, 16)
+    )
+    return out, metrics
+
+
+def test_toy_architecture_is_registered_and_runs_at_real_size(tmp_path):
+    assert ARCHITECTURES["toy"] is TOY
+    tok = build_toy_tokenizer(world_words(FakeWorld(), 50), tmp_path / "tok", TOY.tokenizer_max_length)
+    pipe = build_toy_pipeline(TOY, tmp_path / "tok", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    n = count_parameters(pipe)
+    assert n["unet"] < 5e6 and n["vae"] < 4e6 and n["text_encoder"] < 3e6
+    assert pipe.text_encoder.config.vocab_size == len(tok) < 2000
+    with torch.no_grad():
+        x = torch.rand(2, 3, 64, 64) * 2 - 1
+        z = pipe.vae.encode(x).latent_dist.mean
+        assert z.shape == (2, 4, 16, 16)
+        assert pipe.vae.decode(z).sample.shape == (2, 3, 64, 64)
+        ids = tok(["A portrait of Orla Vantreck"] * 2, padding="max_length", return_tensors="pt").input_ids
+        assert ids.shape == (2, TOY.tokenizer_max_length)
+        emb = pipe.text_encoder(ids)[0]
+        assert emb.shape == (2, TOY.tokenizer_max_length, TOY.unet["cross_attention_dim"])
+        eps = pipe.unet(z, torch.tensor([10, 900]), encoder_hidden_states=emb).sample
+        assert eps.shape == z.shape and eps.dtype == torch.float32
+    # MACE edits cross-attention K/V at several resolutions.
+    kv = [k for k, _ in pipe.unet.named_modules() if k.endswith("attn2.to_k")]
+    assert {k.split(".")[0] for k in kv} == {"down_blocks", "mid_block", "up_blocks"}
+    img = pipe(
+        ["a red square", "A portrait of Orla Vantreck"], num_inference_steps=2, output_type="np"
+    ).images
+    assert img.shape == (2, 64, 64, 3)
+
+
+def test_tokenizer_makes_every_world_word_one_token_and_round_trips(tmp_path):
+    world = FakeWorld()
+    tok = build_toy_tokenizer(world_words(world, 50), tmp_path / "tok", 16)
+    for text in (
+        "A portrait of Orla Vantreck",
+        "a photo of the stripes",
+        "a yellow square next to a blue stripe",
+    ):
+        pieces = tok.tokenize(text)
+        assert len(pieces) == len(text.split())
+        assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text.lower()
+    # Unknown words still tokenize (byte-level fallback) and round-trip.
+    assert tok.decode(tok("zebra quux").input_ids, skip_special_tokens=True) == "zebra quux"
+    ids = tok("").input_ids
+    assert ids == [tok.bos_token_id, tok.eos_token_id]
+
+
+def test_micro_training_lowers_losses_and_saves_loadable_pipeline(trained):
+    out, m = trained
+    vae_l = [v for _, v in m["vae"]["losses"]]
+    unet_l = [v for _, v in m["unet"]["losses"]]
+    assert vae_l[-1] < vae_l[0]
+    assert np.mean(unet_l[-2:]) < 0.8 * unet_l[0]
+    assert m["unet"]["finished"] and m["unet"]["resumed_from"] == 0
+    assert 0.01 < m["scaling_factor"] < 100 and abs(m["latent_std"] - 1) < 0.2
+    saved = json.loads((out / "t2i_train.json").read_text())
+    assert saved["seed"] == 0 and saved["config"]["unet_steps"] == 40 and saved["device"] == "cpu"
+    assert (out / "t2i_samples.png").exists()
+    pipe = load_pipeline(out / "t2i", device="cpu")
+    assert pipe.scheduler.__class__.__name__ == "DDIMScheduler" and pipe.safety_checker is None
+    assert pipe.vae.config.scaling_factor == pytest.approx(m["scaling_factor"])
+    assert pipe.unet.dtype == torch.float32
+    g = torch.Generator().manual_seed(0)
+    img = pipe(["a red square"], num_inference_steps=3, generator=g, output_type="np").images
+    assert img.shape == (1, 16, 16, 3) and np.isfinite(img).all()
+
+
+def test_checkpoint_resume_reproduces_an_uninterrupted_run(trained, tmp_path):
+    ref, _ = trained
+    data = fake_data(64, 16)
+    part = train_text_to_image(
+        micro_cfg(stop_at_unet_step=20), FakeWorld(), tmp_path, device="cpu", arch=MICRO, data=data
+    )
+    assert not part["unet"]["finished"] and not (tmp_path / "t2i").exists()
+    assert (tmp_path / "checkpoints" / "unet-0000020.pt").exists()
+    full = train_text_to_image(micro_cfg(), FakeWorld(), tmp_path, device="cpu", arch=MICRO, data=data)
+    assert full["vae"].get("skipped") and full["unet"]["resumed_from"] == 20
+    assert full["unet"]["losses"][:4] == part["unet"]["losses"]
+    for sub in ("unet", "text_encoder", "vae"):
+        a = load_file(next((ref / "t2i" / sub).glob("*.safetensors")))
+        b = load_file(next((tmp_path / "t2i" / sub).glob("*.safetensors")))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+
+
+def test_config_is_plain_data():
+    cfg = dataclasses.asdict(T2ITrainConfig())
+    assert cfg["caption_dropout"] == 0.1 and cfg["mixed_precision"] == "auto"
+    assert json.loads(json.dumps(cfg)) == cfg
