@@ -1,0 +1,115 @@
+"""The evaluator interface and the per-world registry.
+
+Every metric maps generated images + their generation records to tidy rows (one per image),
+so `resurgence.metrics.tables` can aggregate any metric the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from PIL import Image
+
+CONCEPT_KEY = "concept"  # record field naming the concept a prompt asks for
+PROMPT_KEY = "prompt"  # record field holding the prompt an image was generated from
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    name: str
+
+    def evaluate(self, images: list[Image.Image], records: list[dict]) -> list[dict]:
+        """One row per image: the record's fields + ``metric``, ``value`` (float), ``predicted``."""
+        ...
+
+
+def make_rows(
+    metric: str, records: Sequence[Mapping[str, Any]], values: Sequence[float], predicted: Sequence[Any]
+) -> list[dict]:
+    if not (len(records) == len(values) == len(predicted)):
+        raise ValueError(
+            f"{metric}: {len(records)} records, {len(values)} values, {len(predicted)} predictions"
+        )
+    return [
+        {**r, "metric": metric, "value": float(v), "predicted": p}
+        for r, v, p in zip(records, values, predicted, strict=True)
+    ]
+
+
+def check_inputs(images: Sequence[Any], records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
+    if len(images) != len(records):
+        raise ValueError(f"{len(images)} images but {len(records)} records")
+    for i, r in enumerate(records):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise KeyError(f"record {i} lacks {missing}: {r}")
+
+
+def same_concept(a: Any, b: Any) -> bool:
+    """Concept names compare case- and whitespace-insensitively ("Jennifer Aniston" == "jennifer aniston")."""
+    return (
+        a is not None
+        and b is not None
+        and " ".join(str(a).lower().split()) == " ".join(str(b).lower().split())
+    )
+
+
+def object_label_set(world: Any) -> dict[str, list[str]]:
+    """CLIP-accuracy labels of a world's objects: each name with its synonyms."""
+    return {c.name: list(c.names) for c in world.objects}
+
+
+def get_evaluators(
+    models: Mapping[str, Any],
+    label_set: Mapping[str, Sequence[str]] | None = None,
+    device: str = "cpu",
+    names: Sequence[str] | None = None,
+    world: Any | None = None,
+) -> dict[str, Evaluator]:
+    """Evaluators of a world, keyed by metric name; only ``names`` are built (models load lazily otherwise).
+
+    ``models`` is the study's model-spec dict (`resurgence.study.model_specs`); keys read:
+    ``clip`` (a `load_clip` spec) and ``detector`` (``{"kind": "toy", "path": dir}``).
+    ``label_set`` (label -> phrases) is the task's CLIP-accuracy label set; it defaults to
+    ``world``'s objects.
+    """
+    from resurgence.evaluate.clip_metrics import ClipAccuracy, ClipScore
+    from resurgence.evaluate.identity import IdentityAccuracy, load_identity_detector
+    from resurgence.models.clip import load_clip
+
+    known = ("identity_acc", "clip_acc", "clip_score")
+    unknown = set(names or ()) - set(known)
+    if unknown:
+        raise ValueError(f"unknown evaluators {sorted(unknown)}; known: {list(known)}")
+    if label_set is None and world is not None:
+        label_set = object_label_set(world)
+    if names is None:  # everything this world can build
+        names = [n for n in known if not (n == "clip_acc" and label_set is None)]
+    if "clip_acc" in names and label_set is None:
+        raise ValueError("clip_acc needs a label_set (or a world to take the object labels from)")
+    clip_cache: list[Any] = []
+
+    def clip() -> Any:
+        if not clip_cache:
+            if "clip" not in models:
+                raise KeyError("model specs have no 'clip'")
+            clip_cache.append(load_clip(models["clip"], device=device))
+        return clip_cache[0]
+
+    builders: dict[str, Callable[[], Evaluator]] = {
+        "identity_acc": lambda: IdentityAccuracy(load_identity_detector(models, device)),
+        "clip_acc": lambda: ClipAccuracy(clip(), label_set or {}),
+        "clip_score": lambda: ClipScore(clip()),
+    }
+    return {n: builders[n]() for n in names}
+
+
+def fid_kwargs(models: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """`frechet_distance` options of a world: toy CLIP features for the toy CLIP, Inception otherwise."""
+    clip_spec = models.get("clip") or {}
+    if clip_spec.get("kind") == "toy":
+        from resurgence.models.clip import load_clip
+
+        return {"features": "clip", "clip": load_clip(clip_spec, device=device)}
+    return {"features": "inception", "cuda": str(device).startswith("cuda")}
