@@ -2,7 +2,12 @@
 # Rules are thin: each calls `python -m resurgence <stage>`; the logic lives in the package.
 from snakemake.utils import min_version, validate
 
-from resurgence.config import drop_disabled, schema_path, validate_config
+from resurgence.config import (
+    coerce_strings,
+    drop_disabled,
+    schema_path,
+    validate_config,
+)
 from resurgence import study
 
 min_version("9.0")
@@ -13,6 +18,7 @@ configfile: "config.yaml"
 
 # A bad config stops the run here, before any job, naming the key and the allowed values.
 drop_disabled(config)
+coerce_strings(config)
 validate_config(config)
 validate(config, str(schema_path()))
 study.check_study(config)

@@ -100,6 +100,60 @@ def drop_disabled(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while isinstance(schema, dict) and "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _coerce_scalar(value: str, types: list[str]) -> Any:
+    if "boolean" in types and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind, cast in (("integer", int), ("number", float)):
+        if kind in types:
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    if "null" in types and value.lower() in ("null", "none", "~"):
+        return None
+    return value
+
+
+def coerce_strings(config: Any, schema: dict[str, Any] | None = None, root: dict[str, Any] | None = None) -> Any:
+    """Turn strings into the booleans/numbers the schema expects, in place.
+
+    Snakemake hands nested ``--config key={a: 1}`` values over as strings; without this a user's
+    ``--config "toyworld={retrain: true}"`` would be rejected as a string.
+    """
+    root = root if root is not None else load_schema()
+    schema = _resolve(schema if schema is not None else root, root)
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in config.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is None:
+                continue
+            sub = _resolve(sub, root)
+            types = sub.get("type", [])
+            types = [types] if isinstance(types, str) else list(types)
+            if isinstance(value, str) and types and "string" not in types:
+                config[key] = _coerce_scalar(value, types)
+            else:
+                coerce_strings(value, sub, root)
+    elif isinstance(config, list) and isinstance(schema.get("items"), dict):
+        items = _resolve(schema["items"], root)
+        types = items.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        for i, value in enumerate(config):
+            if isinstance(value, str) and types and "string" not in types:
+                config[i] = _coerce_scalar(value, types)
+            else:
+                coerce_strings(value, items, root)
+    return config
+
+
 def load_config(
     paths: Iterable[str | os.PathLike] = ("config.yaml",), overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -113,5 +167,6 @@ def load_config(
     if overrides:
         config = deep_merge(config, overrides)
     drop_disabled(config)
+    coerce_strings(config)
     validate_config(config)
     return config

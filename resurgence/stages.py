@@ -12,10 +12,8 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from resurgence.io import atomic_path, write_json
 from resurgence.world import get_world
 
 log = logging.getLogger("resurgence")
@@ -216,41 +214,47 @@ def run_generate(args: Namespace) -> None:
 
 
 def run_evaluate(args: Namespace) -> None:
+    """Score one model state: the task's accuracy metric on concept images, CLIP score and FID on captions."""
+    from PIL import Image
+
+    from resurgence.evaluate.base import fid_kwargs, get_evaluators
     from resurgence.evaluate.fid import frechet_distance
-    from resurgence.evaluate.registry import build_evaluators
-    from resurgence.metrics.tables import TIDY_COLUMNS
+    from resurgence.metrics.tables import TIDY_COLUMNS, write_tidy
 
     device = pick_device(args.device)
     labels = args.labels
+    world = get_world(labels["world"])
     images_dir, ref_dir = Path(args.images), Path(args.reference)
-    index = [json.loads(x) for x in (images_dir / "index.jsonl").read_text().splitlines()]
-    from PIL import Image
 
-    evaluators = build_evaluators(args.models, labels, device=device)
-    rows: list[dict[str, Any]] = []
-    base = dict(args.state, domain=labels["domain"])
-    concept_items = [r for r in index if r["role"] in ("erased", "retained")]
-    images = [Image.open(images_dir / r["file_name"]).convert("RGB") for r in concept_items]
-    metric = "identity_acc" if labels["domain"] == "identity" else "clip_acc"
-    for r, v in zip(concept_items, evaluators[metric](images, [r["concept"] for r in concept_items]), strict=True):
-        rows.append(dict(base, concept=r["concept"], role=r["role"], prompt=r["prompt"], template=r.get("template", ""),
-                         seed=r["seed"], metric=metric, value=float(v)))
-    caps = [r for r in index if r["role"] == "caption"]
+    def read(folder: Path, roles: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[Any]]:
+        index = [json.loads(x) for x in (folder / "index.jsonl").read_text().splitlines()]
+        records = [r for r in index if r["role"] in roles]
+        return records, [Image.open(folder / r["file_name"]).convert("RGB") for r in records]
+
+    accuracy = "identity_acc" if labels["domain"] == "identity" else "clip_acc"
+    label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
+    records, images = read(images_dir, ("erased", "retained"))
+    caps, cap_images = read(images_dir, ("caption",))
+    names = [accuracy] + (["clip_score"] if caps else [])
+    evaluators = get_evaluators(args.models, label_set=label_set, device=device, names=names)
+    rows = evaluators[accuracy].evaluate(images, records)
     if caps:
-        cap_images = [Image.open(images_dir / r["file_name"]).convert("RGB") for r in caps]
-        for r, v in zip(caps, evaluators["clip_score"](cap_images, [r["prompt"] for r in caps]), strict=True):
-            rows.append(dict(base, concept="", role="caption", prompt=r["prompt"], template="", seed=r["seed"],
-                             metric="clip_score", value=float(v)))
-        ref_index = [json.loads(x) for x in (ref_dir / "index.jsonl").read_text().splitlines()]
-        ref = [Image.open(ref_dir / r["file_name"]).convert("RGB") for r in ref_index if r["role"] == "caption"]
-        fid = frechet_distance(cap_images, ref, **evaluators["fid_kwargs"])
-        rows.append(dict(base, concept="", role="caption", prompt="", template="", seed=caps[0]["seed"], metric="fid",
-                         value=float(fid)))
+        rows += evaluators["clip_score"].evaluate(cap_images, caps)
+        _, ref_images = read(ref_dir, ("caption",))
+        fid = frechet_distance(cap_images, ref_images, **fid_kwargs(args.models, device))
+        rows.append(dict(role="caption", concept="", prompt="", seed=caps[0]["seed"], metric="fid", value=float(fid)))
+    state = dict(args.state, domain=labels["domain"])
+    tidy = []
+    for r in rows:
+        template = ""
+        if r.get("concept"):
+            phrases = sorted(world.concept(r["concept"]).names, key=len, reverse=True)
+            template = next((r["prompt"].replace(p, "{}") for p in phrases if p in r["prompt"]), "")
+        tidy.append({**state, **{k: r.get(k, "") for k in ("concept", "role", "prompt", "seed", "metric", "value")},
+                     "template": template})
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_tidy(pd.DataFrame(tidy, columns=list(TIDY_COLUMNS)), args.out)
 
 
 # ----------------------------------------------------------------------------- tables and figures
@@ -289,9 +293,3 @@ def run_grids(args: Namespace) -> None:
     grids = {str(Path(p).parent).split("images/", 1)[-1]: p for p in args.inputs}
     image_grid_figure(grids, args.out)
 
-
-def _unused(x: np.ndarray) -> None:  # pragma: no cover - keeps numpy import for typing helpers
-    del x
-
-
-__all__ = ["write_json"]

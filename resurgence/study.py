@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from resurgence.config import ConfigError, deep_merge
@@ -296,8 +297,31 @@ def experiment_metrics(config: dict[str, Any], experiment: str) -> list[str]:
     return list(paths)
 
 
+TOY_MODEL_FILES = {
+    "t2i": "t2i/model_index.json",
+    "clip": "clip/open_clip_config.json",
+    "detector": "detector/detector.json",
+    "segmenter": "segmenter/segmenter.json",
+}
+
+
+def missing_toy_models(config: dict[str, Any]) -> list[str]:
+    """Toy models absent from the configured weights folder (none when they will be retrained)."""
+    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+        return []
+    root = Path(toy_models_dir(config))
+    return [name for name, rel in TOY_MODEL_FILES.items() if not (root / rel).is_file()]
+
+
 def check_study(config: dict[str, Any]) -> None:
     """Cross-reference checks the JSON schema cannot express; raise `ConfigError` naming the key."""
+    missing = missing_toy_models(config)
+    if missing:
+        raise ConfigError(
+            f"config key 'toyworld.weights': {toy_models_dir(config)!r} lacks the toy model(s) {missing}; "
+            "train them with --config toyworld.retrain=true (a GPU takes minutes), or point toyworld.weights "
+            "at a folder written by `python -m resurgence toyworld train`"
+        )
     world = get_world(config)
     for tname, t in config["tasks"].items():
         for role in ("erase", "retain"):

@@ -14,15 +14,25 @@ from resurgence.study import check_study
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Cross-reference checks without requiring the shipped toy weights (checked on their own below).
+RETRAIN = {"toyworld": {"retrain": True}}
+
+
 @pytest.fixture(scope="module")
 def default_config() -> dict:
-    return load_config([ROOT / "config.yaml"])
+    return load_config([ROOT / "config.yaml"], RETRAIN)
 
 
 def test_default_and_presets_validate(default_config):
     check_study(default_config)
     for preset in sorted(ROOT.glob("config.*.yaml")):
-        cfg = load_config([ROOT / "config.yaml", preset])
+        cfg = load_config([ROOT / "config.yaml", preset], RETRAIN)
+        check_study(cfg)
+
+
+def test_missing_toy_weights_are_named(tmp_path):
+    cfg = load_config([ROOT / "config.yaml"], {"toyworld": {"weights": str(tmp_path), "retrain": False}})
+    with pytest.raises(ConfigError, match=r"toyworld.weights.*\['t2i', 'clip', 'detector', 'segmenter'\].*retrain=true"):
         check_study(cfg)
 
 
@@ -94,3 +104,25 @@ def test_config_files_are_mappings(tmp_path):
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config([bad])
+
+
+def test_command_line_strings_are_coerced_to_schema_types(default_config):
+    from resurgence.config import coerce_strings
+
+    cfg = copy.deepcopy(default_config)
+    cfg["toyworld"]["retrain"] = "false"
+    cfg["finetune_methods"]["lora"]["learning_rate"] = "0.001"
+    cfg["seeds"] = ["0", "1"]
+    cfg["erase_variants"]["default"]["lambda1"] = "1e-3"
+    coerce_strings(cfg)
+    assert cfg["toyworld"]["retrain"] is False
+    assert cfg["finetune_methods"]["lora"]["learning_rate"] == 0.001
+    assert cfg["seeds"] == [0, 1]
+    assert cfg["erase_variants"]["default"]["lambda1"] == 1e-3
+    cfg["finetune_methods"]["lora"]["method"] = "lora"  # strings stay strings
+    coerce_strings(cfg)
+    assert cfg["finetune_methods"]["lora"]["method"] == "lora"
+    cfg["generation"]["steps"] = "many"  # uncoercible: left for validation to reject
+    coerce_strings(cfg)
+    with pytest.raises(ConfigError, match="generation.steps"):
+        validate_config(cfg)

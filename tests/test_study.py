@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    return load_config([ROOT / "config.yaml"])
+    return load_config([ROOT / "config.yaml"], {"toyworld": {"retrain": True}})
 
 
 def test_state_ids_round_trip(config):

@@ -52,15 +52,23 @@ def test_snakefmt_clean():
 
 
 def test_snakemake_lint_clean():
-    out = snakemake("--lint")
+    out = snakemake("--lint", "--config", "toyworld={retrain: true}")
     assert "Congratulations" in out.stdout + out.stderr
 
 
 def test_default_study_dry_run_lists_every_stage():
-    out = snakemake("-n", "--forceall")
+    # retrain=true: the DAG also holds the toy-model training, and needs no shipped weights.
+    out = snakemake("-n", "--forceall", "--config", "toyworld={retrain: true}")
     counts = job_counts(out.stdout)
-    assert set(counts) >= STAGES, f"missing stages: {STAGES - set(counts)}"
+    assert set(counts) >= STAGES | {"toyworld_train"}, f"missing stages: {STAGES - set(counts)}"
     assert counts["figure"] == 9  # Figs. 5-13
+    assert counts["erase"] == 23 and counts["finetune"] == 33
+
+
+def test_missing_toy_weights_stop_before_any_job(tmp_path):
+    out = snakemake("-n", "--config", f"toyworld={{weights: {tmp_path}}}", check=False)
+    assert out.returncode != 0
+    assert "config key 'toyworld.weights'" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize(
@@ -68,7 +76,7 @@ def test_default_study_dry_run_lists_every_stage():
     [("world=mars", "'world'"), ("device=tpu", "'device'"), ("seeds=[]", "'seeds'")],
 )
 def test_malformed_config_stops_before_any_job(override, fragment):
-    out = snakemake("-n", "--config", override, check=False)
+    out = snakemake("-n", "--config", override, "toyworld={retrain: true}", check=False)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert f"config key {fragment}" in text, text[-2000:]
