@@ -239,7 +239,8 @@ def run_evaluate(args: Namespace) -> None:
     evaluators = get_evaluators(args.models, label_set=label_set, device=device, names=names)
     rows = evaluators[accuracy].evaluate(images, records)
     if caps:
-        rows += evaluators["clip_score"].evaluate(cap_images, caps)
+        # One caption set per state: its rows share the set's seed, so summaries average over captions.
+        rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators["clip_score"].evaluate(cap_images, caps)]
         _, ref_images = read(ref_dir, ("caption",))
         fid = frechet_distance(cap_images, ref_images, **fid_kwargs(args.models, device))
         rows.append(dict(role="caption", concept="", prompt="", seed=caps[0]["seed"], metric="fid", value=float(fid)))
