@@ -1,0 +1,42 @@
+"""Shared helpers of the benchmark scripts: describe the machine, append one result row."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: host, CPU, threads, GPU and library versions."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(
+        host=platform.node(),
+        cpu=cpu,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        torch=torch.__version__,
+    )
+
+
+def record(benchmark: str, result: dict[str, Any], path: Path = RESULTS) -> dict[str, Any]:
+    row = dict(benchmark=benchmark, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=machine(), **result)
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+    print(json.dumps(row, indent=2, sort_keys=True))
+    return row
