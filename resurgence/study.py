@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from resurgence.config import ConfigError, deep_merge
+from resurgence.models.availability import check_available
 from resurgence.world import World, get_world
 
 RESULTS = "results"
@@ -135,6 +136,7 @@ def world_ref(config: dict[str, Any]) -> dict[str, Any]:
     ref: dict[str, Any] = {"world": config["world"], "toyworld": {"seed": int(config.get("toyworld", {}).get("seed", 0))}}
     if config["world"] != "toy":
         ref.update(tasks=config["tasks"], finetune_sets=config["finetune_sets"], evaluation=config["evaluation"])
+        ref["synonyms"] = config.get("synonyms") or {}
     return ref
 
 
@@ -315,6 +317,7 @@ def missing_toy_models(config: dict[str, Any]) -> list[str]:
 
 def check_study(config: dict[str, Any]) -> None:
     """Cross-reference checks the JSON schema cannot express; raise `ConfigError` naming the key."""
+    check_available(config)  # sd14: every missing model and input in one message, before any job
     missing = missing_toy_models(config)
     if missing:
         raise ConfigError(

@@ -62,11 +62,14 @@ def get_world(config: dict[str, Any]) -> World:
         from resurgence.toyworld.concepts import toy_world
 
         return toy_world(int(config.get("toyworld", {}).get("seed", 0)))
+    # Synonyms (config key `synonyms: {concept: [..]}`) join the concept's evaluation prompts and CLIP labels.
+    synonyms = {k: tuple(v) for k, v in (config.get("synonyms") or {}).items()}
     concepts: dict[str, Concept] = {}
     for task in config["tasks"].values():
         for name in [*task["erase"], *task.get("retain", [])]:
-            concepts.setdefault(name, Concept(name=name, domain=task["domain"]))
+            concepts.setdefault(name, Concept(name=name, domain=task["domain"], synonyms=synonyms.get(name, ())))
     for fs in config["finetune_sets"].values():
         for name in fs.get("concepts", []):
-            concepts.setdefault(name, Concept(name=name, domain=fs.get("domain", "identity")))
+            domain = fs.get("domain", "identity")
+            concepts.setdefault(name, Concept(name=name, domain=domain, synonyms=synonyms.get(name, ())))
     return ListedWorld(concepts, caption_file=config["evaluation"]["captions"].get("file"))
