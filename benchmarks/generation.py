@@ -12,8 +12,8 @@ import argparse
 import time
 
 import torch
+from common import record  # benchmarks/ is on sys.path when run as a script
 
-from benchmarks.common import record
 from resurgence.generate.engine import GenerationConfig, generate
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline
 
