@@ -28,12 +28,12 @@ from diffusers import DDPMScheduler
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.data import FinetuneImageDataset, collate
 from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
+from resurgence.progress import progress_bar
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -295,9 +295,7 @@ def finetune(
         pipe.text_encoder.train()
     perm_cache: dict[int, torch.Tensor] = {}
     t0 = time.perf_counter()
-    bar = tqdm(
-        range(start, cfg.steps), desc="finetune", disable=not progress or None, initial=start, total=cfg.steps
-    )
+    bar = progress_bar(range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps)
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0

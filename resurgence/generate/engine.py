@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
+from resurgence.progress import progress_bar
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -126,7 +126,7 @@ def generate(
     height, width = cfg.height or native, cfg.width or native
     images: list[Image.Image] = []
     starts = range(0, len(prompts), cfg.batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress or None, leave=False):
+    for start in progress_bar(starts, desc="generate", enabled=progress, leave=False):
         bp = list(prompts[start : start + cfg.batch_size])
         bs = list(seeds[start : start + cfg.batch_size])
         n = len(bp)
@@ -181,7 +181,7 @@ def generate_to_dir(
     todo = [r for r in rows if not (out / r["file_name"]).exists()]
     chunk = cfg.batch_size
     starts = range(0, len(todo), chunk)
-    for start in tqdm(starts, desc=f"generate {out.name}", disable=not progress or None):
+    for start in progress_bar(starts, desc=f"generate {out.name}", enabled=progress):
         batch = todo[start : start + chunk]
         imgs = generate(
             pipe, [r["prompt"] for r in batch], [int(r["seed"]) for r in batch], cfg, device, False

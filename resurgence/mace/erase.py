@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from resurgence.io import read_json, save_safetensors, write_json
 from resurgence.mace.attention import cross_attention_names
@@ -28,6 +27,7 @@ from resurgence.mace.config import EraseConfig
 from resurgence.mace.fusion import fuse_weights
 from resurgence.mace.lora import lora_deltas, train_concept_lora
 from resurgence.mace.refine import collect_coexisting_embeddings, collect_token_embeddings, refine_weights
+from resurgence.progress import progress_bar
 
 LORA_FILE = "erased_lora.safetensors"
 REPORT_FILE = "report.json"
@@ -142,7 +142,7 @@ def erase_concepts(
     # Training data first: it must come from the unmodified model.
     data: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
     if not cfg.refine_only:
-        for i, c in enumerate(tqdm(concepts, desc="mace data", disable=not progress)):
+        for i, c in enumerate(progress_bar(concepts, desc="mace data", enabled=progress)):
             images, masks = image_source(c.name, cfg.images_per_concept, cfg.seed + i)
             masks = np.asarray(masks, dtype=bool)
             if len(images) != len(masks):
@@ -183,7 +183,7 @@ def erase_concepts(
             # (b) one LoRA per concept on the refined model.
             losses: dict[str, list[float]] = {}
             loras: dict[str, dict[str, torch.Tensor]] = {}
-            for i, c in enumerate(tqdm(concepts, desc="mace lora", disable=not progress)):
+            for i, c in enumerate(progress_bar(concepts, desc="mace lora", enabled=progress)):
                 images, masks = data[c.name]
                 sd, hist = train_concept_lora(
                     pipe, c.prompts, c.phrases, images, masks, cfg, device, seed=cfg.seed + i

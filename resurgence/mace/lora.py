@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from resurgence.mace.attention import AttentionProbe, concept_token_mask, probing_cross_attention
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.refine import encode_prompts
+from resurgence.progress import progress_bar
 
 LORA_TARGETS = ["attn2.to_k", "attn2.to_v"]
 
@@ -156,7 +156,7 @@ def train_concept_lora(
         order: list[int] = []
         probe = AttentionProbe()
         with probing_cross_attention(unet, probe):
-            for _ in tqdm(range(cfg.lora_steps), desc="mace lora", disable=not progress):
+            for _ in progress_bar(range(cfg.lora_steps), desc="mace lora", enabled=progress):
                 while len(order) < cfg.train_batch_size:
                     order.extend(rng.permutation(len(images)).tolist())
                 idx = order[: cfg.train_batch_size]

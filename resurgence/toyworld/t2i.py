@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from resurgence.io import atomic_path, write_json
@@ -41,6 +40,7 @@ from resurgence.models.pipeline import (
     make_scheduler,
 )
 from resurgence.models.tokenizer import _bytes_to_unicode, write_clip_tokenizer
+from resurgence.progress import progress_bar
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _CKPT_RE = re.compile(r"^(vae|unet)-(\d+)\.pt$")
@@ -296,7 +296,7 @@ def _train_vae(
     n, hw = images.shape[0], images.shape[1] * images.shape[2]
     vae.train()
     t0, acc = time.perf_counter(), torch.zeros((), device=device)
-    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", disable=None)
+    bar = progress_bar(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae")
     for step in bar:
         x = _to_pixels(
             images[torch.randint(n, (cfg.vae_batch_size,), generator=gen, device=device)], _fmt(cfg)
@@ -405,7 +405,7 @@ def _train_unet(
     text.train()
     t0, acc = time.perf_counter(), torch.zeros((), device=device)
     total = cfg.unet_steps if cfg.stop_at_unet_step is None else min(cfg.unet_steps, cfg.stop_at_unet_step)
-    bar = tqdm(range(start, total), initial=start, total=cfg.unet_steps, desc="unet", disable=None)
+    bar = progress_bar(range(start, total), initial=start, total=cfg.unet_steps, desc="unet")
     for step in bar:
         b = cfg.unet_batch_size
         idx = torch.randint(n, (b,), generator=gen, device=device)
