@@ -134,3 +134,11 @@ def test_changing_a_learning_rate_reruns_exactly_downstream(smoke_dir):
     assert counts.get("evaluate") == 4
     assert not {"erase", "ftdata_random", "generate_base", "generate_erased", "toyworld_quality"} & set(counts), counts
     shutil.rmtree(smoke_dir / ".snakemake" / "locks", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_html_report_holds_figures_and_tables(smoke_dir):
+    snakemake("--configfile", "config.smoke.yaml", "--report", "report.html", cwd=smoke_dir)
+    html = (smoke_dir / "report.html").read_text(errors="replace")
+    for name in ("fig5.png", "grids.png", "summary.csv", "resurgence.csv"):
+        assert name in html, name
