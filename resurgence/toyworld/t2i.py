@@ -79,6 +79,9 @@ class T2ITrainConfig:
     # engineering
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere) | "bf16" | "no"
     compile: bool = False
+    # torch.compile mode; "reduce-overhead" captures CUDA graphs, the lever for this launch-bound
+    # model (an H100 step took ~130 ms whatever the batch, in a 2000-step pilot without compile).
+    compile_mode: str = "default"
     channels_last: bool = True  # 1.3-1.6x faster on H100
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -398,8 +401,8 @@ def _train_unet(
             e.copy_(v)
         gen.set_state(st["gen"])
         start, losses, elapsed = st["step"], st["losses"], st["elapsed"]
-    fwd_unet = torch.compile(unet) if cfg.compile else unet
-    fwd_text = torch.compile(text) if cfg.compile else text
+    fwd_unet = torch.compile(unet, mode=cfg.compile_mode) if cfg.compile else unet
+    fwd_text = torch.compile(text, mode=cfg.compile_mode) if cfg.compile else text
     n = latents.shape[0]
     unet.train()
     text.train()
