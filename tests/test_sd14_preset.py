@@ -7,13 +7,13 @@ model, and with fake local model folders it must list the full DAG of the paper'
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake_helpers import job_counts
 
 from resurgence import study
 from resurgence.config import ConfigError, deep_merge, load_config
@@ -230,17 +230,6 @@ def snakemake(*args: str, **env: str) -> subprocess.CompletedProcess:
         timeout=900,
         env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
     )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    block = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def _state(path: str) -> tuple[str, str]:

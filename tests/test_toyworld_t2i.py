@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from resurgence.models.pipeline import ARCHITECTURES, TOY, Architecture, load_pipeline
+from resurgence.models.pipeline import ARCHITECTURES, TINY, TOY, load_pipeline
 from resurgence.toyworld.concepts import Concept
 from resurgence.toyworld.t2i import (
     T2ITrainConfig,
@@ -61,41 +61,12 @@ def fake_data(n: int, size: int, seed: int = 0) -> dict:
     return dict(images=images, captions=captions)
 
 
-MICRO = Architecture(
-    unet=dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=8,
-    ),
-    vae=dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    ),
-    text=dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        hidden_act="quick_gelu",
-        projection_dim=32,
-    ),
-    resolution=16,
+# TINY with narrower layers and 16 tokens: the same classes, a few hundred kB.
+MICRO = dataclasses.replace(
+    TINY,
+    unet={**TINY.unet, "block_out_channels": (16, 32), "attention_head_dim": 2},
+    vae={**TINY.vae, "block_out_channels": (8, 16), "norm_num_groups": 4},
+    text={**TINY.text, "num_attention_heads": 2, "max_position_embeddings": 16},
     tokenizer_max_length=16,
 )
 

@@ -4,13 +4,13 @@ end-to-end run of the smoke preset with its incremental-rerun behaviour."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from snakemake_helpers import job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {
@@ -29,18 +29,6 @@ def run(cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 180
 
 def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "snakemake", *args], cwd=cwd, check=check)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table."""
-    counts: dict[str, int] = {}
-    block = output.split("Job stats:", 1)[1] if "Job stats:" in output else ""
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m:
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 def test_ruff_clean():
