@@ -217,7 +217,7 @@ def run_evaluate(args: Namespace) -> None:
     """Score one model state: the task's accuracy metric on concept images, CLIP score and FID on captions."""
     from PIL import Image
 
-    from resurgence.evaluate.base import fid_kwargs, get_evaluators
+    from resurgence.evaluate.base import fid_kwargs, get_evaluators, identity_metric
     from resurgence.evaluate.fid import frechet_distance
     from resurgence.metrics.tables import TIDY_COLUMNS, write_tidy
 
@@ -231,7 +231,7 @@ def run_evaluate(args: Namespace) -> None:
         records = [r for r in index if r["role"] in roles]
         return records, [Image.open(folder / r["file_name"]).convert("RGB") for r in records]
 
-    accuracy = "identity_acc" if labels["domain"] == "identity" else "clip_acc"
+    accuracy = identity_metric(args.models) if labels["domain"] == "identity" else "clip_acc"
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
     records, images = read(images_dir, ("erased", "retained"))
     caps, cap_images = read(images_dir, ("caption",))

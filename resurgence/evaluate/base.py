@@ -60,6 +60,17 @@ def object_label_set(world: Any) -> dict[str, list[str]]:
     return {c.name: list(c.names) for c in world.objects}
 
 
+IDENTITY_METRICS = {"clip_zero_shot": "identity_acc_clip"}  # detector kind -> metric; others: identity_acc
+
+
+def identity_metric(models: Mapping[str, Any]) -> str:
+    """The identity-accuracy metric a study's detector reports: ``identity_acc`` (toy detector, GCD)
+    or ``identity_acc_clip`` (``{"kind": "clip_zero_shot"}``: a different metric, never mixed with GCD's)."""
+    from resurgence.evaluate.identity import detector_kind
+
+    return IDENTITY_METRICS.get(detector_kind(models), "identity_acc")
+
+
 def get_evaluators(
     models: Mapping[str, Any],
     label_set: Mapping[str, Sequence[str]] | None = None,
@@ -70,24 +81,41 @@ def get_evaluators(
     """Evaluators of a world, keyed by metric name; only ``names`` are built (models load lazily otherwise).
 
     ``models`` is the study's model-spec dict (`resurgence.study.model_specs`); keys read:
-    ``clip`` (a `load_clip` spec) and ``detector`` (``{"kind": "toy", "path": dir}``).
-    ``label_set`` (label -> phrases) is the task's CLIP-accuracy label set; it defaults to
-    ``world``'s objects.
+    ``clip`` (a `load_clip` spec) and ``detector`` (`resurgence.evaluate.identity.load_identity_detector`:
+    kind ``toy``, ``gcd`` or ``clip_zero_shot``). ``label_set`` (label -> phrases) is the task's
+    accuracy label set; it defaults to ``world``'s objects for CLIP accuracy. Identity metrics take
+    their celebrity names from ``label_set``'s keys (else ``world``'s identities).
+
+    ``identity_acc`` is the detector's (toy or GCD); a ``clip_zero_shot`` detector reports
+    ``identity_acc_clip`` instead (`identity_metric`), and ``identity_acc_clip`` can also be asked
+    for beside a GCD/toy detector (CLIP zero-shot with ``models["clip"]``).
     """
+    from resurgence.evaluate.celebrity import ClipIdentityAccuracy
     from resurgence.evaluate.clip_metrics import ClipAccuracy, ClipScore
-    from resurgence.evaluate.identity import IdentityAccuracy, load_identity_detector
+    from resurgence.evaluate.identity import IdentityAccuracy, detector_kind, load_identity_detector
     from resurgence.models.clip import load_clip
 
-    known = ("identity_acc", "clip_acc", "clip_score")
+    known = ("identity_acc", "identity_acc_clip", "clip_acc", "clip_score")
     unknown = set(names or ()) - set(known)
     if unknown:
         raise ValueError(f"unknown evaluators {sorted(unknown)}; known: {list(known)}")
+    if label_set is not None:
+        identity_names = list(label_set)
+    else:
+        identity_names = [c.name for c in getattr(world, "identities", ())] if world is not None else []
     if label_set is None and world is not None:
         label_set = object_label_set(world)
     if names is None:  # everything this world can build
-        names = [n for n in known if not (n == "clip_acc" and label_set is None)]
+        names = [identity_metric(models)] + (["clip_acc"] if label_set is not None else []) + ["clip_score"]
     if "clip_acc" in names and label_set is None:
         raise ValueError("clip_acc needs a label_set (or a world to take the object labels from)")
+    if "identity_acc" in names and identity_metric(models) != "identity_acc":
+        raise ValueError(
+            f"the {detector_kind(models)!r} detector is reported as {identity_metric(models)!r}, not 'identity_acc' "
+            "(identity_acc is the toy detector's or the Giphy Celebrity Detector's); ask for that metric instead"
+        )
+    if "identity_acc_clip" in names and not identity_names:
+        raise ValueError("identity_acc_clip needs celebrity names: a label_set (or a world with identities)")
     clip_cache: list[Any] = []
 
     def clip() -> Any:
@@ -97,8 +125,16 @@ def get_evaluators(
             clip_cache.append(load_clip(models["clip"], device=device))
         return clip_cache[0]
 
+    def clip_identity() -> Evaluator:
+        spec = models.get("detector")
+        if detector_kind(models) != "clip_zero_shot":
+            spec = {"kind": "clip_zero_shot"}
+        detector = load_identity_detector({**models, "detector": spec}, device, identity_names, clip=clip())
+        return ClipIdentityAccuracy(detector)
+
     builders: dict[str, Callable[[], Evaluator]] = {
-        "identity_acc": lambda: IdentityAccuracy(load_identity_detector(models, device)),
+        "identity_acc": lambda: IdentityAccuracy(load_identity_detector(models, device, identity_names)),
+        "identity_acc_clip": clip_identity,
         "clip_acc": lambda: ClipAccuracy(clip(), label_set or {}),
         "clip_score": lambda: ClipScore(clip()),
     }

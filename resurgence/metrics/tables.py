@@ -74,7 +74,7 @@ DOMAINS: tuple[str, ...] = ("identity", "object")
 STATES: tuple[str, ...] = ("base", "erased", "finetuned")
 ROLES: tuple[str, ...] = ("erased", "retained", "caption")
 FTMETHODS: tuple[str, ...] = ("lora", "full", "none")
-METRICS: tuple[str, ...] = ("identity_acc", "clip_acc", "clip_score", "fid")
+METRICS: tuple[str, ...] = ("identity_acc", "identity_acc_clip", "clip_acc", "clip_score", "fid")
 
 ACCURACY_METRIC: dict[str, str] = {"identity": "identity_acc", "object": "clip_acc"}
 

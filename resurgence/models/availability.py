@@ -209,6 +209,8 @@ def missing_models(config: Mapping[str, Any]) -> list[str]:
         lines.append(f"models.detector: not set; use {{kind: gcd, path: DIR}} and {GCD_HOWTO}")
     elif detector.get("kind", "toy") == "toy":
         lines.append(_check_toy("models.detector", detector, "detector"))
+    elif detector.get("kind") == "clip_zero_shot":
+        pass  # needs only models.clip, checked above
     else:
         path = Path(str(detector.get("path", ""))).expanduser()
         missing = _missing_in_folder(path, GCD_FILES) if path.is_dir() else None
