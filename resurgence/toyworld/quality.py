@@ -75,7 +75,9 @@ def measure_quality(
         per[key] = float(np.mean(correct))
         by_template: dict[str, list[bool]] = {}
         for (c, p, _), ok in zip(recs, correct, strict=True):
-            by_template.setdefault(p.replace(c, "{}"), []).append(ok)
+            # identities: one key per template; objects: the class name vs a synonym in the prompt
+            key_ = p.replace(c, "{}") if key == "identity" else ("name" if p.endswith(f" {c}") else "synonym")
+            by_template.setdefault(key_, []).append(ok)
         result[f"t2i_{key}_by_template"] = {t: float(np.mean(v)) for t, v in sorted(by_template.items())}
         result[f"t2i_{key}_images"] = len(imgs)
     elapsed = time.time() - t0

@@ -13,6 +13,7 @@ rule erase:
         "results/benchmarks/erase/{task}/{erase}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=12000,

@@ -13,6 +13,7 @@ rule evaluate:
         "results/benchmarks/evaluate/{task}/{state}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

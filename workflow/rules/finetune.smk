@@ -14,6 +14,7 @@ rule finetune:
         "results/benchmarks/finetune/{task}/{erase}/{ftset}/{ftmethod}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=12000,

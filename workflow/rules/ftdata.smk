@@ -12,6 +12,7 @@ rule ftdata_random:
         "results/benchmarks/ftdata/random/{ftset}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -38,6 +39,7 @@ rule ftdata_tercile:
         "results/benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

@@ -14,6 +14,7 @@ rule generate_base:
         "results/benchmarks/generate/{task}/base.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -39,6 +40,7 @@ rule generate_erased:
         "results/benchmarks/generate/{task}/{erase}/erased.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
@@ -65,6 +67,7 @@ rule generate_finetuned:
         "results/benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,

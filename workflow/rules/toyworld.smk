@@ -10,6 +10,7 @@ rule toyworld_train:
         "results/benchmarks/toyworld/train.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=16000,
@@ -34,6 +35,7 @@ rule toyworld_quality:
         "results/benchmarks/toyworld/quality.tsv"
     conda:
         "../../envs/resurgence.yaml"
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
