@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     twsub = tw.add_subparsers(dest="action", required=True)
     t = twsub.add_parser("train", help="train every toy model (or --only some) from scratch")
     t.add_argument("--out-dir", required=True)
-    t.add_argument("--profile", choices=["gpu", "cpu", "smoke"], default="gpu")
+    t.add_argument("--profile", choices=["auto", "gpu", "cpu", "smoke"], default="auto", help="auto: gpu with CUDA")
     t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")

@@ -64,7 +64,9 @@ def run_toyworld(args: Namespace) -> None:
     if args.action == "train":
         from resurgence.toyworld.train import train_all
 
-        train_all(args.out_dir, profile=args.profile, only=args.only, seed=args.seed, device=pick_device(args.device))
+        device = pick_device(args.device)
+        profile = ("gpu" if device.startswith("cuda") else "cpu") if args.profile == "auto" else args.profile
+        train_all(args.out_dir, profile=profile, only=args.only, seed=args.seed, device=device)
     else:
         from resurgence.toyworld.quality import measure_quality
 

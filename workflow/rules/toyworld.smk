@@ -17,7 +17,7 @@ rule toyworld_train:
         runtime=60,
     params:
         seed=config.get("toyworld", {}).get("seed", 0),
-        profile=config.get("toyworld", {}).get("train_profile", "gpu"),
+        profile=config.get("toyworld", {}).get("train_profile", "auto"),
         device=device(),
     shell:
         "python -m resurgence toyworld train --out-dir results/toyworld/models --profile {params.profile}"
