@@ -27,7 +27,7 @@ from resurgence.toyworld.detector import (
     augment_batch,
     cosine_lr,
     default_render_fn,
-    load_train_state,
+    resume_train_state,
     save_train_state,
 )
 
@@ -274,12 +274,7 @@ def train_clip(
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "clip_ckpt" / "state.pt"
-    start = 0
-    if (state := load_train_state(ckpt_path)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start = state["step"]
+    start = resume_train_state(ckpt_path, model, opt, gen)
     use_amp = cfg.bf16 and device.type == "cuda"
     mean = torch.tensor(TOY_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(TOY_STD, device=device).view(1, 3, 1, 1)

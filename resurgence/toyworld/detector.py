@@ -107,6 +107,19 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
 
 
+def resume_train_state(
+    path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> int:
+    """Restore model, optimiser and generator from a `save_train_state` checkpoint; the step to resume at (0 if none)."""
+    state = load_train_state(path)
+    if state is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    return int(state["step"])
+
+
 def default_render_fn() -> RenderFn:
     from resurgence.toyworld.data import render_arrays
 
@@ -349,12 +362,7 @@ def train_detector(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "detector_ckpt" / "state.pt"
-    start = 0
-    if (state := load_train_state(ckpt_path)) is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start = state["step"]
+    start = resume_train_state(ckpt_path, net, opt, gen)
     use_amp = cfg.bf16 and device.type == "cuda"
     net.train()
     loss_val = float("nan")
@@ -504,12 +512,7 @@ def train_segmenter(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "segmenter_ckpt" / "state.pt"
-    start = 0
-    if (state := load_train_state(ckpt_path)) is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        start = state["step"]
+    start = resume_train_state(ckpt_path, net, opt, gen)
     use_amp = cfg.bf16 and device.type == "cuda"
     net.train()
     loss_val = float("nan")
