@@ -88,6 +88,8 @@ def micro_cfg(**kw) -> T2ITrainConfig:
         checkpoint_every=10,
         log_every=5,
         n_samples=2,
+        compile=False,
+        unet_time_budget_s=None,
     )
     return T2ITrainConfig(**{**base, **kw})
 
@@ -189,3 +191,42 @@ def test_config_is_plain_data():
     cfg = dataclasses.asdict(T2ITrainConfig())
     assert cfg["caption_dropout"] == 0.1 and cfg["mixed_precision"] == "auto"
     assert json.loads(json.dumps(cfg)) == cfg
+
+
+def test_time_budget_fixes_the_step_count_after_probing_and_records_it(tmp_path, monkeypatch):
+    import resurgence.toyworld.t2i as t2i
+
+    clock = iter(range(0, 10**6))  # a fake clock: every reading advances one second
+    monkeypatch.setattr(t2i.time, "perf_counter", lambda: float(next(clock)))
+    cfg = micro_cfg(unet_steps=10_000, warmup_steps=20, probe_steps=12, unet_time_budget_s=40.0, n_samples=0)
+    m = train_text_to_image(cfg, FakeWorld(), tmp_path, device="cpu", arch=MICRO, data=fake_data(64, 16))
+    planned = m["unet"]["steps"]
+    # probed at one clock tick per step, the budget leaves room for a few dozen steps, not 10 000
+    assert 12 < planned < 60 and m["unet"]["finished"]
+    assert m["unet"]["losses"][-1][0] == planned
+    saved = json.loads((tmp_path / "t2i_train.json").read_text())
+    assert saved["unet"]["steps"] == planned
+
+
+def test_time_budget_needs_the_probe_inside_the_warmup():
+    with pytest.raises(ValueError, match="probe_steps"):
+        micro_cfg(unet_time_budget_s=10.0, probe_steps=15, warmup_steps=2)
+    assert micro_cfg(unet_time_budget_s=None, probe_steps=15, warmup_steps=2).probe_steps == 15
+
+
+def test_compile_failure_falls_back_to_eager_training(tmp_path, monkeypatch):
+    import resurgence.toyworld.t2i as t2i
+
+    def broken(module, mode):
+        def fail(*a, **k):
+            raise RuntimeError("inductor exploded")
+
+        return fail
+
+    monkeypatch.setattr(t2i, "_compiled", broken)
+    with pytest.warns(UserWarning, match="inductor exploded"):
+        m = train_text_to_image(
+            micro_cfg(compile=True, unet_steps=6, n_samples=0), FakeWorld(), tmp_path, device="cpu", arch=MICRO,
+            data=fake_data(64, 16),
+        )
+    assert m["unet"]["finished"] and m["unet"]["compiled"] is False

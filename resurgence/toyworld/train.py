@@ -32,7 +32,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # reach the quality gates and its CPU budget here only makes it runnable.
     "cpu": {
         "t2i": dict(n_train_images=30_000, render_workers=2, vae_steps=600, vae_batch_size=16, unet_steps=3_000,
-                    unet_batch_size=64, checkpoint_every=250, log_every=50, warmup_steps=100),
+                    unet_batch_size=64, checkpoint_every=250, log_every=50, warmup_steps=100, compile=False,
+                    unet_time_budget_s=None),
         "clip": dict(n_train=20_000, steps=800, batch_size=128, render_workers=2, bf16=False, checkpoint_every=200),
         "detector": dict(n_identity=12_000, n_other=6_000, steps=1_000, batch_size=128, render_workers=2, bf16=False,
                          checkpoint_every=250),
@@ -40,7 +41,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "smoke": {
         "t2i": dict(n_train_images=256, render_workers=1, tokenizer_captions=500, vae_steps=4, vae_batch_size=8,
-                    unet_steps=4, unet_batch_size=8, checkpoint_every=2, log_every=1, n_samples=0, warmup_steps=1),
+                    unet_steps=4, unet_batch_size=8, checkpoint_every=2, log_every=1, n_samples=0, warmup_steps=1,
+                    compile=False, unet_time_budget_s=None),
         "clip": dict(n_train=512, n_val_objects=64, n_val_identities=64, steps=3, batch_size=32, render_workers=1,
                      bf16=False, warmup=1),
         "detector": dict(n_identity=512, n_other=256, n_val=64, steps=3, batch_size=32, render_workers=1, bf16=False,
@@ -154,3 +156,31 @@ def record_model(
     )
     manifest["files"] = model_files(out)
     write_json(manifest_path, manifest)
+
+
+def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names: list[str] | None = None) -> list[str]:
+    """Copy trained models (e.g. from a GPU machine's run) into ``dst_dir`` with their manifest entries.
+
+    Each model folder is replaced whole (written beside, then renamed); the manifest keeps the
+    source's provenance for the imported models and is rehashed. Returns the imported names.
+    """
+    import shutil
+
+    from resurgence.io import atomic_path
+
+    src, dst = Path(src_dir), Path(dst_dir)
+    src_manifest = json.loads((src / "manifest.json").read_text())
+    names = names or [n for n in MODELS if n in src_manifest["models"]]
+    missing = [n for n in names if n not in src_manifest["models"] or not (src / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{src} holds no trained {missing} (manifest entry and folder needed)")
+    dst.mkdir(parents=True, exist_ok=True)
+    manifest_path = dst / "manifest.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    for name in names:
+        with atomic_path(dst / name, is_dir=True) as tmp:
+            shutil.copytree(src / name, tmp, dirs_exist_ok=True)
+        manifest["models"][name] = src_manifest["models"][name]
+    manifest["files"] = model_files(dst)
+    write_json(manifest_path, manifest)
+    return names

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Train the toy models on a lent GPU machine (the device tool): its python has torch but not
-# diffusers/open_clip/peft, which travel as wheels in .whl/ (see the device README). Writes the
-# trained models and the manifest under $OUT/toyworld, to be copied into resources/toyworld.
-#   ONLY="t2i" bash tools/device/train_toyworld.sh
+# diffusers/open_clip/peft, which travel as wheels in .whl/ (see the device README). Trains into
+# /tmp/toyworld and packs the result into $OUT (the tool returns files at most 2 folders down and
+# 16 MiB each): toyworld.tar.part-*, to be unpacked and copied into resources/toyworld with
+#   cat toyworld.tar.part-* | tar x -C /tmp && python tools/device/ship_toyworld.py /tmp/toyworld
+# Usage (device tool, carry .whl):  ONLY="t2i" bash tools/device/train_toyworld.sh
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+start=$(date +%s)
 # shellcheck disable=SC2086
-python3 -m resurgence toyworld train --out-dir "$OUT/toyworld" --profile gpu --only ${ONLY:-t2i clip detector segmenter} --device cuda
-find "$OUT/toyworld" -name '*_ckpt' -o -name checkpoints | xargs rm -rf
-du -sh "$OUT"/toyworld/*
+python3 -m resurgence toyworld train --out-dir /tmp/toyworld --profile gpu --only ${ONLY:-t2i clip detector segmenter} \
+  --device cuda 2>&1 | tee "$OUT/train.log"
+echo "toyworld training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/train.log"
+find /tmp/toyworld -name '*_ckpt' -o -name checkpoints | xargs rm -rf
+du -sh /tmp/toyworld/*
+tar cf - -C /tmp toyworld | split -b 15M - "$OUT/toyworld.tar.part-"
+cp /tmp/toyworld/*.png "$OUT/" 2>/dev/null || true
