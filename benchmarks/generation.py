@@ -1,9 +1,14 @@
-"""Generation throughput (images/s) of a Stable-Diffusion-architecture pipeline.
+"""Generation throughput (images/s, TFLOP/s achieved, peak memory) of a Stable-Diffusion-architecture pipeline.
 
 Weights do not change the cost, so random weights of the architecture are used unless a
-pipeline folder is given. Appends a row to benchmarks/results.jsonl naming the machine.
+pipeline folder is given. FLOPs are counted once with `torch.utils.flop_counter` (one UNet
+forward and one VAE decode at batch 1): per image, ``steps * (2 if guided) * unet + vae``.
+``--reference N`` also generates N images with the plain fp32 pipeline (same scheduler, same
+seeds) and reports the per-image pixel difference of the configuration under test.
+Appends a row to benchmarks/results.jsonl naming the machine.
 
-    python benchmarks/generation.py --arch toy --device cpu --batch 32 --steps 25
+    python benchmarks/generation.py --arch sd14 --dtype bfloat16 --batch 32 --steps 50 --guidance 7.5 \\
+        --channels-last --compile max-autotune-no-cudagraphs --images 128 --reference 4
 """
 
 from __future__ import annotations
@@ -11,15 +16,38 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from common import record  # benchmarks/ is on sys.path when run as a script
+from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import GenerationConfig, generate
+from resurgence.generate.engine import COMPILE_MODES, GenerationConfig, generate, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline
 
 
+@torch.no_grad()
+def flops_per_image(pipe, steps: int, guided: bool, device: str, dtype: torch.dtype) -> dict[str, float]:
+    """Counted FLOPs of one UNet forward and one VAE decode (batch 1), and per generated image."""
+    res = pipe.unet.config.sample_size
+    z = torch.randn(1, pipe.unet.config.in_channels, res, res, device=device, dtype=dtype)
+    ctx = torch.randn(
+        1, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, device=device, dtype=dtype
+    )
+    with FlopCounterMode(display=False) as fc:
+        pipe.unet(z, torch.tensor([500], device=device), encoder_hidden_states=ctx)
+    unet = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc:
+        pipe.vae.decode(z)
+    vae = fc.get_total_flops()
+    return dict(unet_tflop=unet / 1e12, vae_tflop=vae / 1e12, per_image_tflop=(steps * (2 if guided else 1) * unet + vae) / 1e12)
+
+
+def _pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in images])
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="toy", choices=sorted(ARCHITECTURES))
     p.add_argument("--pipeline", help="a saved pipeline folder instead of random weights")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -27,21 +55,62 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
+    p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
+    p.add_argument("--label", default="", help="free text stored with the row")
     args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
     pipe = load_pipeline(args.pipeline) if args.pipeline else build_random_pipeline(args.arch)
-    cfg = GenerationConfig(steps=args.steps, guidance_scale=args.guidance, batch_size=args.batch, dtype=args.dtype)
-    prompts = [f"a photo of the thing number {i}" for i in range(args.images)]
-    generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False)
-    if args.device.startswith("cuda"):
+    cfg = GenerationConfig(
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        batch_size=args.batch,
+        dtype=args.dtype,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
+    ref_pixels = None
+    if args.reference:
+        ref_cfg = GenerationConfig(steps=args.steps, guidance_scale=args.guidance, batch_size=args.reference)
+        ref = generate(pipe, prompts[: args.reference], list(range(args.reference)), ref_cfg, args.device, False)
+        ref_pixels = _pixels(ref)
+    dtype = resolve_dtype(args.dtype)
+    pipe.to(args.device, dtype)
+    flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
+
+    t0 = time.perf_counter()
+    warm = generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False)
+    warmup_s = time.perf_counter() - t0
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    generate(pipe, prompts, list(range(args.images)), cfg, device=args.device, progress=False)
-    if args.device.startswith("cuda"):
+    generate(pipe, prompts[: args.images], list(range(args.images)), cfg, device=args.device, progress=False)
+    if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    diff = None
+    if ref_pixels is not None:
+        n = min(args.reference, args.batch)
+        got = _pixels(warm[:n])
+        err = np.abs(got - ref_pixels[:n]) / 255.0
+        mse = ((got - ref_pixels[:n]) / 255.0) ** 2
+        diff = dict(
+            images=n,
+            mean_abs=round(float(err.mean()), 5),
+            max_per_image_mean_abs=round(float(err.mean(axis=(1, 2, 3)).max()), 5),
+            psnr_db=round(float(10 * np.log10(1.0 / max(mse.mean(), 1e-12))), 2),
+            reference="fp32, no levers, same scheduler and seeds",
+        )
+    ips = args.images / elapsed
     record(
         "generation",
         dict(
@@ -51,10 +120,19 @@ def main(argv: list[str] | None = None) -> None:
             batch=args.batch,
             steps=args.steps,
             guidance=args.guidance,
+            channels_last=args.channels_last,
+            compile=args.compile,
             images=args.images,
             seconds=round(elapsed, 3),
-            images_per_s=round(args.images / elapsed, 3),
-            peak_gpu_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if args.device.startswith("cuda") else None,
+            warmup_s=round(warmup_s, 1),
+            images_per_s=round(ips, 3),
+            tflop_per_image=round(flops["per_image_tflop"], 3),
+            unet_tflop_per_forward=round(flops["unet_tflop"], 4),
+            vae_decode_tflop=round(flops["vae_tflop"], 4),
+            achieved_tflop_s=round(ips * flops["per_image_tflop"], 1),
+            peak_gpu_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+            difference_from_reference=diff,
+            label=args.label,
         ),
     )
 

@@ -29,6 +29,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -51,8 +52,16 @@ class GenerationConfig:
     scheduler: str = "ddim"
     dtype: str = "float32"
     negative_prompt: str = ""
+    # Speed levers (GPU): channels-last convolutions and torch.compile of the UNet ("none" | a
+    # torch.compile mode). Same scheduler and seeds; bf16/compiled kernels change pixels only by
+    # rounding (benchmarks/generation.py --reference measures it). No QKV fusion: MACE and LoRA
+    # address to_k/to_v by name, and a fused to_kv would silently escape their edits.
+    channels_last: bool = False
+    compile: str = "none"
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
@@ -95,6 +104,26 @@ def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torc
     return module.to(device=device)
 
 
+def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
+    """Apply the config's speed levers to ``pipe`` in place (idempotent; a compile mode is set once).
+
+    The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
+    weight edits and ``state_dict`` work unchanged; shapes are fixed by the padded batches, so
+    each (batch, resolution) compiles once per process.
+    """
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if getattr(pipe, "_resurgence_channels_last", False) != cfg.channels_last:
+        pipe.unet.to(memory_format=fmt)
+        pipe.vae.to(memory_format=fmt)
+        pipe._resurgence_channels_last = cfg.channels_last
+    compiled = getattr(pipe, "_resurgence_compile", "none")
+    if cfg.compile != compiled:
+        if compiled != "none":
+            raise RuntimeError(f"the UNet is already compiled ({compiled!r}); load a new pipeline for {cfg.compile!r}")
+        pipe.unet.compile(mode=cfg.compile)
+        pipe._resurgence_compile = cfg.compile
+
+
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Float32 CPU latents, one row per seed, each from its own ``torch.Generator().manual_seed(seed)``."""
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -121,6 +150,7 @@ def generate(
         return []
     dtype = resolve_dtype(cfg.dtype)
     move_pipe(pipe, device, dtype)
+    prepare_for_speed(pipe, cfg)
     sp = _sampling_pipe(pipe, cfg.scheduler)
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = cfg.height or native, cfg.width or native

@@ -139,6 +139,8 @@ def erase_concepts(
         "modules": names,
     }
 
+    phase_s: dict[str, float] = {}
+    t_phase = time.perf_counter()
     # Training data first: it must come from the unmodified model.
     data: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
     if not cfg.refine_only:
@@ -152,8 +154,10 @@ def erase_concepts(
             data[c.name] = (list(images), masks)
             report.setdefault("mask_fraction", {})[c.name] = float(masks.mean())
 
+    phase_s["data"] = time.perf_counter() - t_phase
     try:
         # (a) closed-form refinement of all concepts jointly.
+        t_phase = time.perf_counter()
         co, gen = [], []
         for c in concepts:
             mp = mapping_prompts(c.prompts, c.phrases, cfg.mapping_for(c.name))
@@ -177,9 +181,11 @@ def erase_concepts(
             },
         }
         _set_weights(unet, names, refined)
+        phase_s["refine"] = time.perf_counter() - t_phase
 
         final = refined
         if not cfg.refine_only:
+            t_phase = time.perf_counter()
             # (b) one LoRA per concept on the refined model.
             losses: dict[str, list[float]] = {}
             loras: dict[str, dict[str, torch.Tensor]] = {}
@@ -190,6 +196,8 @@ def erase_concepts(
                 )
                 loras[c.name], losses[c.name] = sd, hist
             report["lora_loss"] = losses
+            phase_s["lora"] = time.perf_counter() - t_phase
+            t_phase = time.perf_counter()
             # (c) closed-form fusion of the LoRAs into one set of weights.
             concept_deltas, concept_E = [], []
             for c in concepts:
@@ -215,6 +223,7 @@ def erase_concepts(
                 fuse_info,
             )
             report["fusion"] = {"solve": fuse_info, "n_tokens": [int(E.shape[0]) for E in concept_E]}
+            phase_s["fusion"] = time.perf_counter() - t_phase
         else:
             loras = {}
             report["lora_loss"] = {}
@@ -230,6 +239,7 @@ def erase_concepts(
         for n, w in zip(names, base, strict=True)
     }
     report["wall_time_s"] = time.perf_counter() - t0
+    report["phase_s"] = phase_s
     report["peak_memory"] = _peak_memory(device)
     return Erasure(deltas=deltas, concept_loras=loras, report=report)
 

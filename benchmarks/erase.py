@@ -1,0 +1,141 @@
+"""MACE erasure cost (wall time per phase, peak memory) on a Stable-Diffusion-architecture pipeline.
+
+Runs the study's own erase path for one task of a preset (default: the paper's 100-celebrity
+task of config.sd14.yaml, with its MACE settings, mapping and preserve sets, resolved by
+`study.erase_spec`) on random weights of the architecture: weights do not change the cost.
+What differs from a real run, and is recorded in the row: images per concept and sampling steps
+of the training images may be reduced, and the masks come from a fixed centred ellipse instead
+of Grounded-SAM (its cost is not part of MACE's). Appends a row to benchmarks/results.jsonl.
+
+    python benchmarks/erase.py --arch sd14 --task identity_100 --images-per-concept 2 --data-steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import record  # benchmarks/ is on sys.path when run as a script
+
+from resurgence import study
+from resurgence.config import deep_merge, load_config
+from resurgence.generate.engine import GenerationConfig, generate
+from resurgence.mace.config import EraseConfig
+from resurgence.mace.erase import ConceptSpec, erase_concepts
+from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
+from resurgence.world import get_world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ellipse_mask(size: int) -> np.ndarray:
+    """A centred ellipse covering ~30% of the image: where a portrait's subject usually is."""
+    y, x = np.mgrid[:size, :size] / (size - 1) * 2 - 1
+    return (x / 0.55) ** 2 + (y / 0.7) ** 2 <= 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sd14", choices=sorted(ARCHITECTURES))
+    p.add_argument("--preset", default=str(ROOT / "config.sd14.yaml"))
+    p.add_argument("--task", default="identity_100")
+    p.add_argument("--erase", default="default", help="erase variant of the preset")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--images-per-concept", type=int, default=None, help="default: the preset's (MACE: 8)")
+    p.add_argument("--lora-steps", type=int, default=None, help="default: the preset's (MACE: 50)")
+    p.add_argument("--data-steps", type=int, default=None, help="sampling steps of MACE's training images")
+    p.add_argument("--data-batch", type=int, default=16)
+    p.add_argument("--concepts", type=int, default=None, help="erase only the first N concepts of the task")
+    p.add_argument("--dtype", default="float32", help="dtype of the erased pipeline (MACE trains in fp32)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    config = load_config([ROOT / "config.yaml", Path(args.preset)]) if args.preset else load_config([ROOT / "config.yaml"])
+    captions = config.get("evaluation", {}).get("captions", {}).get("file")
+    caption_source = captions
+    if captions and not (ROOT / captions).exists() and not Path(captions).exists():
+        # COCO captions are the user's file; the toy world's free captions stand in (same count, same cost).
+        from resurgence.toyworld.concepts import toy_world
+
+        stand_in = Path(tempfile.mkdtemp()) / "captions.txt"
+        stand_in.write_text("\n".join(toy_world(0).free_captions(5000, seed=0)) + "\n")
+        config = deep_merge(config, {"evaluation": {"captions": {"file": str(stand_in)}}})
+        caption_source = "toy-world free captions (stand-in for COCO)"
+    if args.concepts:
+        task = config["tasks"][args.task]
+        config = deep_merge(config, {"tasks": {args.task: {**task, "erase": task["erase"][: args.concepts]}}})
+    world = get_world(config)
+    spec = study.erase_spec(config, args.task, args.erase, world)
+    mace = dict(spec["mace"])
+    mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
+    if args.images_per_concept:
+        mace["images_per_concept"] = args.images_per_concept
+    if args.lora_steps:
+        mace["lora_steps"] = args.lora_steps
+    cfg = EraseConfig.from_dict(mace)
+    concepts = [
+        ConceptSpec(name=c["name"], prompts=tuple(world.eval_prompts(world.concept(c["name"]))),
+                    phrases=tuple(world.concept(c["name"]).names))
+        for c in spec["concepts"]
+    ]
+    prompts_of = {c.name: c.prompts for c in concepts}
+
+    pipe = build_random_pipeline(args.arch)
+    pipe.to(device, getattr(torch, args.dtype))
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    gen_cfg = GenerationConfig(
+        **{**config["generation"], "batch_size": args.data_batch, "dtype": args.dtype, "height": None, "width": None,
+           **({"steps": args.data_steps} if args.data_steps else {})}
+    )
+    mask = ellipse_mask(resolution)
+    timing = {"data_s": 0.0}
+
+    def image_source(name: str, n: int, seed: int):
+        t = time.perf_counter()
+        prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
+        images = generate(pipe, prompts, [seed + i for i in range(n)], gen_cfg, device=device, progress=False)
+        timing["data_s"] += time.perf_counter() - t
+        return images, np.repeat(mask[None], n, axis=0)
+
+    t0 = time.perf_counter()
+    erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
+    wall = time.perf_counter() - t0
+    rep = erasure.report
+    lora_steps_total = cfg.lora_steps * len(concepts) if not cfg.refine_only else 0
+    record(
+        "mace_erase",
+        dict(
+            arch=args.arch,
+            preset=Path(args.preset).name,
+            task=args.task,
+            concepts=len(concepts),
+            device=str(device),
+            dtype=args.dtype,
+            resolution=resolution,
+            images_per_concept=cfg.images_per_concept,
+            data_steps=gen_cfg.steps,
+            lora_steps_per_concept=cfg.lora_steps,
+            lora_rank=cfg.lora_rank,
+            n_coexisting=rep["refine"]["n_coexisting"],
+            n_prior=rep["refine"]["n_prior"],
+            seconds=round(wall, 1),
+            data_seconds=round(timing["data_s"], 1),
+            mace_seconds=round(wall - timing["data_s"], 1),
+            lora_steps_per_s=round(lora_steps_total / max(rep.get("phase_s", {}).get("lora", wall - timing["data_s"]), 1e-9), 2),
+            phase_seconds={k: round(v, 2) for k, v in rep.get("phase_s", {}).items()},
+            peak_memory=rep["peak_memory"],
+            masks="centred ellipse (stand-in for Grounded-SAM)",
+            preserve_captions=caption_source,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Fine-tuning cost (optimizer steps/s, images/s, peak memory) of LoRA and full fine-tuning.
+
+The study's own `resurgence.finetune.train.finetune` on random weights of the architecture
+(weights do not change the cost), on a fine-tune set of random-noise images captioned like the
+paper's (App. C.1 templates). Appends one row per method to benchmarks/results.jsonl.
+
+    python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import record  # benchmarks/ is on sys.path when run as a script
+from PIL import Image
+
+from resurgence.finetune.config import FinetuneConfig
+from resurgence.finetune.train import finetune
+from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
+
+TEMPLATES = ("A portrait of {}", "An image capturing {} at a public event", "A sketch of {}",
+             "An oil painting of {}", "{} in an official photo")
+
+
+def noise_set(out: Path, n: int, resolution: int, seed: int = 0) -> Path:
+    """A fine-tune set directory (metadata.jsonl + PNGs) of ``n`` noise images."""
+    rng = np.random.default_rng(seed)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"images/{i:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(out / name)
+        prompt = TEMPLATES[i % len(TEMPLATES)].format(f"Person {i // len(TEMPLATES)}")
+        rows.append({"file_name": name, "prompt": prompt, "caption": prompt, "text": prompt, "seed": i})
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="toy", choices=sorted(ARCHITECTURES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--methods", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after 2 warm-up steps)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--images", type=int, default=50, help="size of the fine-tune set (App. C.1: 250)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
+    probe = build_random_pipeline(args.arch)
+    resolution = probe.unet.config.sample_size * probe.vae_scale_factor
+    del probe
+    data = noise_set(work / "data", args.images, resolution)
+    for method in args.methods:
+        timings = {}
+        for steps in (2, 2 + args.steps):  # the difference removes set-up, loading and first-step costs
+            pipe = build_random_pipeline(args.arch)
+            pipe.to(device)
+            cfg = FinetuneConfig(
+                method=method, steps=steps, learning_rate=1e-5 if method == "full" else 1e-4,
+                batch_size=args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
+                mixed_precision=args.mixed_precision,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            finetune(pipe, data, cfg, work / f"{method}-{steps}", device=device, progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings[steps] = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            del pipe
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        dt = timings[2 + args.steps] - timings[2]
+        record(
+            "finetune",
+            dict(
+                arch=args.arch,
+                method=method,
+                device=str(device),
+                mixed_precision=args.mixed_precision,
+                resolution=resolution,
+                batch=args.batch,
+                rank=args.rank if method == "lora" else None,
+                timed_steps=args.steps,
+                seconds=round(dt, 2),
+                steps_per_s=round(args.steps / dt, 3),
+                images_per_s=round(args.steps * args.batch / dt, 2),
+                fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
+                peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
+            ),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Paper-scale benchmarks on a lent GPU (device tool, carry .whl): SD v1.4's architecture at random
+# weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
+#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune, several allowed)
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+before=$(wc -l < benchmarks/results.jsonl)
+cd benchmarks
+for what in ${WHAT:-generation erase finetune}; do
+  case $what in
+    generation)
+      G="python3 generation.py --arch sd14 --steps 50 --guidance 7.5"
+      timeout 120 $G --dtype float16 --batch 16 --images 32 --label "plain diffusers settings: fp16, batch 16"
+      timeout 120 $G --dtype bfloat16 --batch 32 --channels-last --images 64 --label "bf16, channels-last, eager"
+      timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile default --images 128 --reference 4 \
+        --label "bf16, channels-last, torch.compile"
+      timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile reduce-overhead --images 128 \
+        --label "bf16, channels-last, torch.compile + CUDA graphs" ;;
+    erase)
+      timeout 330 python3 erase.py --arch sd14 --task identity_100 --images-per-concept 2 --data-steps 20 ;;
+    finetune)
+      timeout 170 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
+  esac
+done
+tail -n +$((before + 1)) results.jsonl > "$OUT/results_new.jsonl"
+wc -l "$OUT/results_new.jsonl"
