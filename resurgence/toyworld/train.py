@@ -184,3 +184,13 @@ def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names:
     manifest["files"] = model_files(dst)
     write_json(manifest_path, manifest)
     return names
+
+
+def record_quality(out_dir: str | os.PathLike, quality: dict[str, Any]) -> None:
+    """Store the quality gates measured on the shipped models (``quality.json``) in the manifest."""
+    manifest_path = Path(out_dir) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    keep = ("gates", "all_pass", "t2i_identity_by_template", "t2i_object_by_template", "t2i_identity_images",
+            "t2i_object_images", "generation", "device", "host")
+    manifest["quality"] = {k: quality[k] for k in keep if k in quality}
+    write_json(manifest_path, manifest)
