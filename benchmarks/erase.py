@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     def image_source(name: str, n: int, seed: int):
         t = time.perf_counter()
         prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
-        images = generate(pipe, prompts, [seed + i for i in range(n)], gen_cfg, device=device, progress=False)
+        images = generate(
+            pipe, prompts, [seed + i for i in range(n)], gen_cfg, device=device, progress=False, pad_to_batch=False
+        )
         timing["data_s"] += time.perf_counter() - t
         return images, np.repeat(mask[None], n, axis=0)
 

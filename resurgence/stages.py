@@ -101,7 +101,8 @@ def run_erase(args: Namespace) -> None:
     def image_source(name: str, n: int, seed: int):
         """Images of the concept drawn by the model being erased, with the segmenter's masks (as MACE does)."""
         prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
-        images = generate(pipe, prompts, [seed + i for i in range(n)], gen_cfg, device=device, progress=False)
+        seeds = [seed + i for i in range(n)]
+        images = generate(pipe, prompts, seeds, gen_cfg, device=device, progress=False, pad_to_batch=False)
         masks = segmenter.segment(images, name)
         return images, masks
 

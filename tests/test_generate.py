@@ -48,6 +48,11 @@ def test_image_depends_only_on_prompt_and_seed_not_batch(pipe):
     # A different batch size may change float rounding, never the image beyond a quantisation step.
     big = generate(pipe, prompts, seeds, GenerationConfig(steps=2, batch_size=5), progress=False)
     assert max(np.abs(_arr(a) - _arr(b)).max() for a, b in zip(big, batched, strict=True)) <= 2
+    # Unpadded small requests: same images as a batch of that size, never the padding's cost.
+    small = generate(pipe, prompts[:1], seeds[:1], GenerationConfig(steps=2, batch_size=4), progress=False,
+                     pad_to_batch=False)
+    one = generate(pipe, prompts[:1], seeds[:1], GenerationConfig(steps=2, batch_size=1), progress=False)
+    assert np.array_equal(_arr(small[0]), _arr(one[0]))
 
 
 def test_seed_and_prompt_change_the_image(pipe):

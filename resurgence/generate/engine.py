@@ -138,8 +138,13 @@ def generate(
     cfg: GenerationConfig,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    pad_to_batch: bool = True,
 ) -> list[Image.Image]:
     """One RGB image per (prompt, seed) pair, generated in batches of ``cfg.batch_size``.
+
+    ``pad_to_batch`` False sizes the batches to the request when it is smaller than a batch
+    (a few images per call, as MACE's per-concept data): no wasted padding, and the images are
+    still a function of (prompt, seed, request size).
 
     The pipe's modules are moved to ``device`` and cast to ``cfg.dtype`` in place (copying SD
     weights per call would be wasteful); its scheduler is left untouched.
@@ -162,7 +167,8 @@ def generate(
         n = len(bp)
         # Pad the last batch to full size: per-sample results are then bitwise independent of the
         # batch's other members (kernels are chosen per shape), so resumed runs match uninterrupted ones.
-        bp, bs = bp + [bp[-1]] * (cfg.batch_size - n), bs + [bs[-1]] * (cfg.batch_size - n)
+        size = cfg.batch_size if pad_to_batch else min(cfg.batch_size, len(prompts))
+        bp, bs = bp + [bp[-1]] * (size - n), bs + [bs[-1]] * (size - n)
         latents = initial_latents(pipe, bs, height, width).to(device=device, dtype=dtype)
         out = sp(
             prompt=bp,
