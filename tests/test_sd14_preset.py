@@ -275,7 +275,7 @@ def test_dry_run_stops_with_one_message_naming_every_missing_model(tmp_path):
 def test_dry_run_with_local_models_lists_the_full_dag(config, tmp_path):
     overlay = tmp_path / "local_models.yaml"
     overlay.write_text(yaml.safe_dump(fake_models(tmp_path)))
-    out = snakemake("-n", "--forceall", "--configfile", "config.sd14.yaml", str(overlay))
+    out = snakemake("-n", "--forceall", "--rerun-incomplete", "--configfile", "config.sd14.yaml", str(overlay))
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     counts = job_counts(out.stdout)

@@ -46,7 +46,7 @@ def test_snakemake_lint_clean():
 
 def test_default_study_dry_run_lists_every_stage():
     # retrain=true: the DAG also holds the toy-model training, and needs no shipped weights.
-    out = snakemake("-n", "--forceall", "--config", "toyworld={retrain: true}")
+    out = snakemake("-n", "--forceall", "--rerun-incomplete", "--config", "toyworld={retrain: true}")
     counts = job_counts(out.stdout)
     assert set(counts) >= STAGES | {"toyworld_train"}, f"missing stages: {STAGES - set(counts)}"
     assert counts["figure"] == 9  # Figs. 5-13

@@ -1,0 +1,131 @@
+"""GPU-hours a study preset needs, from its DAG's work counts and measured per-unit rates.
+
+Counts what the study's jobs do (images generated per model state, fine-tune-set images, MACE
+training images and LoRA steps, fine-tuning steps) with the same `resurgence.study` functions
+the Snakefile uses, then divides by the rates of benchmarks/results.jsonl rows measured on one
+GPU (`--gpu` picks them). Evaluation (detector, CLIP, FID) is not counted.
+
+    python benchmarks/paper_cost.py --preset config.sd14.yaml --gpu H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from resurgence import study
+from resurgence.config import load_config
+from resurgence.mace.config import EraseConfig
+from resurgence.world import get_world
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+
+
+def work_counts(config: dict) -> dict[str, float]:
+    """Units of work in the whole DAG of ``config`` (every figure's runs, deduplicated like the DAG)."""
+    world = get_world(config)
+    n_prompts = {}
+
+    def prompts_of(name: str) -> int:
+        if name not in n_prompts:
+            n_prompts[name] = len(world.eval_prompts(world.concept(name)))
+        return n_prompts[name]
+
+    seeds = len(config["seeds"])
+    caps = config["evaluation"]["captions"]
+    images = 0
+    states: set[tuple[str, str]] = set()
+    erasures: set[tuple[str, str]] = set()
+    finetunes: set[tuple] = set()
+    ftsets: set[tuple[str, str]] = set()
+    for run in study.all_runs(config):
+        t = config["tasks"][run.task]
+        final = study.finetune_spec(config, run.ftmethod)["steps"]
+        erasures.add((run.task, run.erase))
+        finetunes.add((run.task, run.erase, run.ftset, run.ftmethod))
+        kind = config["finetune_sets"][run.ftset]["kind"]
+        ftsets.add((run.ftset, run.task if kind == "tercile" else ""))
+        for state in study.run_states(config, run):
+            if (run.task, state) in states:
+                continue
+            states.add((run.task, state))
+            erased = sum(prompts_of(n) for n in t["erase"]) * seeds
+            step = study.parse_state(run.task, state).get("step")
+            if step is not None and int(step) < final:  # trajectory checkpoints: erased concepts only
+                images += erased
+                continue
+            images += erased + sum(prompts_of(n) for n in t.get("retain", [])) * seeds
+            if t["domain"] in caps.get("domains", ["identity"]):
+                images += int(caps.get("n", 100))
+    ft_images = 0
+    for name, task in ftsets:
+        fs = config["finetune_sets"][name]
+        if fs["kind"] == "tercile":  # concepts of the task's domain; the erased ones' prompt count stands in
+            n = fs.get("n_concepts", 10) * prompts_of(config["tasks"][task]["erase"][0])
+        else:
+            n = sum(prompts_of(c) for c in fs["concepts"])
+        ft_images += n * fs["images_per_prompt"]
+    mace_images = mace_lora_steps = 0
+    for task, erase in erasures:
+        names = config["tasks"][task]["erase"]
+        preset = EraseConfig.celebrity(len(names)) if config["tasks"][task]["domain"] == "identity" else EraseConfig.objects(names)
+        s = {**preset.to_dict(), **study.erase_settings(config, task, erase)}
+        mace_images += len(names) * int(s["images_per_concept"])
+        mace_lora_steps += 0 if s.get("refine_only") else len(names) * int(s["lora_steps"])
+    ft_steps = {"lora": 0, "full": 0}
+    for _, _, _, method in finetunes:
+        spec = study.finetune_spec(config, method)
+        ft_steps[spec["method"]] += spec["steps"]
+    return dict(
+        model_states=len(states),
+        eval_images=images,
+        finetune_set_images=ft_images,
+        mace_images=mace_images,
+        mace_lora_steps=mace_lora_steps,
+        erasures=len(erasures),
+        lora_finetune_steps=ft_steps["lora"],
+        full_finetune_steps=ft_steps["full"],
+        finetunes=len(finetunes),
+    )
+
+
+def measured_rates(gpu: str, arch: str = "sd14") -> dict[str, float]:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch]
+    gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation"]
+    ft = {r["method"]: r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and r["steps_per_s"] > 0}
+    mace = [r["lora_steps_per_s"] for r in rows if r["benchmark"] == "mace_erase"]
+    return dict(images_per_s=max(gen) if gen else None, lora_steps_per_s=ft.get("lora"),
+                full_steps_per_s=ft.get("full"), mace_lora_steps_per_s=max(mace) if mace else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=str(ROOT / "config.sd14.yaml"))
+    p.add_argument("--gpu", default="H100", help="substring of the GPU name of the rows to use")
+    p.add_argument("--mace-lora-steps-per-s", type=float, help="when no mace_erase row has been recorded")
+    args = p.parse_args(argv)
+    config = load_config([ROOT / "config.yaml", Path(args.preset)])
+    work = work_counts(config)
+    rates = measured_rates(args.gpu)
+    if args.mace_lora_steps_per_s:
+        rates["mace_lora_steps_per_s"] = args.mace_lora_steps_per_s
+    hours = {}
+    if rates["images_per_s"]:
+        n = work["eval_images"] + work["finetune_set_images"] + work["mace_images"]
+        hours["generation"] = n / rates["images_per_s"] / 3600
+    if rates["mace_lora_steps_per_s"]:
+        hours["mace_lora"] = work["mace_lora_steps"] / rates["mace_lora_steps_per_s"] / 3600
+    if rates["lora_steps_per_s"]:
+        hours["lora_finetune"] = work["lora_finetune_steps"] / rates["lora_steps_per_s"] / 3600
+    if rates["full_steps_per_s"]:
+        hours["full_finetune"] = work["full_finetune_steps"] / rates["full_steps_per_s"] / 3600
+    hours["total"] = sum(hours.values())
+    print(json.dumps(dict(preset=Path(args.preset).name, gpu=args.gpu, work=work, rates=rates,
+                          gpu_hours={k: round(v, 2) for k, v in hours.items()}), indent=2))
+
+
+if __name__ == "__main__":
+    main()
