@@ -1,5 +1,7 @@
 # Concept resurgence study: erase (MACE) -> fine-tune on unrelated concepts -> measure what returns.
 # Rules are thin: each calls `python -m resurgence <stage>`; the logic lives in the package.
+import os
+
 from snakemake.utils import min_version, validate
 
 from resurgence.config import (
@@ -22,6 +24,11 @@ coerce_strings(config)
 validate_config(config)
 validate(config, str(schema_path()))
 study.check_study(config)
+
+# One GPU per job: jobs inherit the number of GPUs (--resources gpu=N) and claim a free one each
+# (resurgence.gpus); Snakemake itself only bounds how many run at once.
+_gpus = workflow.global_resources.get("gpu")
+os.environ.setdefault("RESURGENCE_GPU_SLOTS", str(getattr(_gpus, "value", _gpus) or 0))
 
 
 wildcard_constraints:

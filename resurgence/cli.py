@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if getattr(args, "device", "auto") in ("auto", "cuda"):
+        from resurgence.gpus import pin_job_to_gpu
+
+        gpu = pin_job_to_gpu()  # before anything initialises CUDA
+        if gpu is not None:
+            logging.getLogger("resurgence").info("job pinned to GPU %d", gpu)
     from resurgence import stages
 
     handler = getattr(stages, f"run_{args.stage}")
