@@ -40,3 +40,11 @@ def record(benchmark: str, result: dict[str, Any], path: Path = RESULTS) -> dict
         f.write(json.dumps(row, sort_keys=True) + "\n")
     print(json.dumps(row, indent=2, sort_keys=True))
     return row
+
+
+def fast_cuda_math(device: str | torch.device, autotune: bool = False) -> None:
+    """TF32 matmuls/convolutions on CUDA (and cuDNN autotuning), as every benchmark measures them."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = autotune

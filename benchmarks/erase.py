@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import record  # benchmarks/ is on sys.path when run as a script
+from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 
 from resurgence import study
 from resurgence.config import deep_merge, load_config
@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="float32", help="dtype of the erased pipeline (MACE trains in fp32)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    fast_cuda_math(device)
 
     config = load_config([ROOT / "config.yaml", Path(args.preset)]) if args.preset else load_config([ROOT / "config.yaml"])
     captions = config.get("evaluation", {}).get("captions", {}).get("file")
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds=round(wall, 1),
             data_seconds=round(timing["data_s"], 1),
             mace_seconds=round(wall - timing["data_s"], 1),
-            lora_steps_per_s=round(lora_steps_total / max(rep.get("phase_s", {}).get("lora", wall - timing["data_s"]), 1e-9), 2),
+            lora_steps_per_s=round(lora_steps_total / rep["phase_s"]["lora"], 2) if lora_steps_total else None,
             phase_seconds={k: round(v, 2) for k, v in rep.get("phase_s", {}).items()},
             peak_memory=rep["peak_memory"],
             masks="centred ellipse (stand-in for Grounded-SAM)",

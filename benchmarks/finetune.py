@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import record  # benchmarks/ is on sys.path when run as a script
+from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 
 from resurgence.finetune.config import FinetuneConfig
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=50, help="size of the fine-tune set (App. C.1: 250)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    fast_cuda_math(device)
 
     work = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     probe = build_random_pipeline(args.arch)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from common import record  # benchmarks/ is on sys.path when run as a script
+from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence.generate.engine import COMPILE_MODES, GenerationConfig, generate, resolve_dtype
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default="", help="free text stored with the row")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    fast_cuda_math(args.device, autotune=True)
 
     pipe = load_pipeline(args.pipeline) if args.pipeline else build_random_pipeline(args.arch)
     cfg = GenerationConfig(

@@ -414,8 +414,16 @@ def _train_unet(
             e.copy_(v)
         gen.set_state(st["gen"])
         start, losses, elapsed = st["step"], st["losses"], st["elapsed"]
-    planned = int(st["planned_steps"]) if ckpts and "planned_steps" in st else cfg.unet_steps
-    sched.lr_lambdas = [_lr_lambda(cfg.warmup_steps, planned, cfg.min_lr_ratio)] * len(opt.param_groups)
+    def plan(steps: int) -> tuple[int, int]:
+        """Fix the run's length: the cosine schedule's total, and the step this call stops at."""
+        sched.lr_lambdas = [_lr_lambda(cfg.warmup_steps, steps, cfg.min_lr_ratio)] * len(opt.param_groups)
+        return steps, steps if cfg.stop_at_unet_step is None else min(steps, cfg.stop_at_unet_step)
+
+    def forward(tok: torch.Tensor, zt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, cfg.mixed_precision):
+            return fwd_unet(zt, t, encoder_hidden_states=fwd_text(tok)[0]).sample
+
+    planned, total = plan(int(st["planned_steps"]) if ckpts and "planned_steps" in st else cfg.unet_steps)
     compiled = cfg.compile
     fwd_unet, fwd_text = (_compiled(unet, cfg.compile_mode), _compiled(text, cfg.compile_mode)) if compiled else (unet, text)
     n = latents.shape[0]
@@ -425,7 +433,7 @@ def _train_unet(
     t_probe, compile_s = None, None
     step = start
     bar = progress_bar(total=planned, initial=start, desc="unet")
-    while step < (planned if cfg.stop_at_unet_step is None else min(planned, cfg.stop_at_unet_step)):
+    while step < total:
         if compiled:
             torch.compiler.cudagraph_mark_step_begin()
         b = cfg.unet_batch_size
@@ -440,17 +448,13 @@ def _train_unet(
         s = (1 - acp[t]).sqrt()[:, None, None, None]
         zt = (a * z0 + s * noise).contiguous(memory_format=_fmt(cfg))
         try:
-            with _autocast(device, cfg.mixed_precision):
-                cond = fwd_text(tok)[0]
-                pred = fwd_unet(zt, t, encoder_hidden_states=cond).sample
+            pred = forward(tok, zt, t)
         except Exception as err:  # a compiler failure on the first step: train eagerly instead
             if fwd_unet is unet or compile_s is not None:
                 raise
             warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly", stacklevel=2)
             fwd_unet, fwd_text, compiled = unet, text, False
-            with _autocast(device, cfg.mixed_precision):
-                cond = fwd_text(tok)[0]
-                pred = fwd_unet(zt, t, encoder_hidden_states=cond).sample
+            pred = forward(tok, zt, t)
         per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma is not None:
             per = per * snr[t].clamp(max=cfg.snr_gamma) / snr[t]
@@ -475,11 +479,9 @@ def _train_unet(
                 _sync(device)
                 per_step = (time.perf_counter() - t_probe) / (cfg.probe_steps - 10)
                 left = cfg.unet_time_budget_s - (time.perf_counter() - t0)
-                planned = max(cfg.warmup_steps + 1, done + int(left / per_step))
-                sched.lr_lambdas = [_lr_lambda(cfg.warmup_steps, planned, cfg.min_lr_ratio)] * len(opt.param_groups)
+                planned, total = plan(max(cfg.warmup_steps + 1, done + int(left / per_step)))
                 bar.total = planned
         bar.update(1)
-        total = planned if cfg.stop_at_unet_step is None else min(planned, cfg.stop_at_unet_step)
         if done % cfg.log_every == 0 or done == total:
             k = min(done - start, (done - 1) % cfg.log_every + 1)
             losses.append((done, (acc / k).item()))

@@ -117,13 +117,18 @@ def train_all(
     world = toy_world(seed)
     cfgs = _configs(profile, seed)
     trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
-    manifest_path = out / "manifest.json"
     for name in only or MODELS:
         t0 = time.time()
         log.info("training %s (profile %s, seed %d) on %s", name, profile, seed, device)
         metrics = trainers[name](cfgs[name], world, out, device=device)
         record_model(out, name, dataclasses.asdict(cfgs[name]), metrics, profile, str(device), time.time() - t0)
-    return json.loads(manifest_path.read_text())
+    return read_manifest(out)
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``out_dir/manifest.json``, or an empty one (no models yet)."""
+    path = Path(out_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {"models": {}}
 
 
 def record_model(
@@ -139,8 +144,7 @@ def record_model(
 ) -> None:
     """Enter one trained model into ``out_dir/manifest.json`` with its provenance, and rehash every file."""
     out = Path(out_dir)
-    manifest_path = out / "manifest.json"
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    manifest = read_manifest(out)
     if gpu is None and device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
     manifest["models"][name] = dict(
@@ -155,7 +159,7 @@ def record_model(
         wall_s=round(wall_s, 1),
     )
     manifest["files"] = model_files(out)
-    write_json(manifest_path, manifest)
+    write_json(out / "manifest.json", manifest)
 
 
 def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names: list[str] | None = None) -> list[str]:
@@ -175,22 +179,20 @@ def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names:
     if missing:
         raise FileNotFoundError(f"{src} holds no trained {missing} (manifest entry and folder needed)")
     dst.mkdir(parents=True, exist_ok=True)
-    manifest_path = dst / "manifest.json"
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
+    manifest = read_manifest(dst)
     for name in names:
         with atomic_path(dst / name, is_dir=True) as tmp:
             shutil.copytree(src / name, tmp, dirs_exist_ok=True)
         manifest["models"][name] = src_manifest["models"][name]
     manifest["files"] = model_files(dst)
-    write_json(manifest_path, manifest)
+    write_json(dst / "manifest.json", manifest)
     return names
 
 
 def record_quality(out_dir: str | os.PathLike, quality: dict[str, Any]) -> None:
     """Store the quality gates measured on the shipped models (``quality.json``) in the manifest."""
-    manifest_path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(out_dir)
     keep = ("gates", "all_pass", "t2i_identity_by_template", "t2i_object_by_template", "t2i_identity_images",
             "t2i_object_images", "generation", "device", "host")
     manifest["quality"] = {k: quality[k] for k in keep if k in quality}
-    write_json(manifest_path, manifest)
+    write_json(Path(out_dir) / "manifest.json", manifest)
