@@ -141,15 +141,25 @@ def world_ref(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _domain_preserve(config: dict[str, Any], world: World, task: str) -> list[str]:
-    """MACE's in-domain cache: the task domain's concepts that no task and no fine-tune set uses."""
-    domain = config["tasks"][task]["domain"]
-    used: set[str] = set()
-    for t in config["tasks"].values():
-        used |= set(t["erase"]) | set(t.get("retain", []))
+    """MACE's in-domain cache ("the celebrities you wish to retain"): every prompt of the task's
+    retained concepts and of the domain's concepts that no task erases and no fine-tune set names.
+
+    Concepts erased by *another* task stay out, so the nested erase sets (1 ⊂ 5 ⊂ 10 ⊂ 100) keep
+    one cache; fine-tune concepts stay out so fine-tuning starts from a model that never saw them
+    as constraints.
+    """
+    t = config["tasks"][task]
+    erased_anywhere: set[str] = set()
+    for other in config["tasks"].values():
+        erased_anywhere |= set(other["erase"])
+    in_ftsets: set[str] = set()
     for fs in config["finetune_sets"].values():
-        used |= set(fs.get("concepts", []))
-    pool = world.by_domain(domain) if hasattr(world, "by_domain") else []
-    return [world.eval_prompts(c)[0] for c in pool if c.name not in used]
+        in_ftsets |= set(fs.get("concepts", []))
+    keep = [world.concept(n) for n in t.get("retain", [])]
+    names = {c.name for c in keep}
+    pool = world.by_domain(t["domain"]) if hasattr(world, "by_domain") else []
+    keep += [c for c in pool if c.name not in erased_anywhere | in_ftsets | names]
+    return [prompt for c in keep for prompt in world.eval_prompts(c)]
 
 
 def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
@@ -172,6 +182,9 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     mapping = settings.pop("mapping", None) or preset.mapping
     n_captions = int(settings.pop("preserve_captions", 0))
     domain_preserve = settings.pop("domain_preserve", "none")
+    if "domain_weight_scale" in settings:
+        scale = float(settings.pop("domain_weight_scale"))
+        settings.setdefault("domain_weight", preset.domain_weight * scale)
     preserve = list(settings.pop("preserve", []))
     if n_captions:
         preserve += world.free_captions(n_captions, seed=PRESERVE_CAPTION_SEED)

@@ -48,6 +48,36 @@ def test_erase_spec_resolves_mapping_per_concept(config):
     assert lam["mace"]["lambda1"] == 0.01
 
 
+def test_domain_cache_holds_retained_and_unused_concepts_not_erased_or_finetuned(config):
+    from resurgence.world import get_world
+
+    world = get_world(config)
+    cfg = {**config, "erase_defaults": {**config["erase_defaults"], "identity": {"domain_preserve": "auto"}}}
+    cache = set(study.erase_spec(cfg, "identity_10", "default", world)["mace"]["domain_preserve"])
+    task = config["tasks"]["identity_10"]
+    erased_anywhere = {n for t in config["tasks"].values() for n in t["erase"]}
+    ftsets = {n for fs in config["finetune_sets"].values() for n in fs.get("concepts", [])}
+    for name in task["retain"]:
+        assert set(world.eval_prompts(world.concept(name))) <= cache  # every template of a retained concept
+    for name in erased_anywhere | ftsets:
+        assert not set(world.eval_prompts(world.concept(name))) & cache
+    unused = [c for c in world.by_domain("identity") if c.name not in erased_anywhere | ftsets | set(task["retain"])]
+    assert unused and len(cache) == 5 * (len(task["retain"]) + len(unused))
+
+
+def test_domain_weight_scale_multiplies_the_published_weight_per_task_size(config):
+    from resurgence.mace.config import EraseConfig
+
+    def weight(task, **identity):
+        cfg = {**config, "erase_defaults": {**config["erase_defaults"], "identity": identity}}
+        return study.erase_spec(cfg, task, "default")["mace"]["domain_weight"]
+
+    assert weight("identity_1") == EraseConfig.celebrity(1).domain_weight
+    assert weight("identity_1", domain_weight_scale=0.1) == pytest.approx(0.1 * EraseConfig.celebrity(1).domain_weight)
+    assert weight("identity_100", domain_weight_scale=0.1) == pytest.approx(2e4)
+    assert weight("identity_100", domain_weight_scale=0.1, domain_weight=7.0) == 7.0  # explicit wins
+
+
 def test_runs_fill_defaults(config):
     runs = study.experiment_runs(config, "fig5")
     assert runs[0] == study.Run(task="identity_1", erase="default", ftset="random_identity", ftmethod="lora")

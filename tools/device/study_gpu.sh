@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the default study (up to its metric tables) with Snakemake on a lent GPU machine (the device
+# tool) and time it. That machine has torch but no Snakemake/diffusers/...: they travel as one
+# archive of a Python 3.12 site folder, .devsite/site312.tar.xz (built by tools/device/pack_site.sh).
+# Everything but the model weights and images comes back in $OUT as study.tar.part-* (the tool
+# returns files of at most 16 MiB); unpack with  cat study.tar.part-* | tar x -C /tmp/gpu-study
+# Usage (device tool, carry .devsite):  bash tools/device/study_gpu.sh
+# Env: SLOTS (concurrent jobs sharing the GPU, default 8), LIMIT_S (stop Snakemake after, default 500),
+#      TARGETS (default: every metric table of the study, i.e. `all --until tables`).
+set -uo pipefail
+tar -xJf .devsite/site312.tar.xz -C /tmp || exit 1
+export PYTHONPATH="$PWD:/tmp/site312" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES=0
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nproc
+slots=${SLOTS:-8}
+start=$(date +%s)
+# One GPU shared by $slots jobs: CUDA_VISIBLE_DEVICES is set, so no job claims a device of its own.
+# shellcheck disable=SC2086
+timeout --signal=INT "${LIMIT_S:-500}" python3 -m snakemake ${TARGETS:-all --until tables} \
+  --profile workflow/profiles/default --cores $((slots * 2)) --set-threads erase=2 finetune=2 generate_base=2 \
+  generate_erased=2 generate_finetuned=2 ftdata_random=2 ftdata_tercile=2 evaluate=2 \
+  --resources gpu="$slots" mem_mb=110000 --keep-going > "$OUT/snakemake.log" 2>&1
+rc=$?
+echo "snakemake exit $rc; study wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/snakemake.log"
+tail -5 "$OUT/snakemake.log"
+tar cf - --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='results/ftdata/*/*/*.png' \
+  --exclude='results/ftdata/*/*/*/*.png' --exclude='results/images/*/*/*.png' --exclude='results/images/*/*/*/*.png' \
+  --exclude='results/images/*/*/*/*/*.png' --exclude='results/images/*/*/*/*/*/*.png' results logs .snakemake/metadata 2>/dev/null \
+  | split -b 15M - "$OUT/study.tar.part-"
+find results/images -name grid.png | tar cf "$OUT/grids.tar" -T -
+ls -la "$OUT"
+exit $rc
