@@ -2,6 +2,7 @@
 # Paper-scale benchmarks on a lent GPU (device tool, carry .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
 #   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune, several allowed)
+# ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -19,7 +20,8 @@ for what in ${WHAT:-generation erase finetune}; do
       timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile reduce-overhead --images 128 \
         --label "bf16, channels-last, torch.compile + CUDA graphs" ;;
     erase)
-      timeout 330 python3 erase.py --arch sd14 --task identity_100 --images-per-concept 2 --data-steps 20 ;;
+      # shellcheck disable=SC2086
+      timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
     finetune)
       timeout 170 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
   esac
