@@ -137,6 +137,28 @@ def test_erase_specs_resolve_mapping_concepts(config):
     assert lambdas == [0, 0.0001, 0.001, 0.01, 0.1, 1]
 
 
+def test_erase_specs_keep_maces_published_settings(config, tmp_path):
+    """The preset overlays config.yaml: none of the toy world's MACE deviations may leak into it."""
+    from resurgence.config import deep_merge
+    from resurgence.mace.config import EraseConfig
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(f"a photo of thing number {i} on a table" for i in range(1000)) + "\n")
+    config = deep_merge(config, {"evaluation": {"captions": {"file": str(captions)}}})
+
+    for task in ("object_ship", "object_automobile", "object_bird"):
+        mace = study.erase_spec(config, task, "default")["mace"]
+        published = EraseConfig.objects(task.removeprefix("object_"))
+        assert (mace["lambda1"], mace["fusion_lambda"], mace["domain_weight"], mace["ridge"]) == (
+            published.lambda1, published.fusion_lambda, published.domain_weight, published.ridge
+        ), task
+        assert mace["domain_preserve"] == [] and mace["preserve"] == []
+    for task, n in (("identity_1", 1), ("identity_10", 10), ("identity_100", 100)):
+        mace = study.erase_spec(config, task, "default")["mace"]
+        assert mace["domain_weight"] == EraseConfig.celebrity(n).domain_weight, task
+        assert mace["lambda1"] == EraseConfig.celebrity(n).lambda1
+
+
 def test_world_carries_object_synonyms(config):
     from resurgence.world import get_world
 
