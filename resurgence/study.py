@@ -113,8 +113,10 @@ def model_specs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def erase_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
+    """MACE settings of one erasure: domain defaults < the task's own (`mapping`, `mace`) < the variant."""
     t = config["tasks"][task]
     settings = deep_merge(config["erase_defaults"][t["domain"]], {"mapping": t["mapping"]} if "mapping" in t else {})
+    settings = deep_merge(settings, t.get("mace", {}))
     return deep_merge(settings, config["erase_variants"][erase])
 
 

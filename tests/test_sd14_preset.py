@@ -153,7 +153,7 @@ def test_erase_specs_keep_maces_published_settings(config, tmp_path):
             published.lambda1, published.fusion_lambda, published.domain_weight, published.ridge
         ), task
         assert mace["domain_preserve"] == [] and mace["preserve"] == []
-    for task, n in (("identity_1", 1), ("identity_10", 10), ("identity_100", 100)):
+    for task, n in (("identity_1", 1), ("identity_5", 5), ("identity_10", 10), ("identity_100", 100)):
         mace = study.erase_spec(config, task, "default")["mace"]
         assert mace["domain_weight"] == EraseConfig.celebrity(n).domain_weight, task
         assert mace["lambda1"] == EraseConfig.celebrity(n).lambda1
