@@ -194,10 +194,10 @@ def run_generate(args: Namespace) -> None:
     out = Path(args.out_dir)
     generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device)
     # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
-    rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0]]
+    rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
-    by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index}
+    by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index if not r.get("sample")}
     from PIL import Image
 
     cells, labels = [], []

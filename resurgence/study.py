@@ -236,6 +236,7 @@ def generation_spec(config: dict[str, Any], task: str, roles: tuple[str, ...] = 
     t = config["tasks"][task]
     caps = config["evaluation"]["captions"]
     with_captions = "caption" in roles and t["domain"] in caps.get("domains", ["identity"])
+    samples = int(config["evaluation"].get("images_per_prompt", {}).get(t["domain"], 1))
     return dict(
         world=world_ref(config),
         task=task,
@@ -245,11 +246,19 @@ def generation_spec(config: dict[str, Any], task: str, roles: tuple[str, ...] = 
         seeds=[int(s) for s in config["seeds"]],
         captions=dict(n=int(caps.get("n", 100)), seed=int(caps.get("seed", 0))) if with_captions else None,
         generation=dict(config["generation"]),
+        # Only when > 1, so that specs (and Snakemake's params) of one-image studies stay as they were.
+        **({"samples": samples} if samples > 1 else {}),
     )
 
 
+# Noise seed of an evaluation image's extra samples: seed + NOISE_STRIDE * sample (sample 0 keeps the
+# seed itself, so one-image specs draw exactly the images they always drew).
+NOISE_STRIDE = 1_000_003
+
+
 def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dict[str, Any]]:
-    """The prompts a model state is scored on: erased and retained concepts x templates x seeds, and captions."""
+    """The prompts a model state is scored on: erased and retained concepts x templates x seeds (x samples,
+    each with its own ``noise_seed``; ``seed`` stays the unit of the intervals), and captions."""
     world = world or get_world(spec["world"])
     records = []
     for role, names in (("erased", spec["erase"]), ("retained", spec["retain"])):
@@ -258,6 +267,9 @@ def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dic
             for prompt in world.eval_prompts(c):
                 for seed in spec["seeds"]:
                     records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed)))
+                    for k in range(1, int(spec.get("samples", 1))):
+                        noise = int(seed) + NOISE_STRIDE * k
+                        records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed), sample=k, noise_seed=noise))
     caps = spec.get("captions")
     if caps:
         for i, caption in enumerate(world.free_captions(caps["n"], caps["seed"])):

@@ -130,3 +130,18 @@ def test_grid_shape_and_placement(tmp_path):
         make_grid(imgs, 2, 3, labels=["only one"])
     with pytest.raises(ValueError, match="fit"):
         make_grid(imgs, 1, 3)
+
+
+def test_extra_samples_draw_their_own_noise_and_sample_zero_keeps_the_seed(pipe, tmp_path):
+    """Records of one (prompt, seed) with ``noise_seed`` (study.expand_records' extra samples)."""
+    records = [
+        {"prompt": "a cat", "seed": 1},
+        {"prompt": "a cat", "seed": 1, "sample": 1, "noise_seed": 1 + 1_000_003},
+        {"prompt": "a cat", "seed": 1_000_004},
+    ]
+    rows = generate_to_dir(pipe, records, CFG, tmp_path, progress=False)
+    img = [_arr(Image.open(tmp_path / r["file_name"])) for r in rows]
+    assert not np.array_equal(img[0], img[1])  # the extra sample is another image...
+    assert np.array_equal(img[1], img[2])  # ...drawn from its noise seed
+    alone = generate(pipe, ["a cat"], [1], CFG, "cpu", False)[0]
+    assert np.array_equal(_arr(alone), img[0])

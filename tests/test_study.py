@@ -120,6 +120,24 @@ def test_expand_records_counts(config):
     assert {r["role"] for r in traj} == {"erased"}
 
 
+def test_images_per_prompt_adds_samples_with_distinct_noise(config):
+    one = study.expand_records(study.generation_spec(config, "identity_10"))
+    assert config["evaluation"]["images_per_prompt"]["identity"] == 1
+    assert "samples" not in study.generation_spec(config, "identity_10")  # one-image specs unchanged
+    assert not [r for r in one if "sample" in r or "noise_seed" in r]
+    k = config["evaluation"]["images_per_prompt"]["object"]
+    assert k > 1
+    obj = study.expand_records(study.generation_spec(config, "object_ship"))
+    erased = [r for r in obj if r["role"] == "erased"]
+    assert len(erased) == 2 * len(config["seeds"]) * k  # 2 prompts (name, synonym) x seeds x samples
+    by_prompt: dict[str, list[int]] = {}
+    for r in obj:
+        by_prompt.setdefault(r["prompt"], []).append(r.get("noise_seed", r["seed"]))
+    for seeds in by_prompt.values():
+        assert len(set(seeds)) == len(seeds) == len(config["seeds"]) * k
+    assert {r["seed"] for r in obj} == set(config["seeds"])  # the interval unit is still the seed
+
+
 def test_tercile_spec_excludes_task_concepts(config):
     spec = study.ftset_spec(config, "tercile_1", "identity_10")
     task = config["tasks"]["identity_10"]

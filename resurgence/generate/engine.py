@@ -184,6 +184,11 @@ def generate(
     return images
 
 
+def noise_seed(record: dict[str, Any]) -> int:
+    """The seed of a record's initial latent: ``noise_seed`` when it has one (extra samples), else ``seed``."""
+    return int(record.get("noise_seed", record["seed"]))
+
+
 def _file_name(record: dict[str, Any], i: int) -> str:
     return str(record.get("file_name") or f"{i:06d}.png")
 
@@ -196,7 +201,7 @@ def generate_to_dir(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Generate one PNG per record (needs "prompt" and "seed"), then write ``index.jsonl``.
+    """Generate one PNG per record (needs "prompt" and "seed"; see `noise_seed`), then write ``index.jsonl``.
 
     Resumable: records whose PNG already exists are skipped, so a crashed job continues where
     it stopped. Each PNG is written atomically, and ``index.jsonl`` (record + ``file_name``,
@@ -220,7 +225,7 @@ def generate_to_dir(
     for start in progress_bar(starts, desc=f"generate {out.name}", enabled=progress):
         batch = todo[start : start + chunk]
         imgs = generate(
-            pipe, [r["prompt"] for r in batch], [int(r["seed"]) for r in batch], cfg, device, False
+            pipe, [r["prompt"] for r in batch], [noise_seed(r) for r in batch], cfg, device, False
         )
         for r, img in zip(batch, imgs, strict=True):
             target = out / r["file_name"]
