@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The metric files of the erasure-efficacy sweep (tools/device/efficacy_sweep.yaml): base and erased states.
-# ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up.
+# ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -10,7 +10,9 @@ if [ "${ROUND:-1}" = 1 ]; then
     echo "results/metrics/$t/base/tidy.csv"
     for v in default w200 w400 w1600; do echo "results/metrics/$t/$v/erased/tidy.csv"; done
   done
-else
+elif [ "${ROUND}" = 2 ]; then
   for v in dws0.3 dws0.4_s100 dws0.6_s100; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
   for v in dws0.2 dws0.4; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
+else
+  for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
