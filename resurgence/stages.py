@@ -179,6 +179,11 @@ def checkpoint_dir(finetune_dir: str | Path, step: int) -> Path:
     return ckpt
 
 
+def file_stamps(folder: Path) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of every file under a weights folder: changes when the weights are rewritten."""
+    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file())
+
+
 def run_generate(args: Namespace) -> None:
     from resurgence.finetune.train import load_finetuned
     from resurgence.generate.engine import generate_to_dir
@@ -192,7 +197,9 @@ def run_generate(args: Namespace) -> None:
         load_finetuned(pipe, checkpoint_dir(args.finetune, args.step))
     records = expand_records(spec)
     out = Path(args.out_dir)
-    generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device)
+    weights = [Path(p) for p in (args.erasure, args.finetune) if p]
+    model_key = json.dumps([args.models, args.step, [file_stamps(p) for p in weights]], sort_keys=True, default=str)
+    generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key)
     # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
     rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]

@@ -145,3 +145,25 @@ def test_extra_samples_draw_their_own_noise_and_sample_zero_keeps_the_seed(pipe,
     assert np.array_equal(img[1], img[2])  # ...drawn from its noise seed
     alone = generate(pipe, ["a cat"], [1], CFG, "cpu", False)[0]
     assert np.array_equal(_arr(alone), img[0])
+
+
+def test_stale_images_are_not_reused_after_a_model_or_record_change(pipe, tmp_path, monkeypatch):
+    """A rerun (Snakemake deletes index.jsonl, not the PNGs) with new weights must draw every image anew."""
+    records = [{"prompt": "a cat", "seed": 1}, {"prompt": "a dog", "seed": 2}]
+    generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v1")
+    calls: list[list[str]] = []
+    real = engine.generate
+
+    def counting(p, prompts, seeds, cfg, device="cpu", progress=True):
+        calls.append(list(prompts))
+        return real(p, prompts, seeds, cfg, device, progress)
+
+    monkeypatch.setattr(engine, "generate", counting)
+    (tmp_path / "index.jsonl").unlink()
+    generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v1")
+    assert calls == []  # same weights and records: a resume
+    generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v2")
+    assert [p for c in calls for p in c] == ["a cat", "a dog"]  # new weights: nothing reused
+    calls.clear()
+    generate_to_dir(pipe, [*records, {"prompt": "a cow", "seed": 3}][::-1], CFG, tmp_path, progress=False, model_key="erasure v2")
+    assert sorted(p for c in calls for p in c) == ["a cat", "a cow", "a dog"]  # new records: file names mean other images

@@ -8,6 +8,7 @@ That is what makes evaluation runs resumable and comparable across models.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -200,8 +201,13 @@ def generate_to_dir(
     out_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    model_key: str = "",
 ) -> list[dict[str, Any]]:
     """Generate one PNG per record (needs "prompt" and "seed"; see `noise_seed`), then write ``index.jsonl``.
+
+    PNGs are reused only when ``fingerprint.json`` says they came from the same records, config and
+    ``model_key`` (the caller's identity of the model weights); otherwise the folder's PNGs are stale
+    (a rerun after a parameter or model change) and are deleted first.
 
     Resumable: records whose PNG already exists are skipped, so a crashed job continues where
     it stopped. Each PNG is written atomically, and ``index.jsonl`` (record + ``file_name``,
@@ -210,6 +216,15 @@ def generate_to_dir(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(
+        json.dumps([records, asdict(cfg), model_key], sort_keys=True, default=str).encode()
+    ).hexdigest()
+    stamp = out / "fingerprint.json"
+    if not stamp.exists() or json.loads(stamp.read_text()).get("sha256") != fingerprint:
+        for old_png in out.rglob("*.png"):
+            old_png.unlink()
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps({"sha256": fingerprint}))
     rows = []
     for i, r in enumerate(records):
         if "prompt" not in r or "seed" not in r:
