@@ -150,6 +150,7 @@ def run_ftdata(args: Namespace) -> None:
         out_dir=args.out_dir,
         device=device,
         extra_manifest={"spec": spec, "concepts": names, "selection": selection},
+        model_key=weights_key(args.models),
     )
 
 
@@ -184,6 +185,14 @@ def file_stamps(folder: Path) -> list[tuple[str, int, int]]:
     return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file())
 
 
+def weights_key(models: dict[str, Any], *folders: str | None, step: int | None = None) -> str:
+    """The identity of the weights a generation job samples from (`generate_to_dir`'s ``model_key``):
+    the model specs, the fine-tune step, and the file stamps of the local base pipeline and of the
+    erasure / fine-tune folders, so images of rewritten weights are never reused."""
+    paths = [Path(p) for p in (models.get("pipeline"), *folders) if p and Path(p).is_dir()]
+    return json.dumps([models, step, [file_stamps(p) for p in paths]], sort_keys=True, default=str)
+
+
 def run_generate(args: Namespace) -> None:
     from resurgence.finetune.train import load_finetuned
     from resurgence.generate.engine import generate_to_dir
@@ -197,8 +206,7 @@ def run_generate(args: Namespace) -> None:
         load_finetuned(pipe, checkpoint_dir(args.finetune, args.step))
     records = expand_records(spec)
     out = Path(args.out_dir)
-    weights = [Path(p) for p in (args.erasure, args.finetune) if p]
-    model_key = json.dumps([args.models, args.step, [file_stamps(p) for p in weights]], sort_keys=True, default=str)
+    model_key = weights_key(args.models, args.erasure, args.finetune, step=args.step)
     generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key)
     # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
     rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")]

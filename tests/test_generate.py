@@ -76,6 +76,19 @@ def test_generate_keeps_caller_scheduler_and_validates(pipe):
     assert generate(pipe, [], [], CFG) == []
 
 
+def _count_generate_calls(monkeypatch) -> list[list[str]]:
+    """From now on, record the prompts of every `engine.generate` call (still generating)."""
+    calls: list[list[str]] = []
+    real = engine.generate
+
+    def counting(p, prompts, seeds, cfg, device="cpu", progress=True):
+        calls.append(list(prompts))
+        return real(p, prompts, seeds, cfg, device, progress)
+
+    monkeypatch.setattr(engine, "generate", counting)
+    return calls
+
+
 def test_generate_to_dir_writes_index_and_resumes(pipe, tmp_path, monkeypatch):
     records = [
         {"prompt": p, "seed": s, "concept": c}
@@ -92,14 +105,7 @@ def test_generate_to_dir_writes_index_and_resumes(pipe, tmp_path, monkeypatch):
     # "Crash": one PNG and the index missing. Only that image is generated again, identically.
     (tmp_path / "000001.png").unlink()
     (tmp_path / "index.jsonl").unlink()
-    calls: list[list[str]] = []
-    real = engine.generate
-
-    def counting(p, prompts, seeds, cfg, device="cpu", progress=True):
-        calls.append(list(prompts))
-        return real(p, prompts, seeds, cfg, device, progress)
-
-    monkeypatch.setattr(engine, "generate", counting)
+    calls = _count_generate_calls(monkeypatch)
     generate_to_dir(pipe, records, CFG, tmp_path, progress=False)
     assert calls == [["a dog"]]
     assert np.array_equal(_arr(Image.open(tmp_path / "000001.png")), first["000001.png"])
@@ -151,14 +157,7 @@ def test_stale_images_are_not_reused_after_a_model_or_record_change(pipe, tmp_pa
     """A rerun (Snakemake deletes index.jsonl, not the PNGs) with new weights must draw every image anew."""
     records = [{"prompt": "a cat", "seed": 1}, {"prompt": "a dog", "seed": 2}]
     generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v1")
-    calls: list[list[str]] = []
-    real = engine.generate
-
-    def counting(p, prompts, seeds, cfg, device="cpu", progress=True):
-        calls.append(list(prompts))
-        return real(p, prompts, seeds, cfg, device, progress)
-
-    monkeypatch.setattr(engine, "generate", counting)
+    calls = _count_generate_calls(monkeypatch)
     (tmp_path / "index.jsonl").unlink()
     generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v1")
     assert calls == []  # same weights and records: a resume
@@ -167,3 +166,26 @@ def test_stale_images_are_not_reused_after_a_model_or_record_change(pipe, tmp_pa
     calls.clear()
     generate_to_dir(pipe, [*records, {"prompt": "a cow", "seed": 3}][::-1], CFG, tmp_path, progress=False, model_key="erasure v2")
     assert sorted(p for c in calls for p in c) == ["a cat", "a cow", "a dog"]  # new records: file names mean other images
+
+
+def test_weights_key_changes_when_weights_are_rewritten(tmp_path):
+    """The fine-tune-set and generation stages key their images on this (a retrain rewrites the folder)."""
+    import os
+
+    from resurgence.stages import weights_key
+
+    pipeline, erasure = tmp_path / "t2i", tmp_path / "erase"
+    for d in (pipeline, erasure):
+        d.mkdir()
+        (d / "w.safetensors").write_bytes(b"1234")
+    models = {"pipeline": str(pipeline)}
+    key = weights_key(models, str(erasure), step=200)
+    assert weights_key(models, str(erasure), step=200) == key
+    assert weights_key(models, str(erasure), step=150) != key
+    st = (erasure / "w.safetensors").stat()
+    os.utime(erasure / "w.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert weights_key(models, str(erasure), step=200) != key
+    key = weights_key(models)
+    (pipeline / "w.safetensors").write_bytes(b"12345")
+    assert weights_key(models) != key
+    assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == []  # a hub id: no stamps

@@ -40,12 +40,13 @@ def build_finetune_set(
     concepts: list[str] | None = None,
     progress: bool = True,
     extra_manifest: dict[str, Any] | None = None,
+    model_key: str = "",
 ) -> dict[str, Any]:
     """Generate ``images_per_prompt`` images per prompt with ``pipe`` (the base model) into ``out_dir``.
 
     ``concepts[i]`` labels ``prompts[i]`` (default: the prompt itself). ``extra_manifest``
     (e.g. the study spec and tercile selection) is merged into ``manifest.json`` under its own
-    keys. Resumable through `generate_to_dir`. Returns the manifest.
+    keys. Resumable through `generate_to_dir` (``model_key``: the weights' identity). Returns the manifest.
     """
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be >= 1, got {images_per_prompt}")
@@ -68,7 +69,7 @@ def build_finetune_set(
                     "seed": seeds[j * images_per_prompt + k],
                 }
             )
-    rows = generate_to_dir(pipe, records, gen_cfg, out, device, progress=progress)
+    rows = generate_to_dir(pipe, records, gen_cfg, out, device, progress=progress, model_key=model_key)
     with atomic_path(out / "metadata.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     per_concept: dict[str, int] = {}
