@@ -1,0 +1,89 @@
+"""How far *any* edit of the cross-attention key/value projections can erase a set of concepts
+without also moving the concepts to retain: a bound on MACE's whole family of edits.
+
+MACE changes only `to_k`/`to_v`, linear maps of the text encoder's hidden states. Whatever the
+edit, the UNet then sees ``W' h = W (M h)`` for some map ``M`` of the text features (exactly so
+when ``W`` has a left inverse). Erasing concept c asks ``M`` to send the part of its co-existing
+token features that differs from the mapping prompt's, ``d = h_co - h_gen``, to zero; keeping a
+retained concept asks ``M`` to leave its own differences unchanged. With the covariances
+``C_e``, ``C_r`` of the two sets of differences the best linear ``M`` for a trade-off weight w,
+
+    min_M  tr(M C_e M^T) + w tr((M - I) C_r (M - I)^T)   =>   M = w C_r (C_e + w C_r)^-1,
+
+gives one point of the frontier: the share of erased-concept energy left against the share of
+retained-concept energy distorted. When the retained concepts' differences lie in the span the
+erased ones fill, no w gives both small, and no MACE setting can either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One point of the erase/retain frontier (energy shares, 0..1)."""
+
+    weight: float
+    erased_left: float  # tr(M C_e M^T) / tr(C_e): erased-concept signal that survives
+    retained_distortion: float  # tr((M-I) C_r (M-I)^T) / tr(C_r): retained signal changed
+
+
+def covariance(D: torch.Tensor) -> torch.Tensor:
+    """Second-moment matrix of the rows of D (float64), so sets of any size weigh alike."""
+    if D.ndim != 2 or D.shape[0] == 0:
+        raise ValueError(f"differences must be a non-empty (rows, dim) matrix, got shape {tuple(D.shape)}")
+    D = D.to(torch.float64)
+    return D.T @ D / D.shape[0]
+
+
+def erasure_tradeoff(
+    D_erased: torch.Tensor, D_retained: torch.Tensor, weights: Sequence[float], ridge: float = 1e-9
+) -> list[TradeoffPoint]:
+    """The frontier of the best linear feature map at each retain weight (module docstring).
+
+    ``ridge`` (relative to the largest eigenvalue of C_e + w C_r) keeps the solve defined when
+    both sets leave some direction unconstrained; M is then the identity's minimum-change limit.
+    """
+    if D_erased.shape[1] != D_retained.shape[1]:
+        raise ValueError(f"feature dims differ: erased {D_erased.shape[1]}, retained {D_retained.shape[1]}")
+    Ce, Cr = covariance(D_erased), covariance(D_retained)
+    eye = torch.eye(Ce.shape[0], dtype=torch.float64, device=Ce.device)
+    points = []
+    for w in weights:
+        if w <= 0:
+            raise ValueError(f"retain weights must be > 0, got {w}")
+        eps = ridge * float(torch.linalg.eigvalsh(Ce + w * Cr).max())
+        # M (C_e + w C_r + eps I) = w C_r + eps I: the eps term pulls M toward the identity.
+        M = torch.linalg.solve(Ce + w * Cr + eps * eye, (w * Cr + eps * eye).T).T
+        R = M - eye
+        points.append(
+            TradeoffPoint(
+                weight=float(w),
+                erased_left=float(torch.trace(M @ Ce @ M.T) / torch.trace(Ce)),
+                retained_distortion=float(torch.trace(R @ Cr @ R.T) / torch.trace(Cr)),
+            )
+        )
+    return points
+
+
+def concept_differences(
+    pipe, prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]], mapping: str
+):
+    """Stacked h_co - h_gen of each concept's prompts against its mapping prompts (what stage 1 pairs).
+
+    ``prompts_by_concept[name] = (prompts, phrases)``; the mapping concept replaces the phrases.
+    """
+    from resurgence.mace.erase import mapping_prompts
+    from resurgence.mace.refine import collect_coexisting_embeddings
+
+    rows = []
+    for prompts, phrases in prompts_by_concept.values():
+        co, gen = collect_coexisting_embeddings(
+            pipe, list(prompts), mapping_prompts(prompts, phrases, mapping)
+        )
+        rows.append((co - gen).to(torch.float64).cpu())
+    return torch.cat(rows)

@@ -1,0 +1,85 @@
+"""The erase/retain frontier (resurgence.mace.capacity) against independent computations."""
+
+import pytest
+import torch
+
+from resurgence.mace.capacity import concept_differences, covariance, erasure_tradeoff
+from resurgence.models.pipeline import build_random_pipeline
+
+
+def _lstsq_point(De, Dr, w):
+    """Independent: least squares on the stacked rows [De/sqrt(ne); sqrt(w) Dr/sqrt(nr)] M^T = [0; sqrt(w) Dr/sqrt(nr)]."""
+    a = De / De.shape[0] ** 0.5
+    b = (w / Dr.shape[0]) ** 0.5 * Dr
+    X = torch.cat([a, b])
+    Y = torch.cat([torch.zeros_like(a), b])
+    M = torch.linalg.lstsq(X, Y).solution.T
+    left = (De @ M.T).pow(2).sum() / De.pow(2).sum()
+    dist = (Dr @ (M - torch.eye(M.shape[0], dtype=M.dtype)).T).pow(2).sum() / Dr.pow(2).sum()
+    return float(left), float(dist)
+
+
+def test_frontier_matches_least_squares_on_random_sets():
+    g = torch.Generator().manual_seed(0)
+    De = torch.randn(300, 24, generator=g, dtype=torch.float64) @ torch.randn(
+        24, 24, generator=g, dtype=torch.float64
+    )
+    Dr = torch.randn(80, 24, generator=g, dtype=torch.float64)
+    for p in erasure_tradeoff(De, Dr, [0.01, 1.0, 100.0], ridge=0.0):
+        left, dist = _lstsq_point(De, Dr, p.weight)
+        assert p.erased_left == pytest.approx(left, rel=1e-8, abs=1e-12)
+        assert p.retained_distortion == pytest.approx(dist, rel=1e-8, abs=1e-12)
+
+
+def test_identical_sets_give_the_scalar_tradeoff():
+    """Retaining exactly what is erased: M = w/(1+w) I, so left = (w/(1+w))^2 and distortion = (1/(1+w))^2."""
+    D = torch.randn(50, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for p in erasure_tradeoff(D, D.clone(), [0.5, 3.0], ridge=0.0):
+        w = p.weight
+        assert p.erased_left == pytest.approx((w / (1 + w)) ** 2, rel=1e-9)
+        assert p.retained_distortion == pytest.approx((1 / (1 + w)) ** 2, rel=1e-9)
+
+
+def test_disjoint_subspaces_erase_without_cost():
+    """Erased and retained signals in orthogonal coordinates: both shares ~0 at any weight (ridge fills the rest)."""
+    g = torch.Generator().manual_seed(2)
+    De = torch.zeros(40, 10, dtype=torch.float64)
+    Dr = torch.zeros(40, 10, dtype=torch.float64)
+    De[:, :4] = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    Dr[:, 4:8] = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    for p in erasure_tradeoff(De, Dr, [0.1, 10.0]):
+        assert p.erased_left < 1e-6
+        assert p.retained_distortion < 1e-6
+
+
+def test_more_retain_weight_moves_along_the_frontier():
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    De = torch.randn(200, 6, generator=g, dtype=torch.float64) @ shared
+    Dr = torch.randn(60, 6, generator=g, dtype=torch.float64) @ shared + 0.3 * torch.randn(
+        60, 16, generator=g, dtype=torch.float64
+    )
+    pts = erasure_tradeoff(De, Dr, [0.01, 0.1, 1.0, 10.0, 100.0])
+    lefts = [p.erased_left for p in pts]
+    dists = [p.retained_distortion for p in pts]
+    assert lefts == sorted(lefts) and dists == sorted(dists, reverse=True)
+    assert lefts[-1] > 0.1 and dists[0] > 0.1  # overlapping spans: no weight gets both small
+
+
+def test_bad_inputs_are_named():
+    D = torch.randn(5, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="feature dims"):
+        erasure_tradeoff(D, torch.randn(5, 3, dtype=torch.float64), [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        erasure_tradeoff(D, D, [0.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        covariance(torch.zeros(0, 4))
+
+
+def test_concept_differences_on_a_tiny_pipeline(tmp_path):
+    """Rows are h_co - h_gen of the paired positions: zero before the concept (shared prefix), nonzero after."""
+    tiny_pipe = build_random_pipeline("tiny", seed=0, tokenizer_dir=tmp_path)
+    prompts = ("a photo of zorblax", "zorblax in a park")
+    D = concept_differences(tiny_pipe, {"zorblax": (prompts, ("zorblax",))}, "a person")
+    assert D.dtype == torch.float64 and D.shape[1] == tiny_pipe.text_encoder.config.hidden_size
+    assert D.abs().sum(dim=1).gt(0).any() and D.abs().sum(dim=1).eq(0).any()
