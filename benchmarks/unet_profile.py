@@ -1,0 +1,157 @@
+"""Where a guided UNet step's time goes: kernel time and FLOPs by kind (convolution, matmul,
+attention, the rest) and the UNet forward time under each SDPA backend.
+
+The generation engine spends ~97% of an SD v1.4 image's FLOPs in the UNet; knowing which kind of
+kernel runs far below the GPU's rate says which lever is worth building. Random weights of the
+architecture (weights do not change the cost). Appends one row to benchmarks/results.jsonl.
+
+    python benchmarks/unet_profile.py --arch sd14 --batch 32 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from resurgence.generate.engine import resolve_dtype
+from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
+
+BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+# Kernel-name fragments, checked in this order (the first match names the kind).
+KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("convolution", ("conv", "implicit", "fprop", "dgrad", "wgrad")),
+    ("matmul", ("gemm", "cutlass", "nvjet", "matmul")),
+    ("convolution", ("cudnn", "sm90_xmma")),
+    ("normalisation", ("norm",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def flop_kind(op: str) -> str:
+    if "convolution" in op:
+        return "convolution"
+    if "attention" in op:
+        return "attention"
+    if any(k in op for k in ("mm", "addmm", "bmm", "linear")):
+        return "matmul"
+    return "other"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sd14", choices=sorted(ARCHITECTURES))
+    p.add_argument("--batch", type=int, default=32, help="images; the UNet sees twice this (guidance)")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--label", default="")
+    args = p.parse_args(argv)
+    device = "cuda"
+    fast_cuda_math(device, autotune=True)
+    dtype = resolve_dtype(args.dtype)
+    unet = (
+        build_random_pipeline(args.arch).unet.to(device, dtype).to(memory_format=torch.channels_last).eval()
+    )
+    cfg = unet.config
+    n = 2 * args.batch
+    z = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, device=device, dtype=dtype)
+    z = z.to(memory_format=torch.channels_last)
+    ctx = torch.randn(n, 77, cfg.cross_attention_dim, device=device, dtype=dtype)
+    t = torch.full((n,), 500, device=device)
+
+    def step():
+        return unet(z, t, encoder_hidden_states=ctx).sample
+
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            step()
+        total_flops = fc.get_total_flops()
+        flops_by_kind: dict[str, float] = defaultdict(float)
+        for op, count in fc.get_flop_counts()["Global"].items():
+            flops_by_kind[flop_kind(str(op))] += count
+
+        times: dict[str, float | str] = {}
+        for name, backend in BACKENDS.items():
+            try:
+                with sdpa_kernel([backend]):
+                    for _ in range(3):
+                        step()
+                    torch.cuda.synchronize()
+                    ts = []
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        step()
+                        torch.cuda.synchronize()
+                        ts.append(time.perf_counter() - t0)
+                times[name] = statistics.median(ts)
+            except RuntimeError as e:  # a backend that does not take these shapes
+                times[name] = f"unavailable: {str(e).splitlines()[0][:120]}"
+        timed = {k: v for k, v in times.items() if isinstance(v, float)}
+        best = min(timed, key=timed.get)
+
+        with sdpa_kernel([BACKENDS[best]]):
+            step()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+    kernel_us: dict[str, float] = defaultdict(float)
+    per_kernel: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
+            continue
+        kernel_us[kernel_kind(ev.key)] += us / 3
+        per_kernel[ev.key] += us / 3
+    total_us = sum(kernel_us.values())
+    rows = {}
+    for kind in sorted(set(kernel_us) | set(flops_by_kind)):
+        s = kernel_us.get(kind, 0.0) / 1e6
+        f = flops_by_kind.get(kind, 0.0)
+        rows[kind] = dict(
+            time_share=round(s * 1e6 / total_us, 4) if total_us else None,
+            flop_share=round(f / total_flops, 4),
+            tflop_s=round(f / s / 1e12, 1) if s > 0 else None,
+        )
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]
+    record(
+        "unet_profile",
+        dict(
+            arch=args.arch,
+            dtype=args.dtype,
+            unet_batch=n,
+            unet_tflop_per_forward=round(total_flops / 1e12, 3),
+            forward_s_by_sdpa_backend={
+                k: (round(v, 5) if isinstance(v, float) else v) for k, v in times.items()
+            },
+            tflop_s_by_sdpa_backend={k: round(total_flops / v / 1e12, 1) for k, v in timed.items()},
+            profiled_backend=best,
+            kernel_time_s_per_forward=round(total_us / 1e6, 5),
+            by_kind=rows,
+            top_kernels=[dict(name=k[:140], kind=kernel_kind(k), ms=round(v / 1e3, 3)) for k, v in top],
+            label=args.label,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
