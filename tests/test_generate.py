@@ -189,3 +189,37 @@ def test_weights_key_changes_when_weights_are_rewritten(tmp_path):
     (pipeline / "w.safetensors").write_bytes(b"12345")
     assert weights_key(models) != key
     assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == []  # a hub id: no stamps
+
+
+def _cpu_bf16(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(engine.torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(engine.torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
+def test_auto_dtype_is_bf16_only_where_it_runs_natively(monkeypatch):
+    """An AVX2-only CPU emulates bf16 (15x slower than fp32 here): "auto" must fall back to fp32 there."""
+    _cpu_bf16(monkeypatch, False)
+    assert engine.resolve_dtype("auto", "cpu") is engine.torch.float32
+    _cpu_bf16(monkeypatch, True)
+    assert engine.resolve_dtype("auto", "cpu") is engine.torch.bfloat16
+    assert engine.resolve_dtype("bf16", "cpu") is engine.torch.bfloat16  # explicit names are kept as given
+    with pytest.raises(ValueError, match="needs the device"):
+        engine.resolve_dtype("auto")
+    with pytest.raises(ValueError, match="'auto'"):
+        GenerationConfig(dtype="bfloat15")
+
+
+def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_differently(pipe, tmp_path, monkeypatch):
+    """Same records, config and weights, but "auto" meant fp32 before and bf16 now: nothing is reused."""
+    cfg = GenerationConfig(steps=2, batch_size=2, dtype="auto")
+    records = [{"prompt": "a cat", "seed": 1}]
+    _cpu_bf16(monkeypatch, False)
+    generate_to_dir(pipe, records, cfg, tmp_path, progress=False)
+    calls = _count_generate_calls(monkeypatch)
+    (tmp_path / "index.jsonl").unlink()
+    generate_to_dir(pipe, records, cfg, tmp_path, progress=False)
+    assert calls == []
+    (tmp_path / "index.jsonl").unlink()
+    _cpu_bf16(monkeypatch, True)
+    generate_to_dir(pipe, records, cfg, tmp_path, progress=False)
+    assert calls == [["a cat"]]

@@ -33,11 +33,32 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    """Map a config dtype name ("float32", "bf16", ...) to a torch dtype."""
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 arithmetic runs natively on ``device``.
+
+    CPUs without AVX512-BF16 or AMX emulate it: on a 2-core AVX2-only EPYC the toy model sampled
+    at 0.24 images/s in bf16 against 3.7 in fp32, while a bf16-capable 2-core EPYC gave 9.2 vs 5.2.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.dtype:
+    """Map a config dtype name ("float32", "bf16", "auto", ...) to a torch dtype.
+
+    "auto" is bfloat16 where ``device`` runs it natively (`native_bf16`), else float32.
+    """
+    if name == "auto":
+        if device is None:
+            raise ValueError("dtype 'auto' needs the device it will run on")
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     key = DTYPE_ALIASES.get(name, name)
     if key not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES) + sorted(DTYPE_ALIASES)}, got {name!r}")
+        raise ValueError(f"dtype must be one of {sorted(DTYPES) + sorted(DTYPE_ALIASES)} or 'auto', got {name!r}")
     return DTYPES[key]
 
 
@@ -69,7 +90,7 @@ class GenerationConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-        resolve_dtype(self.dtype)
+        resolve_dtype(self.dtype, "cpu")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
@@ -154,7 +175,7 @@ def generate(
         raise ValueError(f"prompts and seeds must have the same length ({len(prompts)} != {len(seeds)})")
     if not prompts:
         return []
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = resolve_dtype(cfg.dtype, device)
     move_pipe(pipe, device, dtype)
     prepare_for_speed(pipe, cfg)
     sp = _sampling_pipe(pipe, cfg.scheduler)
@@ -216,8 +237,11 @@ def generate_to_dir(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The resolved dtype too: "auto" draws other pixels on a machine without native bf16.
     fingerprint = hashlib.sha256(
-        json.dumps([records, asdict(cfg), model_key], sort_keys=True, default=str).encode()
+        json.dumps(
+            [records, asdict(cfg), str(resolve_dtype(cfg.dtype, device)), model_key], sort_keys=True, default=str
+        ).encode()
     ).hexdigest()
     stamp = out / "fingerprint.json"
     if not stamp.exists() or json.loads(stamp.read_text()).get("sha256") != fingerprint:
