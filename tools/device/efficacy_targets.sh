@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The metric files of the erasure-efficacy sweep (tools/device/efficacy_sweep.yaml): base and erased states.
-# ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0.
+# ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0;
+# ROUND=4: objects on 5 images per prompt, identity_10.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -13,6 +14,13 @@ if [ "${ROUND:-1}" = 1 ]; then
 elif [ "${ROUND}" = 2 ]; then
   for v in dws0.3 dws0.4_s100 dws0.6_s100; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
   for v in dws0.2 dws0.4; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 4 ]; then
+  for t in object_ship object_5; do
+    echo "results/metrics/$t/base/tidy.csv"
+    for v in w100 w200 w400; do echo "results/metrics/$t/$v/erased/tidy.csv"; done
+  done
+  echo "results/metrics/identity_10/base/tidy.csv"
+  for v in dws0.15 dws0.2; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
