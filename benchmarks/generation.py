@@ -21,7 +21,13 @@ import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import COMPILE_MODES, GenerationConfig, generate, resolve_dtype
+from resurgence.generate.engine import (
+    ATTENTION_BACKENDS,
+    COMPILE_MODES,
+    GenerationConfig,
+    generate,
+    resolve_dtype,
+)
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline
 
 
@@ -39,7 +45,11 @@ def flops_per_image(pipe, steps: int, guided: bool, device: str, dtype: torch.dt
     with FlopCounterMode(display=False) as fc:
         pipe.vae.decode(z)
     vae = fc.get_total_flops()
-    return dict(unet_tflop=unet / 1e12, vae_tflop=vae / 1e12, per_image_tflop=(steps * (2 if guided else 1) * unet + vae) / 1e12)
+    return dict(
+        unet_tflop=unet / 1e12,
+        vae_tflop=vae / 1e12,
+        per_image_tflop=(steps * (2 if guided else 1) * unet + vae) / 1e12,
+    )
 
 
 def _pixels(images) -> np.ndarray:
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
+    p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument("--label", default="", help="free text stored with the row")
@@ -72,19 +83,24 @@ def main(argv: list[str] | None = None) -> None:
         dtype=args.dtype,
         channels_last=args.channels_last,
         compile=args.compile,
+        attention=args.attention,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
     if args.reference:
         ref_cfg = GenerationConfig(steps=args.steps, guidance_scale=args.guidance, batch_size=args.reference)
-        ref = generate(pipe, prompts[: args.reference], list(range(args.reference)), ref_cfg, args.device, False)
+        ref = generate(
+            pipe, prompts[: args.reference], list(range(args.reference)), ref_cfg, args.device, False
+        )
         ref_pixels = _pixels(ref)
     dtype = resolve_dtype(args.dtype)
     pipe.to(args.device, dtype)
     flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
 
     t0 = time.perf_counter()
-    warm = generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False)
+    warm = generate(
+        pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False
+    )
     warmup_s = time.perf_counter() - t0
     if cuda:
         torch.cuda.synchronize()
@@ -119,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             guidance=args.guidance,
             channels_last=args.channels_last,
             compile=args.compile,
+            attention=args.attention,
             images=args.images,
             seconds=round(elapsed, 3),
             warmup_s=round(warmup_s, 1),

@@ -20,7 +20,7 @@ from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import resolve_dtype
+from resurgence.generate.engine import COMPILE_MODES, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 BACKENDS = {
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32, help="images; the UNet sees twice this (guidance)")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--compile", default="none", choices=COMPILE_MODES, help="profile the compiled UNet")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     device = "cuda"
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         flops_by_kind: dict[str, float] = defaultdict(float)
         for op, count in fc.get_flop_counts()["Global"].items():
             flops_by_kind[flop_kind(str(op))] += count
+        if args.compile != "none":
+            unet.compile(mode=args.compile)  # after counting: the counter needs the eager ops
 
         times: dict[str, float | str] = {}
         for name, backend in BACKENDS.items():
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         dict(
             arch=args.arch,
             dtype=args.dtype,
+            compile=args.compile,
             unet_batch=n,
             unet_tflop_per_forward=round(total_flops / 1e12, 3),
             forward_s_by_sdpa_backend={

@@ -223,3 +223,14 @@ def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_diffe
     _cpu_bf16(monkeypatch, True)
     generate_to_dir(pipe, records, cfg, tmp_path, progress=False)
     assert calls == [["a cat"]]
+
+
+def test_attention_backend_is_pinned(pipe):
+    """The math kernel draws what the default does (to rounding); a kernel the CPU lacks fails, so the pin is real."""
+    a = generate(pipe, ["a cat"], [1], CFG, progress=False)
+    b = generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention="math"), progress=False)
+    assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2
+    with pytest.raises(RuntimeError):
+        generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention="cudnn"), progress=False)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        GenerationConfig(attention="fast")

@@ -8,6 +8,7 @@ That is what makes evaluation runs resumable and comparable across models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -31,6 +32,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# scaled_dot_product_attention kernels; "default" leaves the choice to PyTorch's dispatcher.
+ATTENTION_BACKENDS = ("default", "flash", "efficient", "cudnn", "math")
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -80,8 +83,13 @@ class GenerationConfig:
     # address to_k/to_v by name, and a fused to_kv would silently escape their edits.
     channels_last: bool = False
     compile: str = "none"
+    # SD v1.4's UNet step on an H200, bf16, batch 64 (benchmarks/unet_profile.py): cuDNN attention
+    # 0.204 s, flash 0.225 s, memory-efficient 0.273 s; the dispatcher's default prefers flash.
+    attention: str = "default"
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         if self.steps < 1:
@@ -146,6 +154,21 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
         pipe._resurgence_compile = cfg.compile
 
 
+def attention_backend(name: str):
+    """Context pinning scaled_dot_product_attention to one kernel ("default": no pin)."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+    return sdpa_kernel([backend])
+
+
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Float32 CPU latents, one row per seed, each from its own ``torch.Generator().manual_seed(seed)``."""
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -192,16 +215,17 @@ def generate(
         size = cfg.batch_size if pad_to_batch else min(cfg.batch_size, len(prompts))
         bp, bs = bp + [bp[-1]] * (size - n), bs + [bs[-1]] * (size - n)
         latents = initial_latents(pipe, bs, height, width).to(device=device, dtype=dtype)
-        out = sp(
-            prompt=bp,
-            negative_prompt=[cfg.negative_prompt] * len(bp) if cfg.guidance_scale > 1 else None,
-            height=height,
-            width=width,
-            num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
-            latents=latents,
-            output_type="pil",
-        )
+        with attention_backend(cfg.attention):
+            out = sp(
+                prompt=bp,
+                negative_prompt=[cfg.negative_prompt] * len(bp) if cfg.guidance_scale > 1 else None,
+                height=height,
+                width=width,
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                latents=latents,
+                output_type="pil",
+            )
         images.extend(img.convert("RGB") for img in out.images[:n])
     return images
 
