@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The metric files of the erasure-efficacy sweep (tools/device/efficacy_sweep.yaml): base and erased states.
 # ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0;
-# ROUND=4: objects on 5 images per prompt, identity_10.
+# ROUND=4: objects on 5 images per prompt, identity_10; ROUND=5: ship at lower weights.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -21,6 +21,9 @@ elif [ "${ROUND}" = 4 ]; then
   done
   echo "results/metrics/identity_10/base/tidy.csv"
   for v in dws0.15 dws0.2; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 5 ]; then
+  echo "results/metrics/object_ship/base/tidy.csv"
+  for v in w25 w50; do echo "results/metrics/object_ship/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
