@@ -146,9 +146,10 @@ def test_erase_specs_keep_maces_published_settings(config, tmp_path):
     captions.write_text("\n".join(f"a photo of thing number {i} on a table" for i in range(1000)) + "\n")
     config = deep_merge(config, {"evaluation": {"captions": {"file": str(captions)}}})
 
-    for task in ("object_ship", "object_automobile", "object_bird"):
+    for task in ("object_ship", "object_automobile", "object_bird", "object_5"):
         mace = study.erase_spec(config, task, "default")["mace"]
-        published = EraseConfig.objects(task.removeprefix("object_"))
+        names = config["tasks"][task]["erase"]
+        published = EraseConfig.objects(names)
         assert (mace["lambda1"], mace["fusion_lambda"], mace["domain_weight"], mace["ridge"]) == (
             published.lambda1, published.fusion_lambda, published.domain_weight, published.ridge
         ), task
