@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resurgence.generate import engine
@@ -225,12 +226,16 @@ def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_diffe
     assert calls == [["a cat"]]
 
 
-def test_attention_backend_is_pinned(pipe):
-    """The math kernel draws what the default does (to rounding); a kernel the CPU lacks fails, so the pin is real."""
+def test_attention_backend_is_preferred_with_fallback(pipe):
+    """The chosen kernel goes first in the dispatcher's order; one the CPU lacks (cuDNN) falls back."""
+    default_order = torch._C._get_sdp_priority_order()
+    with engine.attention_backend("cudnn"):
+        order = torch._C._get_sdp_priority_order()
+    assert order[0] == int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION) and sorted(order) == sorted(default_order)
+    assert torch._C._get_sdp_priority_order() == default_order  # restored
     a = generate(pipe, ["a cat"], [1], CFG, progress=False)
-    b = generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention="math"), progress=False)
-    assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2
-    with pytest.raises(RuntimeError):
-        generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention="cudnn"), progress=False)
+    for name in ("math", "cudnn"):
+        b = generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention=name), progress=False)
+        assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2, name
     with pytest.raises(ValueError, match="attention must be one of"):
         GenerationConfig(attention="fast")

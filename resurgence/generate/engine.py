@@ -83,8 +83,8 @@ class GenerationConfig:
     # address to_k/to_v by name, and a fused to_kv would silently escape their edits.
     channels_last: bool = False
     compile: str = "none"
-    # SD v1.4's UNet step on an H200, bf16, batch 64 (benchmarks/unet_profile.py): cuDNN attention
-    # 0.204 s, flash 0.225 s, memory-efficient 0.273 s; the dispatcher's default prefers flash.
+    # The preferred attention kernel (`attention_backend`). SD v1.4's UNet step on an H200, bf16,
+    # batch 64 (benchmarks/unet_profile.py): cuDNN 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
 
     def __post_init__(self) -> None:
@@ -155,18 +155,23 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
 
 
 def attention_backend(name: str):
-    """Context pinning scaled_dot_product_attention to one kernel ("default": no pin)."""
+    """Context preferring one scaled_dot_product_attention kernel ("default": PyTorch's order).
+
+    A preference, not a pin: where the kernel cannot take a shape (cuDNN and the VAE's single
+    512-wide head) the next kernel runs instead.
+    """
     if name == "default":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {
+    order = {
         "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "math": SDPBackend.MATH,
-    }[name]
-    return sdpa_kernel([backend])
+    }
+    first = order.pop(name)
+    return sdpa_kernel([first, *order.values()], set_priority=True)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
