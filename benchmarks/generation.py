@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             pipe, prompts[: args.reference], list(range(args.reference)), ref_cfg, args.device, False
         )
         ref_pixels = _pixels(ref)
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype, args.device)
     pipe.to(args.device, dtype)
     flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
 

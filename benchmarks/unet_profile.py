@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     device = "cuda"
     fast_cuda_math(device, autotune=True)
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype, device)
     unet = (
         build_random_pipeline(args.arch).unet.to(device, dtype).to(memory_format=torch.channels_last).eval()
     )
