@@ -17,17 +17,14 @@ from collections import defaultdict
 
 import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import COMPILE_MODES, resolve_dtype
+from resurgence.generate.engine import COMPILE_MODES, SDPA_KERNELS, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
-BACKENDS = {
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-}
+# The fused kernels the engine can prefer (math, the unfused reference, is not timed).
+BACKENDS = {name: SDPA_KERNELS[name] for name in ("flash", "efficient", "cudnn")}
 # Kernel-name fragments, checked in this order (the first match names the kind).
 KINDS = (
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),

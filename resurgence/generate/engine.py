@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
@@ -32,8 +33,14 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# scaled_dot_product_attention kernels; "default" leaves the choice to PyTorch's dispatcher.
-ATTENTION_BACKENDS = ("default", "flash", "efficient", "cudnn", "math")
+# scaled_dot_product_attention kernels by config name; "default" leaves the choice to PyTorch's dispatcher.
+SDPA_KERNELS: dict[str, SDPBackend] = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+ATTENTION_BACKENDS = ("default", *SDPA_KERNELS)
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -61,7 +68,9 @@ def resolve_dtype(name: str, device: str | torch.device | None = None) -> torch.
         return torch.bfloat16 if native_bf16(device) else torch.float32
     key = DTYPE_ALIASES.get(name, name)
     if key not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES) + sorted(DTYPE_ALIASES)} or 'auto', got {name!r}")
+        raise ValueError(
+            f"dtype must be one of {sorted(DTYPES) + sorted(DTYPE_ALIASES)} or 'auto', got {name!r}"
+        )
     return DTYPES[key]
 
 
@@ -149,7 +158,9 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
     compiled = getattr(pipe, "_resurgence_compile", "none")
     if cfg.compile != compiled:
         if compiled != "none":
-            raise RuntimeError(f"the UNet is already compiled ({compiled!r}); load a new pipeline for {cfg.compile!r}")
+            raise RuntimeError(
+                f"the UNet is already compiled ({compiled!r}); load a new pipeline for {cfg.compile!r}"
+            )
         pipe.unet.compile(mode=cfg.compile)
         pipe._resurgence_compile = cfg.compile
 
@@ -162,16 +173,8 @@ def attention_backend(name: str):
     """
     if name == "default":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }
-    first = order.pop(name)
-    return sdpa_kernel([first, *order.values()], set_priority=True)
+    rest = [k for n, k in SDPA_KERNELS.items() if n != name]
+    return sdpa_kernel([SDPA_KERNELS[name], *rest], set_priority=True)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -269,7 +272,9 @@ def generate_to_dir(
     # The resolved dtype too: "auto" draws other pixels on a machine without native bf16.
     fingerprint = hashlib.sha256(
         json.dumps(
-            [records, asdict(cfg), str(resolve_dtype(cfg.dtype, device)), model_key], sort_keys=True, default=str
+            [records, asdict(cfg), str(resolve_dtype(cfg.dtype, device)), model_key],
+            sort_keys=True,
+            default=str,
         ).encode()
     ).hexdigest()
     stamp = out / "fingerprint.json"

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-from pathlib import Path
 
 import torch
 
 from resurgence import study
 from resurgence.config import load_config
+from resurgence.io import atomic_path
 from resurgence.mace.capacity import concept_differences, erasure_tradeoff
 from resurgence.stages import load_study_pipeline
 from resurgence.world import get_world
@@ -34,15 +33,17 @@ def main() -> None:
     with torch.no_grad():
         for task, t in config["tasks"].items():
             spec = study.erase_spec(config, task, "default", world)
-            mapping = {c["mapping"] for c in spec["concepts"]}
-            if len(mapping) != 1:
+            mappings = {c["mapping"] for c in spec["concepts"]}
+            if len(mappings) != 1:
                 raise SystemExit(f"{task}: per-concept mapping concepts are not handled here")
+            (mapping,) = mappings
 
             def prompts(names):
-                return {n: (world.eval_prompts(world.concept(n)), world.concept(n).names) for n in names}
+                concepts = [world.concept(n) for n in names]
+                return {c.name: (world.eval_prompts(c), c.names) for c in concepts}
 
-            De = concept_differences(pipe, prompts(t["erase"]), mapping.pop())
-            Dr = concept_differences(pipe, prompts(t["retain"]), spec["concepts"][0]["mapping"])
+            De = concept_differences(pipe, prompts(t["erase"]), mapping)
+            Dr = concept_differences(pipe, prompts(t["retain"]), mapping)
             for p in erasure_tradeoff(De, Dr, WEIGHTS):
                 rows.append(
                     dict(
@@ -61,15 +62,11 @@ def main() -> None:
                     if r["task"] == task
                 ),
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(args.out) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out)
-    print("wrote", out)
+    print("wrote", args.out)
 
 
 if __name__ == "__main__":

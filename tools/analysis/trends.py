@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from resurgence.io import atomic_path
 from resurgence.metrics.tables import ACCURACY_METRIC, RUN_KEYS, final_rows, read_summary, task_sort_key
 
 RUN = list(RUN_KEYS)
@@ -67,7 +68,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(text + "\n")
 
 
 if __name__ == "__main__":
