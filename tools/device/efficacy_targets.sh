@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The metric files of the erasure-efficacy sweep (tools/device/efficacy_sweep.yaml): base and erased states.
 # ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0;
-# ROUND=4: objects on 5 images per prompt, identity_10; ROUND=5: ship at lower weights.
+# ROUND=4: objects on 5 images per prompt, identity_10; ROUND=5: ship at lower weights;
+# ROUND=6: every identity task on 5 images per prompt (with efficacy_precise.yaml), and the closed form alone.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -24,6 +25,13 @@ elif [ "${ROUND}" = 4 ]; then
 elif [ "${ROUND}" = 5 ]; then
   echo "results/metrics/object_ship/base/tidy.csv"
   for v in w25 w50; do echo "results/metrics/object_ship/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 6 ]; then
+  for t in identity_1 identity_5 identity_10 identity_100; do
+    echo "results/metrics/$t/base/tidy.csv"
+    echo "results/metrics/$t/default/erased/tidy.csv"
+  done
+  for v in dws0.4 cfr_only; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
+  for v in dws0.15 dws0.2 cfr_only; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
