@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
-    p.add_argument("--compile-tuning", action="store_true", help="inductor's tuning settings (engine.INDUCTOR_TUNING)")
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument("--label", default="", help="free text stored with the row")
@@ -85,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
         channels_last=args.channels_last,
         compile=args.compile,
         attention=args.attention,
-        compile_tuning=args.compile_tuning,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
@@ -138,7 +136,6 @@ def main(argv: list[str] | None = None) -> None:
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
-            compile_tuning=args.compile_tuning,
             images=args.images,
             seconds=round(elapsed, 3),
             warmup_s=round(warmup_s, 1),

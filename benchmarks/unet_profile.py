@@ -11,7 +11,6 @@ architecture (weights do not change the cost). Appends one row to benchmarks/res
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -21,7 +20,7 @@ from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run
 from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import COMPILE_MODES, INDUCTOR_TUNING, SDPA_KERNELS, resolve_dtype
+from resurgence.generate.engine import COMPILE_MODES, SDPA_KERNELS, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 # The fused kernels the engine can prefer (math, the unfused reference, is not timed).
@@ -67,16 +66,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", *BACKENDS),
         help="the SDPA backends timed; a compiled UNet traces once, under the first, so name one with --compile",
     )
-    p.add_argument("--compile-tuning", action="store_true", help="inductor's tuning settings (engine.INDUCTOR_TUNING)")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     backends = BACKENDS if args.attention == "all" else {args.attention: BACKENDS[args.attention]}
-    if args.compile_tuning:
-        import torch._inductor.config as inductor_config
-
-        tuning = inductor_config.patch(INDUCTOR_TUNING)
-    else:
-        tuning = contextlib.nullcontext()
     device = "cuda"
     fast_cuda_math(device, autotune=True)
     dtype = resolve_dtype(args.dtype, device)
@@ -93,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     def step():
         return unet(z, t, encoder_hidden_states=ctx).sample
 
-    with torch.no_grad(), tuning:
+    with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
             step()
         total_flops = fc.get_total_flops()
@@ -154,7 +146,6 @@ def main(argv: list[str] | None = None) -> None:
             arch=args.arch,
             dtype=args.dtype,
             compile=args.compile,
-            compile_tuning=args.compile_tuning,
             unet_batch=n,
             unet_tflop_per_forward=round(total_flops / 1e12, 3),
             forward_s_by_sdpa_backend={

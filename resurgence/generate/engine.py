@@ -41,15 +41,6 @@ SDPA_KERNELS: dict[str, SDPBackend] = {
     "math": SDPBackend.MATH,
 }
 ATTENTION_BACKENDS = ("default", *SDPA_KERNELS)
-# Inductor settings of diffusers' SD speed guide: 1x1 convolutions lowered to matmuls inductor can
-# fuse with their neighbours, coordinate-descent tuning of the generated kernels, no epilogue
-# fusion into matmul templates. Applied only while the compiled UNet traces (`compile_settings`).
-INDUCTOR_TUNING: dict[str, Any] = {
-    "conv_1x1_as_mm": True,
-    "coordinate_descent_tuning": True,
-    "coordinate_descent_check_all_directions": True,
-    "epilogue_fusion": False,
-}
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -104,12 +95,8 @@ class GenerationConfig:
     # The preferred attention kernel (`attention_backend`). SD v1.4's UNet step on an H200, bf16,
     # batch 64 (benchmarks/unet_profile.py): cuDNN 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
-    # Inductor's tuning settings (INDUCTOR_TUNING) for the compiled UNet; needs ``compile``.
-    compile_tuning: bool = False
 
     def __post_init__(self) -> None:
-        if self.compile_tuning and self.compile == "none":
-            raise ValueError("compile_tuning needs a compile mode (compile is 'none')")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if self.compile not in COMPILE_MODES:
@@ -190,20 +177,6 @@ def attention_backend(name: str):
     return sdpa_kernel([SDPA_KERNELS[name], *rest], set_priority=True)
 
 
-def compile_settings(cfg: GenerationConfig):
-    """The context a pipeline call runs in: the preferred attention kernel and, with
-    ``compile_tuning``, inductor's tuning settings. Both are read when the compiled UNet traces
-    (its first call per shape), so they must hold around the call, not only around ``compile``.
-    """
-    stack = contextlib.ExitStack()
-    stack.enter_context(attention_backend(cfg.attention))
-    if cfg.compile_tuning:
-        import torch._inductor.config as inductor_config
-
-        stack.enter_context(inductor_config.patch(INDUCTOR_TUNING))
-    return stack
-
-
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Float32 CPU latents, one row per seed, each from its own ``torch.Generator().manual_seed(seed)``."""
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
@@ -250,7 +223,7 @@ def generate(
         size = cfg.batch_size if pad_to_batch else min(cfg.batch_size, len(prompts))
         bp, bs = bp + [bp[-1]] * (size - n), bs + [bs[-1]] * (size - n)
         latents = initial_latents(pipe, bs, height, width).to(device=device, dtype=dtype)
-        with compile_settings(cfg):
+        with attention_backend(cfg.attention):
             out = sp(
                 prompt=bp,
                 negative_prompt=[cfg.negative_prompt] * len(bp) if cfg.guidance_scale > 1 else None,
