@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from resurgence.mace.capacity import concept_differences, covariance, erasure_tradeoff
+from resurgence.mace.capacity import (
+    concept_differences,
+    covariance,
+    erasure_tradeoff,
+    eval_prompt_sets,
+    principal_dims,
+    share_in_span,
+)
 from resurgence.models.pipeline import build_random_pipeline
 
 
@@ -83,3 +90,34 @@ def test_concept_differences_on_a_tiny_pipeline(tmp_path):
     D = concept_differences(tiny_pipe, {"zorblax": (prompts, ("zorblax",))}, "a person")
     assert D.dtype == torch.float64 and D.shape[1] == tiny_pipe.text_encoder.config.hidden_size
     assert D.abs().sum(dim=1).gt(0).any() and D.abs().sum(dim=1).eq(0).any()
+
+
+def test_principal_dims_count_the_directions_by_variance():
+    """Rows +-a_k e_k (mean zero): direction k holds a_k^2 / sum a^2 of the variance, in a random rotation."""
+    a = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)  # variance shares .753, .188, .047, .012
+    Q = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    rows = torch.cat([torch.diag(a), -torch.diag(a)]) @ Q[:4]
+    assert principal_dims(rows, (0.5, 0.9, 0.96, 0.99, 1.0)) == {0.5: 1, 0.9: 2, 0.96: 3, 0.99: 4, 1.0: 4}
+    with pytest.raises(ValueError, match="rows >= 2"):
+        principal_dims(rows[:1])
+
+
+def test_share_in_span_is_the_projected_energy():
+    """Retained rows built from known in-span and orthogonal parts; duplicate erased rows change nothing."""
+    Q = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))[0]
+    u1, u2, v1, v2 = Q[:, 0], Q[:, 1], Q[:, 2], Q[:, 3]
+    De = torch.stack([u1 + u2, u1 - u2, 2 * u1])  # spans {u1, u2}, rank 2 from 3 rows
+    Dr = torch.stack([3 * u1 + 4 * v1, 2 * v2])  # in-span energy 9 of 9 + 16 + 4
+    assert share_in_span(Dr, De) == pytest.approx(9 / 29, abs=1e-12)
+    assert share_in_span(Dr, torch.stack([v1, v2, u1])) == pytest.approx(1.0, abs=1e-12)
+    assert share_in_span(Dr, torch.stack([Q[:, 5]])) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eval_prompt_sets_pair_each_concept_with_its_names():
+    from resurgence.toyworld.concepts import toy_world
+
+    world = toy_world()
+    name = world.identities[0].name
+    sets = eval_prompt_sets(world, [name])
+    prompts, phrases = sets[name]
+    assert phrases == world.concept(name).names and prompts and all(name in p for p in prompts)

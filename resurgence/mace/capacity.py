@@ -70,6 +70,35 @@ def erasure_tradeoff(
     return points
 
 
+def principal_dims(D: torch.Tensor, shares: Sequence[float] = (0.9, 0.99)) -> dict[float, int]:
+    """Fewest principal directions holding each share of the variance of D's rows about their mean.
+
+    Many concepts in few directions is what makes erasing some of them move the rest.
+    """
+    if D.ndim != 2 or D.shape[0] < 2:
+        raise ValueError(f"need a (rows >= 2, dim) matrix, got shape {tuple(D.shape)}")
+    s2 = torch.linalg.svdvals(D.to(torch.float64) - D.to(torch.float64).mean(0)) ** 2
+    cum = torch.cumsum(s2, 0) / s2.sum()
+    return {share: int((cum < share - 1e-12).sum()) + 1 for share in shares}
+
+
+def share_in_span(D_retained: torch.Tensor, D_erased: torch.Tensor, rtol: float = 1e-6) -> float:
+    """Share of the retained rows' energy inside the span of the erased rows.
+
+    A linear edit that zeroes every erased row zeroes this share of the retained signal too.
+    """
+    De, Dr = D_erased.to(torch.float64), D_retained.to(torch.float64)
+    U, S, _ = torch.linalg.svd(De.T, full_matrices=False)
+    basis = U[:, rtol * S.max() < S]
+    return float((Dr @ basis).pow(2).sum() / Dr.pow(2).sum())
+
+
+def eval_prompt_sets(world, names: Sequence[str]) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    """Each concept's evaluation prompts and the phrases naming it, as `concept_differences` takes them."""
+    concepts = [world.concept(n) for n in names]
+    return {c.name: (list(world.eval_prompts(c)), tuple(c.names)) for c in concepts}
+
+
 def concept_differences(
     pipe, prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]], mapping: str
 ):

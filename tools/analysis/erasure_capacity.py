@@ -14,7 +14,7 @@ import torch
 from resurgence import study
 from resurgence.config import load_config
 from resurgence.io import atomic_path
-from resurgence.mace.capacity import concept_differences, erasure_tradeoff
+from resurgence.mace.capacity import concept_differences, erasure_tradeoff, eval_prompt_sets
 from resurgence.stages import load_study_pipeline
 from resurgence.world import get_world
 
@@ -37,13 +37,8 @@ def main() -> None:
             if len(mappings) != 1:
                 raise SystemExit(f"{task}: per-concept mapping concepts are not handled here")
             (mapping,) = mappings
-
-            def prompts(names):
-                concepts = [world.concept(n) for n in names]
-                return {c.name: (world.eval_prompts(c), c.names) for c in concepts}
-
-            De = concept_differences(pipe, prompts(t["erase"]), mapping)
-            Dr = concept_differences(pipe, prompts(t["retain"]), mapping)
+            De = concept_differences(pipe, eval_prompt_sets(world, t["erase"]), mapping)
+            Dr = concept_differences(pipe, eval_prompt_sets(world, t["retain"]), mapping)
             for p in erasure_tradeoff(De, Dr, WEIGHTS):
                 rows.append(
                     dict(
