@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
 import platform
@@ -48,3 +50,20 @@ def fast_cuda_math(device: str | torch.device, autotune: bool = False) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = autotune
+
+
+def inductor_settings(pairs: list[str] | None):
+    """A context patching ``torch._inductor.config`` with ``key=value`` pairs (values as Python literals),
+    for trying inductor's knobs on a benchmark without making them engine options; hold it while
+    the compiled module first runs (it traces then)."""
+    if not pairs:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not hasattr(inductor_config, key):
+            raise SystemExit(f"--inductor takes key=value with a torch._inductor.config key, got {pair!r}")
+        settings[key] = ast.literal_eval(value)
+    return inductor_config.patch(settings)

@@ -18,7 +18,11 @@ import time
 
 import numpy as np
 import torch
-from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from common import (  # benchmarks/ is on sys.path when run as a script
+    fast_cuda_math,
+    inductor_settings,
+    record,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence.generate.engine import (
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
+    p.add_argument("--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try")
     p.add_argument("--label", default="", help="free text stored with the row")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -97,19 +102,20 @@ def main(argv: list[str] | None = None) -> None:
     pipe.to(args.device, dtype)
     flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
 
-    t0 = time.perf_counter()
-    warm = generate(
-        pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False
-    )
-    warmup_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    generate(pipe, prompts[: args.images], list(range(args.images)), cfg, device=args.device, progress=False)
-    if cuda:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    with inductor_settings(args.inductor):  # read when the compiled UNet traces, in the warm-up batch
+        t0 = time.perf_counter()
+        warm = generate(
+            pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False
+        )
+        warmup_s = time.perf_counter() - t0
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        generate(pipe, prompts[: args.images], list(range(args.images)), cfg, device=args.device, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
     diff = None
     if ref_pixels is not None:
         n = min(args.reference, args.batch)
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
+            inductor=args.inductor or None,
             images=args.images,
             seconds=round(elapsed, 3),
             warmup_s=round(warmup_s, 1),

@@ -16,7 +16,11 @@ import time
 from collections import defaultdict
 
 import torch
-from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from common import (  # benchmarks/ is on sys.path when run as a script
+    fast_cuda_math,
+    inductor_settings,
+    record,
+)
 from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", *BACKENDS),
         help="the SDPA backends timed; a compiled UNet traces once, under the first, so name one with --compile",
     )
+    p.add_argument("--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     backends = BACKENDS if args.attention == "all" else {args.attention: BACKENDS[args.attention]}
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     def step():
         return unet(z, t, encoder_hidden_states=ctx).sample
 
-    with torch.no_grad():
+    with torch.no_grad(), inductor_settings(args.inductor):
         with FlopCounterMode(display=False) as fc:
             step()
         total_flops = fc.get_total_flops()
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             arch=args.arch,
             dtype=args.dtype,
             compile=args.compile,
+            inductor=args.inductor or None,
             unet_batch=n,
             unet_tflop_per_forward=round(total_flops / 1e12, 3),
             forward_s_by_sdpa_backend={

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Paper-scale benchmarks on a lent GPU (device tool, carry .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
-#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune, several allowed)
+#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | inductor, several allowed)
+# inductor: where the compiled UNet loses to eager kernels (docs/generation_speed.md): does cuDNN
+# attention run inside the compiled graph, and do inductor's layout and 1x1-convolution settings
+# bring its convolutions to eager cuDNN's rate. Profiles of one guided step, about 2 min each.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -19,6 +22,11 @@ for what in ${WHAT:-generation erase finetune}; do
         --label "bf16, channels-last, torch.compile"
       timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile reduce-overhead --images 128 \
         --label "bf16, channels-last, torch.compile + CUDA graphs" ;;
+    inductor)
+      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default"
+      timeout 170 $P --attention cudnn --label "compiled, traced under cuDNN attention"
+      timeout 170 $P --attention flash --inductor layout_optimization=False --label "compiled, no layout optimisation"
+      timeout 170 $P --attention flash --inductor conv_1x1_as_mm=True --label "compiled, 1x1 convolutions as matmuls" ;;
     erase)
       # shellcheck disable=SC2086
       timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
