@@ -77,7 +77,8 @@ def principal_dims(D: torch.Tensor, shares: Sequence[float] = (0.9, 0.99)) -> di
     """
     if D.ndim != 2 or D.shape[0] < 2:
         raise ValueError(f"need a (rows >= 2, dim) matrix, got shape {tuple(D.shape)}")
-    s2 = torch.linalg.svdvals(D.to(torch.float64) - D.to(torch.float64).mean(0)) ** 2
+    D = D.to(torch.float64)
+    s2 = torch.linalg.svdvals(D - D.mean(0)) ** 2
     cum = torch.cumsum(s2, 0) / s2.sum()
     return {share: int((cum < share - 1e-12).sum()) + 1 for share in shares}
 

@@ -13,16 +13,11 @@ retained identities' distinguishing signal inside the span of the erased ones' (
 from __future__ import annotations
 
 import argparse
-import csv
 
 import torch
+from common import load_study_text_side, task_mapping, write_csv  # tools/analysis/ is on sys.path
 
-from resurgence import study
-from resurgence.config import load_config
-from resurgence.io import atomic_path
 from resurgence.mace.capacity import concept_differences, eval_prompt_sets, principal_dims, share_in_span
-from resurgence.stages import load_study_pipeline
-from resurgence.world import get_world
 
 
 def r2(Y: torch.Tensor, P: torch.Tensor) -> float:
@@ -43,11 +38,9 @@ def main() -> None:
     ap.add_argument("--out", default="docs/identity_structure.csv")
     ap.add_argument("--splits", type=int, default=20, help="random train/held-out splits per fit size")
     args = ap.parse_args()
-    config = load_config(args.config)
-    world = get_world(config)
-    pipe = load_study_pipeline(study.model_specs(config), "cpu")
+    config, world, pipe = load_study_text_side(args.config)
     tasks = {k: t for k, t in config["tasks"].items() if t["domain"] == "identity"}
-    mapping = study.erase_spec(config, next(iter(tasks)), "default", world)["concepts"][0]["mapping"]
+    mapping = task_mapping(config, next(iter(tasks)), world)
     identities = list(world.by_domain("identity"))
     with torch.no_grad():
         vec = {
@@ -79,11 +72,7 @@ def main() -> None:
         rows.append((f"{name}_retained_identity_signal_in_erased_span", round(share_in_span(Dr, De), 4)))
     for k, v in rows:
         print(f"{k:45s} {v}")
-    with atomic_path(args.out) as tmp, tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["quantity", "value"])
-        w.writerows(rows)
-    print("wrote", args.out)
+    write_csv(args.out, ["quantity", "value"], rows)
 
 
 if __name__ == "__main__":
