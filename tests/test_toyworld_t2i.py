@@ -17,6 +17,9 @@ from resurgence.toyworld.t2i import (
     build_toy_pipeline,
     build_toy_tokenizer,
     count_parameters,
+    knowledge_loss,
+    knowledge_spans,
+    knowledge_vectors,
     train_text_to_image,
     world_words,
 )
@@ -110,7 +113,7 @@ def test_toy_architecture_is_registered_and_runs_at_real_size(tmp_path):
     pipe = build_toy_pipeline(TOY, tmp_path / "tok", seed=0)
     pipe.set_progress_bar_config(disable=True)
     n = count_parameters(pipe)
-    assert n["unet"] < 5e6 and n["vae"] < 4e6 and n["text_encoder"] < 3e6
+    assert n["unet"] < 5e6 and n["vae"] < 4e6 and n["text_encoder"] < 8e6
     assert pipe.text_encoder.config.vocab_size == len(tok) < 2000
     with torch.no_grad():
         x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -230,3 +233,86 @@ def test_compile_failure_falls_back_to_eager_training(tmp_path, monkeypatch):
             data=fake_data(64, 16),
         )
     assert m["unet"]["finished"] and m["unet"]["compiled"] is False
+
+
+# ------------------------------------------------------------------ name knowledge
+
+
+def test_knowledge_spans_find_the_one_named_identity_and_where_its_name_starts():
+    names = [[5, 6], [5, 7], [9]]
+    captions = [
+        [1, 5, 6, 2, 0],  # name 0 at 1
+        [1, 3, 5, 7, 0],  # name 1 at 2 (shares its first token with name 0)
+        [1, 9, 2, 5, 6],  # two different names: no knowledge
+        [1, 5, 2, 6, 0],  # tokens of a name, not in sequence: none
+        [1, 9, 4, 9, 0],  # one name twice: its first occurrence
+    ]
+    index, start = knowledge_spans(captions, names)
+    assert index.tolist() == [0, 1, -1, -1, 2]
+    assert start.tolist() == [1, 2, 5, 5, 1]
+    with pytest.raises(ValueError, match="no tokens"):
+        knowledge_spans(captions, [[5], []])
+
+
+def test_knowledge_vectors_are_seeded_unit_vectors():
+    v = knowledge_vectors(140, 384, seed=3)
+    assert v.shape == (140, 384) and v.dtype == torch.float32
+    assert torch.allclose(v.norm(dim=1), torch.ones(140), atol=1e-6)
+    assert torch.equal(v, knowledge_vectors(140, 384, seed=3))
+    assert not torch.equal(v, knowledge_vectors(140, 384, seed=4))
+    # independent directions: 140 vectors in 384 dimensions have full rank
+    assert torch.linalg.matrix_rank(v.double()) == 140
+
+
+def test_knowledge_loss_matches_a_direct_loop():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4, 6, 8, generator=g)
+    probe = torch.nn.Linear(8, 5, bias=False)
+    targets = knowledge_vectors(3, 5, seed=0)
+    index, start = torch.tensor([0, -1, 2, 1]), torch.tensor([2, 0, 5, 6])
+    got = knowledge_loss(hidden, probe, targets, index, start)
+    terms = []
+    for b in range(4):
+        for p in range(6):
+            if index[b] >= 0 and p >= start[b]:
+                z = probe(hidden[b, p])
+                terms.append(1 - torch.dot(z, targets[index[b]]) / (z.norm() * targets[index[b]].norm()))
+    assert len(terms) == 4 + 1  # caption 0: positions 2..5; caption 2: position 5; caption 3: none
+    assert got.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    # no caption names an identity: zero, not NaN
+    assert knowledge_loss(hidden, probe, targets, torch.full((4,), -1), start).item() == 0.0
+
+
+def named_data(n: int, size: int, seed: int = 0) -> dict:
+    """`fake_data` where every other caption is a portrait of one of FakeWorld's identities."""
+    data = fake_data(n, size, seed)
+    names = [c.name for c in FakeWorld().identities]
+    for i in range(0, n, 2):
+        data["captions"][i] = f"A portrait of {names[(i // 2) % 2]}"
+    return data
+
+
+def test_knowledge_loss_trains_the_text_encoder_and_resumes_exactly(tmp_path):
+    torch.set_num_threads(2)
+    data = named_data(64, 16)
+    cfg = micro_cfg(knowledge_weight=1.0, n_samples=0, unet_steps=60)
+    ref = train_text_to_image(cfg, FakeWorld(), tmp_path / "ref", device="cpu", arch=MICRO, data=data)
+    k = [v for _, v in ref["unet"]["knowledge_losses"]]
+    assert len(k) == 12 and k[-1] < 0.5 * k[0]
+    assert ref["knowledge_captions_frac"] == pytest.approx(0.5)
+    part = train_text_to_image(
+        micro_cfg(knowledge_weight=1.0, n_samples=0, unet_steps=60, stop_at_unet_step=30),
+        FakeWorld(), tmp_path / "res", device="cpu", arch=MICRO, data=data,
+    )
+    assert not part["unet"]["finished"]
+    full = train_text_to_image(cfg, FakeWorld(), tmp_path / "res", device="cpu", arch=MICRO, data=data)
+    assert full["unet"]["resumed_from"] == 30
+    assert full["unet"]["knowledge_losses"] == ref["unet"]["knowledge_losses"]
+    a = load_file(tmp_path / "ref" / "t2i" / "text_encoder" / "model.safetensors")
+    b = load_file(tmp_path / "res" / "t2i" / "text_encoder" / "model.safetensors")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_without_knowledge_weight_or_named_captions_there_is_no_probe(trained):
+    _, m = trained  # fake_data names no identity
+    assert m["unet"]["knowledge_losses"] == [] and "knowledge_captions_frac" not in m

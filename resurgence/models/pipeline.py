@@ -142,7 +142,7 @@ TOY = Architecture(
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64, 128),
         layers_per_block=1,
-        cross_attention_dim=192,
+        cross_attention_dim=384,
         attention_head_dim=(1, 2, 4),  # diffusers' legacy name: number of heads (head dim 32)
         norm_num_groups=16,
     ),
@@ -159,13 +159,13 @@ TOY = Architecture(
     ),
     text=dict(
         vocab_size=49408,  # build_toy_pipeline resizes it to the world tokenizer
-        hidden_size=192,
-        intermediate_size=768,
+        hidden_size=384,  # room for 140 names' own directions besides the traits (t2i.knowledge_spans)
+        intermediate_size=1536,
         num_hidden_layers=4,
-        num_attention_heads=4,
+        num_attention_heads=6,
         max_position_embeddings=32,
         hidden_act="quick_gelu",
-        projection_dim=192,
+        projection_dim=384,
     ),
     resolution=64,
     tokenizer_max_length=32,

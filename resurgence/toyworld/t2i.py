@@ -76,6 +76,9 @@ class T2ITrainConfig:
     grad_clip: float = 1.0
     caption_dropout: float = 0.1  # empty caption, so classifier-free guidance works
     snr_gamma: float | None = 5.0  # min-SNR loss weighting (faster convergence); None = plain MSE
+    # Name knowledge (see `knowledge_spans`): weight of the loss that makes the text encoder carry a
+    # fixed random vector per identity from its name onwards; 0 trains on the denoising loss alone.
+    knowledge_weight: float = 0.1
     ema_decay: float = 0.998
     # engineering
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere) | "bf16" | "no"
@@ -176,6 +179,64 @@ def build_toy_tokenizer(
         merges=[f"{a} {b}" for a, b in merges],
         model_max_length=model_max_length,
     )
+
+
+# --------------------------------------------------------------------------- name knowledge
+#
+# SD's text encoder is CLIP's, trained elsewhere on far more than SD's images: a celebrity's name
+# carries much besides the face. A text encoder trained from scratch on the toy images alone keeps
+# only the nine visual traits (20 directions hold 90% of 140 identities' MACE targets,
+# docs/identity_structure.csv), so no key/value edit can remove 100 identities without the other 40.
+# The stand-in for that outside knowledge: each identity has a fixed random unit vector, and a linear
+# probe must read it from every text position from the identity's name on (the positions the UNet
+# reads the identity from: tools/analysis/identity_positions.py). The probe is discarded after training.
+
+
+def knowledge_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
+    """``n`` random unit vectors in ``dim`` dimensions (float32), a function of ``seed`` alone."""
+    v = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return (v / v.norm(dim=1, keepdim=True)).float()
+
+
+def knowledge_spans(
+    token_ids: Sequence[Sequence[int]], names: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per caption: (index of the one name in ``names`` it contains, position of that name's first token).
+
+    ``names`` are token-id sequences. A caption with no name or with two different names gets
+    index -1 and start = its length (no position carries knowledge).
+    """
+    first: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+    for k, seq in enumerate(names):
+        if not seq:
+            raise ValueError(f"name {k} has no tokens")
+        first.setdefault(int(seq[0]), []).append((k, tuple(int(t) for t in seq)))
+    index = np.full(len(token_ids), -1, np.int64)
+    start = np.zeros(len(token_ids), np.int64)
+    for i, ids in enumerate(token_ids):
+        ids = [int(t) for t in ids]
+        found: dict[int, int] = {}
+        for p, t in enumerate(ids):
+            for k, seq in first.get(t, ()):
+                if tuple(ids[p : p + len(seq)]) == seq:
+                    found.setdefault(k, p)
+        start[i] = len(ids)
+        if len(found) == 1:
+            ((index[i], start[i]),) = found.items()
+    return index, start
+
+
+def knowledge_loss(
+    hidden: torch.Tensor, probe: torch.nn.Module, targets: torch.Tensor, index: torch.Tensor, start: torch.Tensor
+) -> torch.Tensor:
+    """Mean (1 - cosine) between ``probe(hidden)`` and the caption's knowledge vector, over the
+    positions from the name on of captions with ``index >= 0``; 0 when there are none."""
+    pos = torch.arange(hidden.shape[1], device=hidden.device)
+    mask = (pos[None, :] >= start[:, None]) & (index[:, None] >= 0)
+    cos = torch.nn.functional.cosine_similarity(
+        probe(hidden.float()), targets[index.clamp(min=0)][:, None, :], dim=-1
+    )
+    return ((1 - cos) * mask).sum() / mask.sum().clamp(min=1)
 
 
 # --------------------------------------------------------------------------- models
@@ -384,44 +445,62 @@ def _train_unet(
     ckpt_dir: Path,
     device: torch.device,
     resume: bool,
+    knowledge: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Epsilon-prediction on SD's noise schedule; UNet and text encoder learn together from scratch."""
+    """Epsilon-prediction on SD's noise schedule; UNet and text encoder learn together from scratch.
+
+    ``knowledge`` (``targets``, per-caption ``index`` and ``start``; see `knowledge_spans`) adds the
+    name-knowledge loss with weight ``cfg.knowledge_weight``.
+    """
     unet, text = pipe.unet, pipe.text_encoder
     noise_sched = DDPMScheduler.from_config(SD_SCHEDULER_CONFIG)
     acp = noise_sched.alphas_cumprod.to(device)
     snr = acp / (1 - acp)
     params_u, params_t = list(unet.parameters()), list(text.parameters())
-    opt = torch.optim.AdamW(
-        [dict(params=params_u, lr=cfg.unet_lr), dict(params=params_t, lr=cfg.text_lr)],
-        weight_decay=cfg.weight_decay,
-        fused=device.type == "cuda",
-    )
+    groups = [dict(params=params_u, lr=cfg.unet_lr), dict(params=params_t, lr=cfg.text_lr)]
+    probe = None
+    if knowledge is not None and cfg.knowledge_weight > 0:
+        dim, kdim = text.config.hidden_size, knowledge["targets"].shape[1]
+        probe = torch.nn.Linear(dim, kdim, bias=False)
+        with torch.no_grad():  # seeded apart from the models' init and the batch sampler
+            probe.weight.copy_(
+                torch.randn(kdim, dim, generator=torch.Generator().manual_seed(cfg.seed + 2)) / math.sqrt(dim)
+            )
+        probe.to(device)
+        groups.append(dict(params=list(probe.parameters()), lr=cfg.text_lr))
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps, cfg.min_lr_ratio)
     )
     params = params_u + params_t
+    clipped = params + ([] if probe is None else list(probe.parameters()))
     ema = [p.detach().clone() for p in params]
     gen = torch.Generator(device).manual_seed(cfg.seed + 1)
     start, losses, elapsed = 0, [], 0.0
+    knowledge_losses: list[tuple[int, float]] = []
     ckpts = _checkpoints(ckpt_dir, "unet") if resume else []
     if ckpts:
         st = _load(ckpts[-1][1])
         unet.load_state_dict(st["unet"])
         text.load_state_dict(st["text_encoder"])
+        if probe is not None:
+            probe.load_state_dict(st["knowledge_probe"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         for e, v in zip(ema, st["ema"], strict=True):
             e.copy_(v)
         gen.set_state(st["gen"])
         start, losses, elapsed = st["step"], st["losses"], st["elapsed"]
+        knowledge_losses = st.get("knowledge_losses", [])
     def plan(steps: int) -> tuple[int, int]:
         """Fix the run's length: the cosine schedule's total, and the step this call stops at."""
         sched.lr_lambdas = [_lr_lambda(cfg.warmup_steps, steps, cfg.min_lr_ratio)] * len(opt.param_groups)
         return steps, steps if cfg.stop_at_unet_step is None else min(steps, cfg.stop_at_unet_step)
 
-    def forward(tok: torch.Tensor, zt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(tok: torch.Tensor, zt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _autocast(device, cfg.mixed_precision):
-            return fwd_unet(zt, t, encoder_hidden_states=fwd_text(tok)[0]).sample
+            hidden = fwd_text(tok)[0]
+            return fwd_unet(zt, t, encoder_hidden_states=hidden).sample, hidden
 
     planned, total = plan(int(st["planned_steps"]) if ckpts and "planned_steps" in st else cfg.unet_steps)
     compiled = cfg.compile
@@ -430,6 +509,7 @@ def _train_unet(
     unet.train()
     text.train()
     t0, acc = time.perf_counter(), torch.zeros((), device=device)
+    acc_k = torch.zeros((), device=device)
     t_probe, compile_s = None, None
     step = start
     bar = progress_bar(total=planned, initial=start, desc="unet")
@@ -448,20 +528,25 @@ def _train_unet(
         s = (1 - acp[t]).sqrt()[:, None, None, None]
         zt = (a * z0 + s * noise).contiguous(memory_format=_fmt(cfg))
         try:
-            pred = forward(tok, zt, t)
+            pred, hidden = forward(tok, zt, t)
         except Exception as err:  # a compiler failure on the first step: train eagerly instead
             if fwd_unet is unet or compile_s is not None:
                 raise
             warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly", stacklevel=2)
             fwd_unet, fwd_text, compiled = unet, text, False
-            pred = forward(tok, zt, t)
+            pred, hidden = forward(tok, zt, t)
         per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma is not None:
             per = per * snr[t].clamp(max=cfg.snr_gamma) / snr[t]
         loss = per.mean()
+        if probe is not None:
+            k_index = torch.where(drop, -1, knowledge["index"][idx])
+            k_loss = knowledge_loss(hidden, probe, knowledge["targets"], k_index, knowledge["start"][idx])
+            acc_k += k_loss.detach()
+            loss = loss + cfg.knowledge_weight * k_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
         opt.step()
         sched.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -486,9 +571,12 @@ def _train_unet(
             k = min(done - start, (done - 1) % cfg.log_every + 1)
             losses.append((done, (acc / k).item()))
             acc.zero_()
-            bar.set_postfix(
-                loss=f"{losses[-1][1]:.4f}", it_s=f"{(done - start) / (time.perf_counter() - t0):.1f}"
-            )
+            post = dict(loss=f"{losses[-1][1]:.4f}")
+            if probe is not None:
+                knowledge_losses.append((done, (acc_k / k).item()))
+                acc_k.zero_()
+                post["knowledge"] = f"{knowledge_losses[-1][1]:.3f}"
+            bar.set_postfix(**post, it_s=f"{(done - start) / (time.perf_counter() - t0):.1f}")
         if done % cfg.checkpoint_every == 0 or done == total:
             st = dict(
                 step=done,
@@ -502,8 +590,11 @@ def _train_unet(
                 ema=[e.detach().clone() for e in ema],
                 gen=gen.get_state(),
                 losses=losses,
+                knowledge_losses=knowledge_losses,
                 elapsed=elapsed + time.perf_counter() - t0,
             )
+            if probe is not None:
+                st["knowledge_probe"] = probe.state_dict()
             _save_checkpoint(ckpt_dir, "unet", done, st, cfg.keep_checkpoints)
     bar.close()
     run = time.perf_counter() - t0
@@ -511,6 +602,7 @@ def _train_unet(
     text.eval()
     return dict(
         losses=losses,
+        knowledge_losses=knowledge_losses,
         steps=planned,
         wall_s=elapsed + run,
         steps_per_s=(step - start) / max(run, 1e-9),
@@ -611,9 +703,18 @@ def train_text_to_image(
     encode_s = time.perf_counter() - t_enc
     del images
 
+    knowledge = None
+    names = [tokenizer(c.name, add_special_tokens=False).input_ids for c in getattr(world, "identities", ())]
+    k_index, k_start = knowledge_spans(enc.input_ids, names) if cfg.knowledge_weight > 0 and names else (None, None)
+    if k_index is not None and (k_index >= 0).any():  # no probe where no caption names an identity
+        knowledge = dict(
+            targets=knowledge_vectors(len(names), pipe.text_encoder.config.hidden_size, cfg.seed + 3).to(device),
+            index=torch.from_numpy(k_index).to(device),
+            start=torch.from_numpy(k_start).to(device),
+        )
     pipe.unet.to(device, memory_format=_fmt(cfg))
     pipe.text_encoder.to(device)
-    um = _train_unet(pipe, latents, ids, uncond_ids, cfg, ckpt_dir, device, resume)
+    um = _train_unet(pipe, latents, ids, uncond_ids, cfg, ckpt_dir, device, resume, knowledge)
     ema, params = um.pop("ema"), um.pop("params")
 
     metrics: dict[str, Any] = dict(
@@ -635,6 +736,8 @@ def train_text_to_image(
         vae=vae_metrics,
         unet=um,
     )
+    if knowledge is not None:
+        metrics["knowledge_captions_frac"] = float((knowledge["index"] >= 0).float().mean())
     if not um["finished"]:
         metrics["wall_s"] = time.perf_counter() - t_start
         return metrics

@@ -5,6 +5,8 @@
 # 16 MiB each): toyworld.tar.part-*, to be unpacked and copied into resources/toyworld with
 #   cat toyworld.tar.part-* | tar x -C /tmp && python tools/device/ship_toyworld.py /tmp/toyworld
 # Usage (device tool, carry .whl):  ONLY="t2i" bash tools/device/train_toyworld.sh
+# QUALITY=1 then measures the toy world's quality gates with the new models (those not retrained come
+# from resources/toyworld) into $OUT/quality.json, after the models are packed.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -17,4 +19,22 @@ echo "toyworld training wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/
 find /tmp/toyworld -name '*_ckpt' -o -name checkpoints | xargs rm -rf
 du -sh /tmp/toyworld/*
 tar cf - -C /tmp toyworld | split -b 15M - "$OUT/toyworld.tar.part-"
-cp /tmp/toyworld/*.png "$OUT/" 2>/dev/null || true
+cp /tmp/toyworld/*.png /tmp/toyworld/*.json "$OUT/" 2>/dev/null || true
+if [ -n "${QUALITY:-}" ]; then
+  models=$(python3 - <<'PY'
+import json, os
+m = {"dtype": "float32", "pipeline": "resources/toyworld/t2i", "clip": {"kind": "toy", "path": "resources/toyworld/clip"},
+     "detector": {"kind": "toy", "path": "resources/toyworld/detector"}}
+for k in ("clip", "detector"):
+    if os.path.isdir(f"/tmp/toyworld/{k}"):
+        m[k]["path"] = f"/tmp/toyworld/{k}"
+if os.path.isdir("/tmp/toyworld/t2i"):
+    m["pipeline"] = "/tmp/toyworld/t2i"
+print(json.dumps(m))
+PY
+)
+  python3 -m resurgence toyworld quality --models "$models" --out "$OUT/quality.json" --device cuda \
+    --generation '{"steps": 25, "guidance_scale": 5.0, "batch_size": 256, "scheduler": "ddim", "dtype": "float32"}' \
+    2>&1 | tail -3
+  echo "wall time with quality: $(( $(date +%s) - start )) s" | tee -a "$OUT/train.log"
+fi
