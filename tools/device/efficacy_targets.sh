@@ -3,6 +3,8 @@
 # ROUND=1: the first sweep (cache weights); ROUND=2: identity_5 / identity_100 follow-up; ROUND=3: identity_100, lambda1 0;
 # ROUND=4: objects on 5 images per prompt, identity_10; ROUND=5: ship at lower weights;
 # ROUND=6: every identity task on 5 images per prompt (with efficacy_precise.yaml), and the closed form alone.
+# ROUND=7: the text encoder with name knowledge (t2i.knowledge_spans): every erasure task, 5 images per prompt,
+#          and identity_10 / identity_100 at larger in-domain cache weights.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -32,6 +34,13 @@ elif [ "${ROUND}" = 6 ]; then
   done
   for v in dws0.4 cfr_only; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
   for v in dws0.15 dws0.2 cfr_only; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 7 ]; then
+  for t in identity_1 identity_5 identity_10 identity_100 object_ship object_automobile object_bird object_5; do
+    echo "results/metrics/$t/base/tidy.csv"
+    echo "results/metrics/$t/default/erased/tidy.csv"
+  done
+  for v in dws0.3 dws1; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
+  echo "results/metrics/identity_100/dws0.3/erased/tidy.csv"
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
