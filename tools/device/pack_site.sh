@@ -2,8 +2,8 @@
 # Build .devsite/site312.tar.xz: a Python 3.12 site folder with Snakemake, pandas and the study's
 # libraries (from the py3.12 wheels in .whl/, see the device README), for tools/device/study_gpu.sh.
 # The lent machine has torch, numpy, safetensors, huggingface_hub but none of these. Plotting
-# libraries stay out (figures are drawn here), as do pulp's solvers for other platforms and
-# pandas' tests, to keep what travels under the device tool's 64 MiB.
+# libraries stay out (figures are drawn here), as do pulp's solvers, pandas' tests
+# and most of transformers' model folders, to keep what travels under the device tool's 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pkgs=(snakemake==9.27.1 argparse-dataclass==2.0.0 conda-inject==1.3.2 ConfigArgParse==1.9.0 docutils==0.22.4
@@ -24,6 +24,13 @@ python3 -m pip wheel -q --no-deps connection_pool==0.0.3 -w "$work/whl"  # publi
 python3 -m pip install -q --no-deps --no-compile "${plat[@]}" --target "$work/site312" "$work"/whl/*.whl .whl/*.whl
 rm -rf "$work"/site312/pulp/solverdir/cbc/{osx,win,linux/arm64,linux/i32} "$work/site312/pandas/tests"
 find "$work/site312" -name __pycache__ -prune -exec rm -rf {} +
+# transformers' model folders but those the study imports (the toy world and SD's loaders) and pulp's
+# solver (study_gpu.sh schedules greedily): with the toy models, what travels stays under 64 MiB.
+keep=" auto bloom clip dinov2_with_registers encoder_decoder siglip vit_mae bert grounding_dino sam t5 gpt2 llama "
+for d in "$work"/site312/transformers/models/*/; do
+  n=$(basename "$d"); [[ "$keep" == *" $n "* ]] || rm -rf "$d"
+done
+rm -rf "$work/site312/pulp/solverdir"
 mkdir -p .devsite
 tar -cf - -C "$work" site312 | xz -T0 -6 > .devsite/site312.tar.xz
 rm -rf "$work"

@@ -17,7 +17,7 @@ start=$(date +%s)
 # One GPU shared by $slots jobs: CUDA_VISIBLE_DEVICES is set, so no job claims a device of its own.
 # shellcheck disable=SC2086
 timeout --signal=INT "${LIMIT_S:-500}" python3 -m snakemake ${TARGETS:-all --until tables} \
-  --profile workflow/profiles/default --cores $((slots * 2)) --set-threads erase=2 finetune=2 generate_base=2 \
+  --profile workflow/profiles/default --scheduler greedy --cores $((slots * 2)) --set-threads erase=2 finetune=2 generate_base=2 \
   generate_erased=2 generate_finetuned=2 ftdata_random=2 ftdata_tercile=2 evaluate=2 \
   --resources gpu="$slots" mem_mb=110000 --keep-going > "$OUT/snakemake.log" 2>&1
 rc=$?
