@@ -5,6 +5,8 @@
 # ROUND=6: every identity task on 5 images per prompt (with efficacy_precise.yaml), and the closed form alone.
 # ROUND=7: the text encoder with name knowledge (t2i.knowledge_spans): every erasure task, 5 images per prompt,
 #          and identity_10 / identity_100 at larger in-domain cache weights.
+# ROUND=8: identity tasks at MACE's published cache weight and above (identity_100 by the closed form alone:
+#          its LoRA stage alone takes 385 s of a 545 s device call).
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -41,6 +43,12 @@ elif [ "${ROUND}" = 7 ]; then
   done
   for v in dws0.3 dws1; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
   echo "results/metrics/identity_100/dws0.3/erased/tidy.csv"
+elif [ "${ROUND}" = 8 ]; then
+  for t in identity_1 identity_5 identity_10 identity_100; do echo "results/metrics/$t/base/tidy.csv"; done
+  for v in dws1 dws10; do echo "results/metrics/identity_1/$v/erased/tidy.csv"; done
+  for v in dws1 dws3; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
+  for v in dws3 dws10; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
+  for v in dws3_cfr dws10_cfr; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
