@@ -7,6 +7,7 @@
 #          and identity_10 / identity_100 at larger in-domain cache weights.
 # ROUND=8: identity tasks at MACE's published cache weight and above (identity_100 by the closed form alone:
 #          its LoRA stage alone takes 385 s of a 545 s device call).
+# ROUND=9: object_5 at lower cache weights (it erased 11% at 400 with the name-knowledge text encoder).
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -49,6 +50,9 @@ elif [ "${ROUND}" = 8 ]; then
   for v in dws1 dws3; do echo "results/metrics/identity_5/$v/erased/tidy.csv"; done
   for v in dws3 dws10; do echo "results/metrics/identity_10/$v/erased/tidy.csv"; done
   for v in dws3_cfr dws10_cfr; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 9 ]; then
+  echo "results/metrics/object_5/base/tidy.csv"
+  for v in w100 w200; do echo "results/metrics/object_5/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
