@@ -90,6 +90,12 @@ def test_concept_differences_on_a_tiny_pipeline(tmp_path):
     D = concept_differences(tiny_pipe, {"zorblax": (prompts, ("zorblax",))}, "a person")
     assert D.dtype == torch.float64 and D.shape[1] == tiny_pipe.text_encoder.config.hidden_size
     assert D.abs().sum(dim=1).gt(0).any() and D.abs().sum(dim=1).eq(0).any()
+    # one mapping per concept: each concept's rows are those of its own mapping
+    sets = {"zorblax": (prompts, ("zorblax",)), "quux": (("a photo of quux",), ("quux",))}
+    per = concept_differences(tiny_pipe, sets, {"zorblax": "a person", "quux": "a dog"})
+    assert torch.equal(per[: len(D)], D)
+    assert torch.equal(per[len(D) :], concept_differences(tiny_pipe, {"quux": sets["quux"]}, "a dog"))
+    assert not torch.equal(per[len(D) :], concept_differences(tiny_pipe, {"quux": sets["quux"]}, "a person"))
 
 
 def test_principal_dims_count_the_directions_by_variance():

@@ -17,7 +17,7 @@ erased ones fill, no w gives both small, and no MACE setting can either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,19 +101,23 @@ def eval_prompt_sets(world, names: Sequence[str]) -> dict[str, tuple[list[str], 
 
 
 def concept_differences(
-    pipe, prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]], mapping: str
+    pipe,
+    prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]],
+    mapping: str | Mapping[str, str],
 ):
     """Stacked h_co - h_gen of each concept's prompts against its mapping prompts (what stage 1 pairs).
 
-    ``prompts_by_concept[name] = (prompts, phrases)``; the mapping concept replaces the phrases.
+    ``prompts_by_concept[name] = (prompts, phrases)``; the mapping concept (one for all, or one per
+    concept name) replaces the phrases.
     """
     from resurgence.mace.erase import mapping_prompts
     from resurgence.mace.refine import collect_coexisting_embeddings
 
     rows = []
-    for prompts, phrases in prompts_by_concept.values():
+    for name, (prompts, phrases) in prompts_by_concept.items():
+        target = mapping if isinstance(mapping, str) else mapping[name]
         co, gen = collect_coexisting_embeddings(
-            pipe, list(prompts), mapping_prompts(prompts, phrases, mapping)
+            pipe, list(prompts), mapping_prompts(prompts, phrases, target)
         )
         rows.append((co - gen).to(torch.float64).cpu())
     return torch.cat(rows)

@@ -129,8 +129,8 @@ TINY = Architecture(
 # The toy world's miniature SD v1.4 (64x64 RGB, f=4 VAE -> 16x16x4 latents), trained by
 # `resurgence.toyworld.t2i`. Cross-attention (attn2.to_k/to_v, MACE's targets) sits at the
 # 16x16 and 8x8 levels and in the 4x4 mid block, mirroring SD's (CA, CA, CA, plain) layout.
-# Parameters: UNet 3.27M, VAE 2.70M, text encoder 2.11M with the compact world BPE (1688 tokens):
-# 8.1M in all, 16 MB as the fp16 safetensors that `t2i` ships. Forward FLOPs per image: UNet
+# Parameters: UNet 3.43M, VAE 2.70M, text encoder 7.76M with the compact world BPE (1688 tokens):
+# 13.9M in all, 27 MB as the fp16 safetensors that `t2i` ships. Forward FLOPs per image: UNet
 # 0.265 GFLOP per step, VAE decode ~1.2 GFLOP; 25 DDIM steps with CFG ~ 14 GFLOP per image.
 # CPU, 2 threads, fp32, batch 32: ~0.17-0.2 s per image (5-6 img/s); bf16 roughly halves that.
 TOY = Architecture(

@@ -4,6 +4,7 @@ tools/analysis/ is on sys.path)."""
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,19 +23,22 @@ def load_study_text_side(config_paths: Sequence[str]) -> tuple[dict[str, Any], A
     return config, world, load_study_pipeline(study.model_specs(config), "cpu")
 
 
-def task_mapping(config: dict[str, Any], task: str, world) -> str:
-    """The one mapping concept of a task's default erasure (per-concept mappings are not handled)."""
+def task_mapping(config: dict[str, Any], task: str, world) -> dict[str, str]:
+    """Each erased concept's mapping concept in the task's default erasure."""
     spec = study.erase_spec(config, task, "default", world)
-    mappings = {c["mapping"] for c in spec["concepts"]}
-    if len(mappings) != 1:
-        raise SystemExit(f"{task}: per-concept mapping concepts are not handled here")
-    (mapping,) = mappings
-    return mapping
+    return {c["name"]: c["mapping"] for c in spec["concepts"]}
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A CSV written to a temporary path and renamed (no half-written file)."""
+def main_mapping(mapping: dict[str, str]) -> str:
+    """The mapping concept most of a task's erased concepts share (the reference for retained ones)."""
+    return Counter(mapping.values()).most_common(1)[0][0]
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], comment: str = "") -> None:
+    """A CSV written to a temporary path and renamed (no half-written file); ``comment`` lines first, as "# ..."."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        for line in comment.splitlines():
+            f.write(f"# {line}\n")
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)

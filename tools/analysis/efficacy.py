@@ -45,6 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", nargs="+", required=True, help="result folders, each as PATH or PATH=RUN_LABEL")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--comment", default="", help="lines written above the header, as '# ...'")
     args = ap.parse_args()
     frames = []
     for item in args.results:
@@ -53,7 +54,7 @@ def main() -> None:
     df = pd.concat(frames, ignore_index=True)
     base = df[df["erase"] == "base"].drop_duplicates(["task", "seed"])
     df = pd.concat([base, df[df["erase"] != "base"]]).reset_index(drop=True)
-    write_csv(args.out, HEADER, df.itertuples(index=False))
+    write_csv(args.out, HEADER, df.itertuples(index=False), args.comment)
     means = df.groupby(["task", "erase", "run"], sort=False)[["erased", "retained"]].mean().round(1)
     print(means.to_string())
 

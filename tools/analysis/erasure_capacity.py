@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import load_study_text_side, task_mapping, write_csv  # tools/analysis/ is on sys.path
+from common import (  # tools/analysis/ is on sys.path
+    load_study_text_side,
+    main_mapping,
+    task_mapping,
+    write_csv,
+)
 
 from resurgence.mace.capacity import concept_differences, erasure_tradeoff, eval_prompt_sets
 
@@ -27,7 +32,7 @@ def main() -> None:
         for task, t in config["tasks"].items():
             mapping = task_mapping(config, task, world)
             De = concept_differences(pipe, eval_prompt_sets(world, t["erase"]), mapping)
-            Dr = concept_differences(pipe, eval_prompt_sets(world, t["retain"]), mapping)
+            Dr = concept_differences(pipe, eval_prompt_sets(world, t["retain"]), main_mapping(mapping))
             for p in erasure_tradeoff(De, Dr, WEIGHTS):
                 rows.append(
                     dict(
