@@ -52,7 +52,8 @@ def main() -> None:
         path, _, run = item.partition("=")
         frames.append(efficacy_rows(path, run or Path(path).name))
     df = pd.concat(frames, ignore_index=True)
-    base = df[df["erase"] == "base"].drop_duplicates(["task", "seed"])
+    # the base model is sampled again by every run; list it once per distinct measurement
+    base = df[df["erase"] == "base"].drop_duplicates([c for c in HEADER if c != "run"])
     df = pd.concat([base, df[df["erase"] != "base"]]).reset_index(drop=True)
     write_csv(args.out, HEADER, df.itertuples(index=False), args.comment)
     means = df.groupby(["task", "erase", "run"], sort=False)[["erased", "retained"]].mean().round(1)
