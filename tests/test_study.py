@@ -74,19 +74,20 @@ def test_domain_weight_scale_multiplies_the_published_weight_per_task_size(confi
 
     assert weight("identity_1") == EraseConfig.celebrity(1).domain_weight
     assert weight("identity_1", domain_weight_scale=0.1) == pytest.approx(0.1 * EraseConfig.celebrity(1).domain_weight)
-    assert weight("identity_100", domain_weight_scale=0.1) == pytest.approx(2e4)
-    assert weight("identity_100", domain_weight_scale=0.1, domain_weight=7.0) == 7.0  # explicit wins
+    assert weight("identity_5", domain_weight_scale=0.1) == pytest.approx(5e3)  # 0.1 x MACE's 5e4 for 5
+    assert weight("identity_5", domain_weight_scale=0.1, domain_weight=7.0) == 7.0  # explicit wins
 
 
 def test_task_mace_settings_sit_between_domain_defaults_and_variants(config):
     from resurgence.mace.config import EraseConfig
 
     base = EraseConfig.celebrity(5).domain_weight
-    assert config["tasks"]["identity_5"]["mace"] == {"domain_weight_scale": 0.3}
-    mace = study.erase_spec(config, "identity_5", "default")["mace"]
-    assert mace["domain_weight"] == pytest.approx(0.3 * base)  # the task's scale beats erase_defaults' 0.1
+    assert "mace" not in config["tasks"]["identity_5"]
+    assert config["erase_defaults"]["identity"]["domain_weight_scale"] == 1  # MACE's published weight
+    assert study.erase_spec(config, "identity_5", "default")["mace"]["domain_weight"] == pytest.approx(base)
+    assert config["tasks"]["identity_10"]["mace"] == {"domain_weight_scale": 3}
     assert study.erase_spec(config, "identity_10", "default")["mace"]["domain_weight"] == pytest.approx(
-        0.1 * EraseConfig.celebrity(10).domain_weight
+        3 * EraseConfig.celebrity(10).domain_weight  # the task's scale beats erase_defaults'
     )
     cfg = {**config, "erase_variants": {**config["erase_variants"], "x": {"domain_weight_scale": 2.0}}}
     assert study.erase_spec(cfg, "identity_5", "x")["mace"]["domain_weight"] == pytest.approx(2.0 * base)
