@@ -706,14 +706,15 @@ def train_text_to_image(
     del images
 
     knowledge = None
-    names = [tokenizer(c.name, add_special_tokens=False).input_ids for c in getattr(world, "identities", ())]
-    k_index, k_start = knowledge_spans(enc.input_ids, names) if cfg.knowledge_weight > 0 and names else (None, None)
-    if k_index is not None and (k_index >= 0).any():  # no probe where no caption names an identity
-        knowledge = dict(
-            targets=knowledge_vectors(len(names), pipe.text_encoder.config.hidden_size, cfg.seed + 3).to(device),
-            index=torch.from_numpy(k_index).to(device),
-            start=torch.from_numpy(k_start).to(device),
-        )
+    if cfg.knowledge_weight > 0:
+        names = [tokenizer(c.name, add_special_tokens=False).input_ids for c in getattr(world, "identities", ())]
+        k_index, k_start = knowledge_spans(enc.input_ids, names)
+        if (k_index >= 0).any():  # no probe where no caption names an identity
+            knowledge = dict(
+                targets=knowledge_vectors(len(names), pipe.text_encoder.config.hidden_size, cfg.seed + 3).to(device),
+                index=torch.from_numpy(k_index).to(device),
+                start=torch.from_numpy(k_start).to(device),
+            )
     pipe.unet.to(device, memory_format=_fmt(cfg))
     pipe.text_encoder.to(device)
     um = _train_unet(pipe, latents, ids, uncond_ids, cfg, ckpt_dir, device, resume, knowledge)

@@ -23,13 +23,12 @@ cp /tmp/toyworld/*.png /tmp/toyworld/*.json "$OUT/" 2>/dev/null || true
 if [ -n "${QUALITY:-}" ]; then
   models=$(python3 - <<'PY'
 import json, os
-m = {"dtype": "float32", "pipeline": "resources/toyworld/t2i", "clip": {"kind": "toy", "path": "resources/toyworld/clip"},
-     "detector": {"kind": "toy", "path": "resources/toyworld/detector"}}
-for k in ("clip", "detector"):
-    if os.path.isdir(f"/tmp/toyworld/{k}"):
-        m[k]["path"] = f"/tmp/toyworld/{k}"
-if os.path.isdir("/tmp/toyworld/t2i"):
-    m["pipeline"] = "/tmp/toyworld/t2i"
+from resurgence import study
+from resurgence.config import load_config
+m = study.model_specs(load_config(["config.yaml"]))  # the shipped models; the retrained ones replace them
+for key, folder in (("pipeline", "t2i"), ("clip", "clip"), ("detector", "detector"), ("segmenter", "segmenter")):
+    if os.path.isdir(f"/tmp/toyworld/{folder}"):
+        m[key] = f"/tmp/toyworld/{folder}" if key == "pipeline" else {**m[key], "path": f"/tmp/toyworld/{folder}"}
 print(json.dumps(m))
 PY
 )
