@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -67,3 +68,19 @@ def inductor_settings(pairs: list[str] | None):
             raise SystemExit(f"--inductor takes key=value with a torch._inductor.config key, got {pair!r}")
         settings[key] = ast.literal_eval(value)
     return inductor_config.patch(settings)
+
+
+@contextlib.contextmanager
+def gpu_lock(path: str | None):
+    """Hold an exclusive lock on ``path`` (None: no lock), with cuDNN autotuning on while held.
+
+    Variants run side by side compile with autotuning off, then autotune and time one at a time,
+    so neither the kernels chosen nor the times see another process's work.
+    """
+    if path is None:
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        torch.backends.cudnn.benchmark = True
+        yield

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from common import (  # benchmarks/ is on sys.path when run as a script
     fast_cuda_math,
+    gpu_lock,
     inductor_settings,
     record,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from resurgence.generate.attention import ATTENTION_BACKENDS
 from resurgence.generate.engine import (
-    ATTENTION_BACKENDS,
     COMPILE_MODES,
     GenerationConfig,
     generate,
@@ -74,11 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
-    p.add_argument("--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try")
+    p.add_argument(
+        "--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try"
+    )
+    p.add_argument("--lock", help="a lock file shared with benchmarks run side by side (unet_profile.py)")
     p.add_argument("--label", default="", help="free text stored with the row")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    fast_cuda_math(args.device, autotune=True)
+    fast_cuda_math(args.device, autotune=not args.lock)
 
     pipe = load_pipeline(args.pipeline) if args.pipeline else build_random_pipeline(args.arch)
     cfg = GenerationConfig(
@@ -108,14 +112,24 @@ def main(argv: list[str] | None = None) -> None:
             pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False
         )
         warmup_s = time.perf_counter() - t0
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        generate(pipe, prompts[: args.images], list(range(args.images)), cfg, device=args.device, progress=False)
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
+        with gpu_lock(args.lock):
+            if args.lock:  # autotune the kernels alone on the GPU before timing
+                generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, args.device, False)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            generate(
+                pipe,
+                prompts[: args.images],
+                list(range(args.images)),
+                cfg,
+                device=args.device,
+                progress=False,
+            )
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
     diff = None
     if ref_pixels is not None:
         n = min(args.reference, args.batch)

@@ -6,6 +6,10 @@ kernel runs far below the GPU's rate says which lever is worth building. Random 
 architecture (weights do not change the cost). Appends one row to benchmarks/results.jsonl.
 
     python benchmarks/unet_profile.py --arch sd14 --batch 32 --dtype bfloat16
+
+Several variants can share one GPU: with ``--lock FILE`` each process compiles (cuDNN autotuning
+off) before taking the lock, then autotunes, times and profiles holding it, so compiles overlap
+and timings do not.
 """
 
 from __future__ import annotations
@@ -18,19 +22,26 @@ from collections import defaultdict
 import torch
 from common import (  # benchmarks/ is on sys.path when run as a script
     fast_cuda_math,
+    gpu_lock,
     inductor_settings,
     record,
 )
 from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import COMPILE_MODES, SDPA_KERNELS, resolve_dtype
+from resurgence.generate.attention import SDPA_KERNELS, use_preferred_kernel
+from resurgence.generate.engine import COMPILE_MODES, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 # The fused kernels the engine can prefer (math, the unfused reference, is not timed).
 BACKENDS = {name: SDPA_KERNELS[name] for name in ("flash", "efficient", "cudnn")}
-# Kernel-name fragments, checked in this order (the first match names the kind).
+# Kernel-name fragments, checked in this order (the first match names the kind). Inductor's
+# generated kernels come first: their names list the ops they fused ("triton_poi_fused_convolution_
+# ..." adds a convolution's bias), so they are elementwise/normalisation work unless a template.
 KINDS = (
+    ("convolution", ("triton_tem_fused_convolution",)),
+    ("matmul", ("triton_tem",)),
+    ("fused (triton)", ("triton_",)),
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
     ("convolution", ("conv", "implicit", "fprop", "dgrad", "wgrad")),
     ("matmul", ("gemm", "cutlass", "nvjet", "matmul")),
@@ -70,12 +81,22 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", *BACKENDS),
         help="the SDPA backends timed; a compiled UNet traces once, under the first, so name one with --compile",
     )
-    p.add_argument("--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try")
+    p.add_argument(
+        "--operator",
+        action="store_true",
+        help="route attention through the engine's operator (kernel chosen at run time; needs one --attention)",
+    )
+    p.add_argument(
+        "--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try"
+    )
+    p.add_argument("--lock", help="a lock file shared by variants run side by side (see above)")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     backends = BACKENDS if args.attention == "all" else {args.attention: BACKENDS[args.attention]}
+    if args.operator and len(backends) != 1:
+        p.error("--operator needs one --attention backend")
     device = "cuda"
-    fast_cuda_math(device, autotune=True)
+    fast_cuda_math(device, autotune=not args.lock)
     dtype = resolve_dtype(args.dtype, device)
     unet = (
         build_random_pipeline(args.arch).unet.to(device, dtype).to(memory_format=torch.channels_last).eval()
@@ -86,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     z = z.to(memory_format=torch.channels_last)
     ctx = torch.randn(n, 77, cfg.cross_attention_dim, device=device, dtype=dtype)
     t = torch.full((n,), 500, device=device)
+    if args.operator:
+        use_preferred_kernel(unet, args.attention)
 
     def step():
         return unet(z, t, encoder_hidden_states=ctx).sample
@@ -99,7 +122,21 @@ def main(argv: list[str] | None = None) -> None:
             flops_by_kind[flop_kind(str(op))] += count
         if args.compile != "none":
             unet.compile(mode=args.compile)  # after counting: the counter needs the eager ops
+        compile_s = None
+        if args.lock:
+            t0 = time.perf_counter()
+            with sdpa_kernel([next(iter(backends.values()))]):
+                step()  # compiles (if asked) without holding the GPU lock
+            torch.cuda.synchronize()
+            compile_s = round(time.perf_counter() - t0, 1)
+        with gpu_lock(args.lock):
+            times, prof = _time_and_profile(step, backends, args.repeats)
+    _report(args, n, total_flops, flops_by_kind, times, prof, compile_s)
 
+
+def _time_and_profile(step, backends, repeats):
+    """Median forward time under each backend, and a kernel profile of 3 forwards under the fastest."""
+    with torch.no_grad():
         times: dict[str, float | str] = {}
         for name, backend in backends.items():
             try:
@@ -108,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                         step()
                     torch.cuda.synchronize()
                     ts = []
-                    for _ in range(args.repeats):
+                    for _ in range(repeats):
                         t0 = time.perf_counter()
                         step()
                         torch.cuda.synchronize()
@@ -126,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(3):
                     step()
                 torch.cuda.synchronize()
+    return times, prof
+
+
+def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s) -> None:
+    timed = {k: v for k, v in times.items() if isinstance(v, float)}
+    best = min(timed, key=timed.get)
     kernel_us: dict[str, float] = defaultdict(float)
     per_kernel: dict[str, float] = defaultdict(float)
     for ev in prof.key_averages():
@@ -151,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
             arch=args.arch,
             dtype=args.dtype,
             compile=args.compile,
+            attention_operator=args.operator,
             inductor=args.inductor or None,
+            first_forward_s=compile_s,
             unet_batch=n,
             unet_tflop_per_forward=round(total_flops / 1e12, 3),
             forward_s_by_sdpa_backend={

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from resurgence.generate import engine
+from resurgence.generate.attention import PreferredKernelAttnProcessor, attention_backend
 from resurgence.generate.engine import GenerationConfig, generate, generate_to_dir
 from resurgence.generate.grid import make_grid, save_grid
 from resurgence.models.pipeline import build_random_pipeline
@@ -229,7 +230,7 @@ def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_diffe
 def test_attention_backend_is_preferred_with_fallback(pipe):
     """The chosen kernel goes first in the dispatcher's order; one the CPU lacks (cuDNN) falls back."""
     default_order = torch._C._get_sdp_priority_order()
-    with engine.attention_backend("cudnn"):
+    with attention_backend("cudnn"):
         order = torch._C._get_sdp_priority_order()
     assert order[0] == int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION) and sorted(order) == sorted(default_order)
     assert torch._C._get_sdp_priority_order() == default_order  # restored
@@ -237,5 +238,8 @@ def test_attention_backend_is_preferred_with_fallback(pipe):
     for name in ("math", "cudnn"):
         b = generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention=name), progress=False)
         assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2, name
+        assert all(isinstance(p, PreferredKernelAttnProcessor) for p in pipe.unet.attn_processors.values())
+    generate(pipe, ["a cat"], [1], CFG, progress=False)
+    assert not any(isinstance(p, PreferredKernelAttnProcessor) for p in pipe.unet.attn_processors.values())
     with pytest.raises(ValueError, match="attention must be one of"):
         GenerationConfig(attention="fast")

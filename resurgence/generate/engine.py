@@ -8,7 +8,6 @@ That is what makes evaluation runs resumable and comparable across models.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from resurgence.generate.attention import ATTENTION_BACKENDS, attention_backend, use_preferred_kernel
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
 from resurgence.progress import progress_bar
@@ -33,14 +33,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# scaled_dot_product_attention kernels by config name; "default" leaves the choice to PyTorch's dispatcher.
-SDPA_KERNELS: dict[str, SDPBackend] = {
-    "flash": SDPBackend.FLASH_ATTENTION,
-    "efficient": SDPBackend.EFFICIENT_ATTENTION,
-    "cudnn": SDPBackend.CUDNN_ATTENTION,
-    "math": SDPBackend.MATH,
-}
-ATTENTION_BACKENDS = ("default", *SDPA_KERNELS)
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -92,8 +84,10 @@ class GenerationConfig:
     # address to_k/to_v by name, and a fused to_kv would silently escape their edits.
     channels_last: bool = False
     compile: str = "none"
-    # The preferred attention kernel (`attention_backend`). SD v1.4's UNet step on an H200, bf16,
-    # batch 64 (benchmarks/unet_profile.py): cuDNN 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
+    # The preferred attention kernel (`attention_backend`); other than "default", the UNet's attention
+    # runs through `resurgence.generate.attention`'s operator, which keeps the choice when compiled.
+    # SD v1.4's UNet step on an H200, bf16, batch 64 (benchmarks/unet_profile.py, eager): cuDNN
+    # 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
 
     def __post_init__(self) -> None:
@@ -146,7 +140,8 @@ def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torc
 def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
     """Apply the config's speed levers to ``pipe`` in place (idempotent; a compile mode is set once).
 
-    The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
+    An attention preference other than "default" installs `PreferredKernelAttnProcessor` on the
+    UNet (before it compiles; "default" puts diffusers' processor back). The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
     weight edits and ``state_dict`` work unchanged; shapes are fixed by the padded batches, so
     each (batch, resolution) compiles once per process.
     """
@@ -155,6 +150,12 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
         pipe.unet.to(memory_format=fmt)
         pipe.vae.to(memory_format=fmt)
         pipe._resurgence_channels_last = cfg.channels_last
+    if getattr(pipe, "_resurgence_attention", "default") != cfg.attention:
+        if cfg.attention == "default":
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+        else:
+            use_preferred_kernel(pipe.unet, cfg.attention)
+        pipe._resurgence_attention = cfg.attention
     compiled = getattr(pipe, "_resurgence_compile", "none")
     if cfg.compile != compiled:
         if compiled != "none":
@@ -163,18 +164,6 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
             )
         pipe.unet.compile(mode=cfg.compile)
         pipe._resurgence_compile = cfg.compile
-
-
-def attention_backend(name: str):
-    """Context preferring one scaled_dot_product_attention kernel ("default": PyTorch's order).
-
-    A preference, not a pin: where the kernel cannot take a shape (cuDNN and the VAE's single
-    512-wide head) the next kernel runs instead.
-    """
-    if name == "default":
-        return contextlib.nullcontext()
-    rest = [k for n, k in SDPA_KERNELS.items() if n != name]
-    return sdpa_kernel([SDPA_KERNELS[name], *rest], set_priority=True)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:

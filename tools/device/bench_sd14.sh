@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Paper-scale benchmarks on a lent GPU (device tool, carry .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
-#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | inductor, several allowed)
-# inductor: where the compiled UNet loses to eager kernels (docs/generation_speed.md): does cuDNN
-# attention run inside the compiled graph, and do inductor's layout and 1x1-convolution settings
-# bring its convolutions to eager cuDNN's rate. Profiles of one guided step, about 2 min each.
+#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | variants, several allowed)
+# variants: the compiled UNet with cuDNN attention kept by the engine's operator, and inductor's
+# layout, 1x1-convolution and freezing settings on top (profiles of one guided step, run side by
+# side), plus the whole pipeline with the operator; about 5 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -22,11 +22,22 @@ for what in ${WHAT:-generation erase finetune}; do
         --label "bf16, channels-last, torch.compile"
       timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile reduce-overhead --images 128 \
         --label "bf16, channels-last, torch.compile + CUDA graphs" ;;
-    inductor)
-      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default"
-      timeout 170 $P --attention cudnn --label "compiled, traced under cuDNN attention"
-      timeout 170 $P --attention flash --inductor layout_optimization=False --label "compiled, no layout optimisation"
-      timeout 170 $P --attention flash --inductor conv_1x1_as_mm=True --label "compiled, 1x1 convolutions as matmuls" ;;
+    variants)
+      # Side by side: each compiles with cuDNN autotuning off, then autotunes and times alone
+      # (--lock); the generation run times 128 images after its compile and an autotuning batch.
+      L=/tmp/gpu.lock
+      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L"
+      O="--attention cudnn --operator"
+      timeout 500 $P --attention flash --label "compiled (PyTorch's attention choice)" > /tmp/v1.log 2>&1 &
+      timeout 500 $P $O --label "compiled, cuDNN attention through the operator" > /tmp/v2.log 2>&1 &
+      timeout 500 $P $O --inductor conv_1x1_as_mm=True --label "compiled, operator, 1x1 convolutions as matmuls" > /tmp/v3.log 2>&1 &
+      timeout 500 $P $O --inductor layout_optimization=False --label "compiled, operator, no layout optimisation" > /tmp/v4.log 2>&1 &
+      timeout 500 $P $O --inductor freezing=True --label "compiled, operator, frozen weights" > /tmp/v5.log 2>&1 &
+      timeout 500 python3 generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --batch 32 \
+        --channels-last --compile default --attention cudnn --images 128 --reference 4 --lock $L \
+        --label "bf16, channels-last, torch.compile, cuDNN attention through the operator" > /tmp/v6.log 2>&1 &
+      wait
+      for f in /tmp/v?.log; do echo "== $f"; grep -vE '^\s' "$f" | tail -5; done ;;
     erase)
       # shellcheck disable=SC2086
       timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
