@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper-scale benchmarks on a lent GPU (device tool, carry .whl): SD v1.4's architecture at random
+# Paper-scale benchmarks on a lent GPU (device tool, carry .devsite or .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
 #   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | variants, several allowed)
 # variants: the compiled UNet with cuDNN attention kept by the engine's operator, and inductor's
@@ -7,8 +7,15 @@
 # side), plus the whole pipeline with the operator; about 5 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# The packed site (carry .devsite; tools/device/pack_site.sh) fits beside the tracked files where
+# the wheels (carry .whl) no longer do.
+if [ -f .devsite/site312.tar.xz ]; then
+  tar -xJf .devsite/site312.tar.xz -C /tmp && site=/tmp/site312
+else
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  site=/tmp/site
+fi
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 before=$(wc -l < benchmarks/results.jsonl)
 cd benchmarks
