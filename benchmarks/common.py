@@ -71,15 +71,23 @@ def inductor_settings(pairs: list[str] | None):
 
 
 @contextlib.contextmanager
-def gpu_lock(path: str | None):
+def gpu_lock(path: str | None, parties: int = 1, wait_s: float = 300.0):
     """Hold an exclusive lock on ``path`` (None: no lock), with cuDNN autotuning on while held.
 
-    Variants run side by side compile with autotuning off, then autotune and time one at a time,
-    so neither the kernels chosen nor the times see another process's work.
+    Variants run side by side compile with autotuning off, wait until all ``parties`` have
+    compiled (or ``wait_s`` passed), then autotune and time one at a time: once the first timing
+    starts no other process works on the GPU or the CPU, so neither the kernels chosen nor the
+    times see another's work.
     """
     if path is None:
         yield
         return
+    ready = Path(f"{path}.ready")
+    ready.mkdir(exist_ok=True)
+    (ready / str(os.getpid())).touch()
+    deadline = time.monotonic() + wait_s
+    while len(list(ready.iterdir())) < parties and time.monotonic() < deadline:
+        time.sleep(1.0)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         torch.backends.cudnn.benchmark = True

@@ -57,6 +57,25 @@ def flops_per_image(pipe, steps: int, guided: bool, device: str, dtype: torch.dt
     )
 
 
+def _time_vae_decode(pipe, cuda: bool) -> list[float]:
+    """Wrap ``pipe.vae.decode`` to add its seconds (synchronised) to the returned one-element list."""
+    total = [0.0]
+    decode = pipe.vae.decode
+
+    def timed(*args, **kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = decode(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+        total[0] += time.perf_counter() - t0
+        return out
+
+    pipe.vae.decode = timed
+    return total
+
+
 def _pixels(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.float32) for im in images])
 
@@ -73,12 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
+    p.add_argument("--freeze", action="store_true", help="compile with the weights as constants (freeze_weights)")
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument(
         "--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try"
     )
     p.add_argument("--lock", help="a lock file shared with benchmarks run side by side (unet_profile.py)")
+    p.add_argument("--parties", type=int, default=1, help="how many benchmarks share --lock")
     p.add_argument("--label", default="", help="free text stored with the row")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -93,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         channels_last=args.channels_last,
         compile=args.compile,
         attention=args.attention,
+        freeze_weights=args.freeze,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
@@ -105,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = resolve_dtype(args.dtype, args.device)
     pipe.to(args.device, dtype)
     flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
+    vae_s = _time_vae_decode(pipe, cuda)
 
     with inductor_settings(args.inductor):  # read when the compiled UNet traces, in the warm-up batch
         t0 = time.perf_counter()
@@ -112,12 +135,13 @@ def main(argv: list[str] | None = None) -> None:
             pipe, prompts[: args.batch], list(range(args.batch)), cfg, device=args.device, progress=False
         )
         warmup_s = time.perf_counter() - t0
-        with gpu_lock(args.lock):
+        with gpu_lock(args.lock, args.parties):
             if args.lock:  # autotune the kernels alone on the GPU before timing
                 generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, args.device, False)
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            vae_s[0] = 0.0
             t0 = time.perf_counter()
             generate(
                 pipe,
@@ -156,11 +180,13 @@ def main(argv: list[str] | None = None) -> None:
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
+            freeze_weights=args.freeze,
             inductor=args.inductor or None,
             images=args.images,
             seconds=round(elapsed, 3),
             warmup_s=round(warmup_s, 1),
             images_per_s=round(ips, 3),
+            vae_decode_share=round(vae_s[0] / elapsed, 4),
             tflop_per_image=round(flops["per_image_tflop"], 3),
             unet_tflop_per_forward=round(flops["unet_tflop"], 4),
             vae_decode_tflop=round(flops["vae_tflop"], 4),

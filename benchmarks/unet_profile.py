@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         "--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try"
     )
     p.add_argument("--lock", help="a lock file shared by variants run side by side (see above)")
+    p.add_argument("--parties", type=int, default=1, help="how many variants share --lock")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     backends = BACKENDS if args.attention == "all" else {args.attention: BACKENDS[args.attention]}
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
                 step()  # compiles (if asked) without holding the GPU lock
             torch.cuda.synchronize()
             compile_s = round(time.perf_counter() - t0, 1)
-        with gpu_lock(args.lock):
+        with gpu_lock(args.lock, args.parties):
             times, prof = _time_and_profile(step, backends, args.repeats)
     _report(args, n, total_flops, flops_by_kind, times, prof, compile_s)
 

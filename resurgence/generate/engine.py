@@ -89,8 +89,14 @@ class GenerationConfig:
     # SD v1.4's UNet step on an H200, bf16, batch 64 (benchmarks/unet_profile.py, eager): cuDNN
     # 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
+    # Compile with the UNet's weights as constants (inductor's freezing): its convolutions ran at
+    # ~800 TFLOP/s on an H200 (docs/generation_speed.md). The weights must not change after the
+    # first compiled call in a process; `generate` checks that and raises where they did.
+    freeze_weights: bool = False
 
     def __post_init__(self) -> None:
+        if self.freeze_weights and self.compile == "none":
+            raise ValueError("freeze_weights needs a compile mode (compile: none does not compile)")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if self.compile not in COMPILE_MODES:
@@ -162,8 +168,35 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
             raise RuntimeError(
                 f"the UNet is already compiled ({compiled!r}); load a new pipeline for {cfg.compile!r}"
             )
-        pipe.unet.compile(mode=cfg.compile)
+        if cfg.freeze_weights:
+            from torch._inductor import list_mode_options
+
+            options = {**list_mode_options(cfg.compile), "freezing": True}
+            pipe.unet.compile(options=options)
+            pipe._resurgence_frozen = weights_checksum(pipe.unet)
+        else:
+            pipe.unet.compile(mode=cfg.compile)
         pipe._resurgence_compile = cfg.compile
+    if cfg.freeze_weights != hasattr(pipe, "_resurgence_frozen"):
+        raise RuntimeError(
+            f"the UNet was compiled with freeze_weights={not cfg.freeze_weights}; load a new pipeline"
+        )
+    if cfg.freeze_weights and not torch.equal(pipe._resurgence_frozen, weights_checksum(pipe.unet)):
+        raise RuntimeError(
+            "the UNet's weights changed after it was compiled with freeze_weights (the compiled graph "
+            "holds the old ones as constants); load a new pipeline, or generate with freeze_weights: false"
+        )
+
+
+def weights_checksum(module: torch.nn.Module) -> torch.Tensor:
+    """One exact integer per parameter and buffer (its bits summed): any changed value changes it."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    sums = [
+        t.detach().reshape(-1).view(ints[t.element_size()]).sum(dtype=torch.int64)
+        for t in (*module.parameters(), *module.buffers())
+        if t.is_floating_point()
+    ]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.int64)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:

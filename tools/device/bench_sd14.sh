@@ -2,9 +2,8 @@
 # Paper-scale benchmarks on a lent GPU (device tool, carry .devsite or .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
 #   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | variants, several allowed)
-# variants: the compiled UNet with cuDNN attention kept by the engine's operator, and inductor's
-# layout, 1x1-convolution and freezing settings on top (profiles of one guided step, run side by
-# side), plus the whole pipeline with the operator; about 5 min.
+# variants: the compiled UNet with cuDNN attention kept by the engine's operator and with frozen
+# weights (profiles of one guided step), and the whole pipeline with them; run side by side, ~6 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
 # The packed site (carry .devsite; tools/device/pack_site.sh) fits beside the tracked files where
@@ -30,21 +29,26 @@ for what in ${WHAT:-generation erase finetune}; do
       timeout 240 $G --dtype bfloat16 --batch 32 --channels-last --compile reduce-overhead --images 128 \
         --label "bf16, channels-last, torch.compile + CUDA graphs" ;;
     variants)
-      # Side by side: each compiles with cuDNN autotuning off, then autotunes and times alone
-      # (--lock); the generation run times 128 images after its compile and an autotuning batch.
-      L=/tmp/gpu.lock
-      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L"
+      # Side by side: each compiles with cuDNN autotuning off and waits for the others (--parties),
+      # then autotunes and times alone (--lock), so compiles overlap and timings see no other work.
+      L=/tmp/gpu.lock; rm -rf $L $L.ready
+      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L --parties 6"
+      G="python3 generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --channels-last \
+        --compile default --images 128 --lock $L --parties 6"
       O="--attention cudnn --operator"
-      timeout 500 $P --attention flash --label "compiled (PyTorch's attention choice)" > /tmp/v1.log 2>&1 &
-      timeout 500 $P $O --label "compiled, cuDNN attention through the operator" > /tmp/v2.log 2>&1 &
-      timeout 500 $P $O --inductor conv_1x1_as_mm=True --label "compiled, operator, 1x1 convolutions as matmuls" > /tmp/v3.log 2>&1 &
-      timeout 500 $P $O --inductor layout_optimization=False --label "compiled, operator, no layout optimisation" > /tmp/v4.log 2>&1 &
-      timeout 500 $P $O --inductor freezing=True --label "compiled, operator, frozen weights" > /tmp/v5.log 2>&1 &
-      timeout 500 python3 generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --batch 32 \
-        --channels-last --compile default --attention cudnn --images 128 --reference 4 --lock $L \
-        --label "bf16, channels-last, torch.compile, cuDNN attention through the operator" > /tmp/v6.log 2>&1 &
+      F="--inductor freezing=True"
+      V=(
+        "$P $O --label 'compiled, cuDNN attention through the operator'"
+        "$P $O $F --label 'compiled, operator, frozen weights'"
+        "$P --attention flash $F --label 'compiled, frozen weights (PyTorch attention choice)'"
+        "$G --batch 32 --attention cudnn --reference 4 --label 'compiled, operator (batch 32)'"
+        "$G --batch 32 --attention cudnn --freeze --reference 4 --label 'compiled, operator, frozen weights (batch 32)'"
+        "$G --batch 64 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 64)'"
+      )
+      i=0
+      for v in "${V[@]}"; do i=$((i + 1)); eval "timeout 540 $v" > /tmp/v$i.log 2>&1 & done
       wait
-      for f in /tmp/v?.log; do echo "== $f"; grep -vE '^\s' "$f" | tail -5; done ;;
+      for f in /tmp/v?.log; do echo "== $f"; grep -E "Error|error:" "$f" | tail -3; done ;;
     erase)
       # shellcheck disable=SC2086
       timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
