@@ -31,20 +31,32 @@ for what in ${WHAT:-generation erase finetune}; do
     variants)
       # Side by side: each compiles with cuDNN autotuning off and waits for the others (--parties),
       # then autotunes and times alone (--lock), so compiles overlap and timings see no other work.
+      # SET=engine: the operator and frozen weights in the UNet profile and the pipeline;
+      # SET=pipeline: the pipeline with PyTorch's attention choice, the operator, CUDA graphs.
       L=/tmp/gpu.lock; rm -rf $L $L.ready
-      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L --parties 6"
+      N=$([ "${SET:-engine}" = engine ] && echo 6 || echo 5)
+      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L --parties $N"
       G="python3 generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --channels-last \
-        --compile default --images 128 --lock $L --parties 6"
+        --images 128 --lock $L --parties $N"
       O="--attention cudnn --operator"
       F="--inductor freezing=True"
-      V=(
-        "$P $O --label 'compiled, cuDNN attention through the operator'"
-        "$P $O $F --label 'compiled, operator, frozen weights'"
-        "$P --attention flash $F --label 'compiled, frozen weights (PyTorch attention choice)'"
-        "$G --batch 32 --attention cudnn --reference 4 --label 'compiled, operator (batch 32)'"
-        "$G --batch 32 --attention cudnn --freeze --reference 4 --label 'compiled, operator, frozen weights (batch 32)'"
-        "$G --batch 64 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 64)'"
-      )
+      case ${SET:-engine} in
+        engine) V=(
+          "$P $O --label 'compiled, cuDNN attention through the operator'"
+          "$P $O $F --label 'compiled, operator, frozen weights'"
+          "$P --attention flash $F --label 'compiled, frozen weights (PyTorch attention choice)'"
+          "$G --compile default --batch 32 --attention cudnn --reference 4 --label 'compiled, operator (batch 32)'"
+          "$G --compile default --batch 32 --attention cudnn --freeze --reference 4 --label 'compiled, operator, frozen weights (batch 32)'"
+          "$G --compile default --batch 64 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 64)'"
+        ) ;;
+        pipeline) V=(
+          "$P --attention flash --label 'compiled (PyTorch attention choice)'"
+          "$G --compile default --batch 32 --label 'compiled, PyTorch attention choice (batch 32)'"
+          "$G --compile default --batch 32 --attention cudnn --label 'compiled, operator (batch 32)'"
+          "$G --compile reduce-overhead --batch 32 --attention cudnn --label 'compiled with CUDA graphs, operator (batch 32)'"
+          "$G --compile default --batch 32 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 32)'"
+        ) ;;
+      esac
       i=0
       for v in "${V[@]}"; do i=$((i + 1)); eval "timeout 540 $v" > /tmp/v$i.log 2>&1 & done
       wait
