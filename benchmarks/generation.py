@@ -26,8 +26,8 @@ from common import (  # benchmarks/ is on sys.path when run as a script
 )
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.attention import ATTENTION_BACKENDS
 from resurgence.generate.engine import (
+    ATTENTION_BACKENDS,
     COMPILE_MODES,
     GenerationConfig,
     generate,
@@ -92,7 +92,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
-    p.add_argument("--freeze", action="store_true", help="compile with the weights as constants (freeze_weights)")
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument(
@@ -114,7 +113,6 @@ def main(argv: list[str] | None = None) -> None:
         channels_last=args.channels_last,
         compile=args.compile,
         attention=args.attention,
-        freeze_weights=args.freeze,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
@@ -180,7 +178,6 @@ def main(argv: list[str] | None = None) -> None:
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
-            freeze_weights=args.freeze,
             inductor=args.inductor or None,
             images=args.images,
             seconds=round(elapsed, 3),

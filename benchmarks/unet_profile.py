@@ -15,6 +15,7 @@ and timings do not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -26,15 +27,26 @@ from common import (  # benchmarks/ is on sys.path when run as a script
     inductor_settings,
     record,
 )
-from torch.nn.attention import sdpa_kernel
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.attention import SDPA_KERNELS, use_preferred_kernel
-from resurgence.generate.engine import COMPILE_MODES, resolve_dtype
+from resurgence.generate.engine import COMPILE_MODES, SDPA_KERNELS, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 # The fused kernels the engine can prefer (math, the unfused reference, is not timed).
 BACKENDS = {name: SDPA_KERNELS[name] for name in ("flash", "efficient", "cudnn")}
+
+
+def dispatcher_choice(q_shape: tuple[int, ...], kv_tokens: int, dtype: torch.dtype) -> str:
+    """The SDPA backend PyTorch's dispatcher picks, unconstrained, for (batch, heads, tokens, dim) queries."""
+    q = torch.randn(q_shape, device="cuda", dtype=dtype)
+    kv = torch.randn((*q_shape[:2], kv_tokens, q_shape[3]), device="cuda", dtype=dtype)
+    return SDPBackend(torch._fused_sdp_choice(q, kv, kv)).name
+
+
+def only(name: str):
+    """Context allowing one SDPA backend; "default" leaves PyTorch's dispatcher its own choice."""
+    return contextlib.nullcontext() if name == "default" else sdpa_kernel([BACKENDS[name]])
 # Kernel-name fragments, checked in this order (the first match names the kind). Inductor's
 # generated kernels come first: their names list the ops they fused ("triton_poi_fused_convolution_
 # ..." adds a convolution's bias), so they are elementwise/normalisation work unless a template.
@@ -78,13 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--attention",
         default="all",
-        choices=("all", *BACKENDS),
+        choices=("all", "default", *BACKENDS),
         help="the SDPA backends timed; a compiled UNet traces once, under the first, so name one with --compile",
-    )
-    p.add_argument(
-        "--operator",
-        action="store_true",
-        help="route attention through the engine's operator (kernel chosen at run time; needs one --attention)",
     )
     p.add_argument(
         "--inductor", nargs="*", metavar="KEY=VALUE", help="torch._inductor.config settings to try"
@@ -93,9 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parties", type=int, default=1, help="how many variants share --lock")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
-    backends = BACKENDS if args.attention == "all" else {args.attention: BACKENDS[args.attention]}
-    if args.operator and len(backends) != 1:
-        p.error("--operator needs one --attention backend")
+    backends = list(BACKENDS) if args.attention == "all" else [args.attention]
     device = "cuda"
     fast_cuda_math(device, autotune=not args.lock)
     dtype = resolve_dtype(args.dtype, device)
@@ -108,8 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     z = z.to(memory_format=torch.channels_last)
     ctx = torch.randn(n, 77, cfg.cross_attention_dim, device=device, dtype=dtype)
     t = torch.full((n,), 500, device=device)
-    if args.operator:
-        use_preferred_kernel(unet, args.attention)
 
     def step():
         return unet(z, t, encoder_hidden_states=ctx).sample
@@ -126,22 +129,28 @@ def main(argv: list[str] | None = None) -> None:
         compile_s = None
         if args.lock:
             t0 = time.perf_counter()
-            with sdpa_kernel([next(iter(backends.values()))]):
+            with only(backends[0]):
                 step()  # compiles (if asked) without holding the GPU lock
             torch.cuda.synchronize()
             compile_s = round(time.perf_counter() - t0, 1)
         with gpu_lock(args.lock, args.parties):
             times, prof = _time_and_profile(step, backends, args.repeats)
-    _report(args, n, total_flops, flops_by_kind, times, prof, compile_s)
+    # SD v1.4's attention shapes: 8 heads at each resolution, self- and cross-attention (77 tokens).
+    choices = {
+        f"{tokens}x{dim}, {kv} keys": dispatcher_choice((n, 8, tokens, dim), kv, dtype)
+        for tokens, dim in ((4096, 40), (1024, 80), (256, 160))
+        for kv in (tokens, 77)
+    }
+    _report(args, n, total_flops, flops_by_kind, times, prof, compile_s, choices)
 
 
 def _time_and_profile(step, backends, repeats):
     """Median forward time under each backend, and a kernel profile of 3 forwards under the fastest."""
     with torch.no_grad():
         times: dict[str, float | str] = {}
-        for name, backend in backends.items():
+        for name in backends:
             try:
-                with sdpa_kernel([backend]):
+                with only(name):
                     for _ in range(3):
                         step()
                     torch.cuda.synchronize()
@@ -157,7 +166,7 @@ def _time_and_profile(step, backends, repeats):
         timed = {k: v for k, v in times.items() if isinstance(v, float)}
         best = min(timed, key=timed.get)
 
-        with sdpa_kernel([backends[best]]):
+        with only(best):
             step()
             torch.cuda.synchronize()
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -167,7 +176,7 @@ def _time_and_profile(step, backends, repeats):
     return times, prof
 
 
-def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s) -> None:
+def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s, choices) -> None:
     timed = {k: v for k, v in times.items() if isinstance(v, float)}
     best = min(timed, key=timed.get)
     kernel_us: dict[str, float] = defaultdict(float)
@@ -195,7 +204,6 @@ def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s) -> None
             arch=args.arch,
             dtype=args.dtype,
             compile=args.compile,
-            attention_operator=args.operator,
             inductor=args.inductor or None,
             first_forward_s=compile_s,
             unet_batch=n,
@@ -205,6 +213,7 @@ def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s) -> None
             },
             tflop_s_by_sdpa_backend={k: round(total_flops / v / 1e12, 1) for k, v in timed.items()},
             profiled_backend=best,
+            sdpa_dispatcher_choice=choices,
             kernel_time_s_per_forward=round(total_us / 1e6, 5),
             by_kind=rows,
             top_kernels=[dict(name=k[:140], kind=kernel_kind(k), ms=round(v / 1e3, 3)) for k, v in top],

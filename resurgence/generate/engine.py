@@ -8,6 +8,7 @@ That is what makes evaluation runs resumable and comparable across models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -18,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from resurgence.generate.attention import ATTENTION_BACKENDS, attention_backend, use_preferred_kernel
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
 from resurgence.progress import progress_bar
@@ -33,6 +33,14 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# scaled_dot_product_attention kernels by config name; "default" leaves the choice to PyTorch's dispatcher.
+SDPA_KERNELS: dict[str, SDPBackend] = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+ATTENTION_BACKENDS = ("default", *SDPA_KERNELS)
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -84,19 +92,11 @@ class GenerationConfig:
     # address to_k/to_v by name, and a fused to_kv would silently escape their edits.
     channels_last: bool = False
     compile: str = "none"
-    # The preferred attention kernel (`attention_backend`); other than "default", the UNet's attention
-    # runs through `resurgence.generate.attention`'s operator, which keeps the choice when compiled.
-    # SD v1.4's UNet step on an H200, bf16, batch 64 (benchmarks/unet_profile.py, eager): cuDNN
-    # 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
+    # The preferred attention kernel (`attention_backend`). SD v1.4's UNet step on an H200, bf16,
+    # batch 64 (benchmarks/unet_profile.py): cuDNN 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
-    # Compile with the UNet's weights as constants (inductor's freezing): its convolutions ran at
-    # ~800 TFLOP/s on an H200 (docs/generation_speed.md). The weights must not change after the
-    # first compiled call in a process; `generate` checks that and raises where they did.
-    freeze_weights: bool = False
 
     def __post_init__(self) -> None:
-        if self.freeze_weights and self.compile == "none":
-            raise ValueError("freeze_weights needs a compile mode (compile: none does not compile)")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
         if self.compile not in COMPILE_MODES:
@@ -146,8 +146,7 @@ def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torc
 def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
     """Apply the config's speed levers to ``pipe`` in place (idempotent; a compile mode is set once).
 
-    An attention preference other than "default" installs `PreferredKernelAttnProcessor` on the
-    UNet (before it compiles; "default" puts diffusers' processor back). The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
+    The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
     weight edits and ``state_dict`` work unchanged; shapes are fixed by the padded batches, so
     each (batch, resolution) compiles once per process.
     """
@@ -156,47 +155,26 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
         pipe.unet.to(memory_format=fmt)
         pipe.vae.to(memory_format=fmt)
         pipe._resurgence_channels_last = cfg.channels_last
-    if getattr(pipe, "_resurgence_attention", "default") != cfg.attention:
-        if cfg.attention == "default":
-            pipe.unet.set_attn_processor(AttnProcessor2_0())
-        else:
-            use_preferred_kernel(pipe.unet, cfg.attention)
-        pipe._resurgence_attention = cfg.attention
     compiled = getattr(pipe, "_resurgence_compile", "none")
     if cfg.compile != compiled:
         if compiled != "none":
             raise RuntimeError(
                 f"the UNet is already compiled ({compiled!r}); load a new pipeline for {cfg.compile!r}"
             )
-        if cfg.freeze_weights:
-            from torch._inductor import list_mode_options
-
-            options = {**list_mode_options(cfg.compile), "freezing": True}
-            pipe.unet.compile(options=options)
-            pipe._resurgence_frozen = weights_checksum(pipe.unet)
-        else:
-            pipe.unet.compile(mode=cfg.compile)
+        pipe.unet.compile(mode=cfg.compile)
         pipe._resurgence_compile = cfg.compile
-    if cfg.freeze_weights != hasattr(pipe, "_resurgence_frozen"):
-        raise RuntimeError(
-            f"the UNet was compiled with freeze_weights={not cfg.freeze_weights}; load a new pipeline"
-        )
-    if cfg.freeze_weights and not torch.equal(pipe._resurgence_frozen, weights_checksum(pipe.unet)):
-        raise RuntimeError(
-            "the UNet's weights changed after it was compiled with freeze_weights (the compiled graph "
-            "holds the old ones as constants); load a new pipeline, or generate with freeze_weights: false"
-        )
 
 
-def weights_checksum(module: torch.nn.Module) -> torch.Tensor:
-    """One exact integer per parameter and buffer (its bits summed): any changed value changes it."""
-    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    sums = [
-        t.detach().reshape(-1).view(ints[t.element_size()]).sum(dtype=torch.int64)
-        for t in (*module.parameters(), *module.buffers())
-        if t.is_floating_point()
-    ]
-    return torch.stack(sums).cpu() if sums else torch.zeros(0, dtype=torch.int64)
+def attention_backend(name: str):
+    """Context preferring one scaled_dot_product_attention kernel ("default": PyTorch's order).
+
+    A preference, not a pin: where the kernel cannot take a shape (cuDNN and the VAE's single
+    512-wide head) the next kernel runs instead.
+    """
+    if name == "default":
+        return contextlib.nullcontext()
+    rest = [k for n, k in SDPA_KERNELS.items() if n != name]
+    return sdpa_kernel([SDPA_KERNELS[name], *rest], set_priority=True)
 
 
 def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:

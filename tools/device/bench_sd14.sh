@@ -2,8 +2,8 @@
 # Paper-scale benchmarks on a lent GPU (device tool, carry .devsite or .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
 #   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | erase | finetune | variants, several allowed)
-# variants: the compiled UNet with cuDNN attention kept by the engine's operator and with frozen
-# weights (profiles of one guided step), and the whole pipeline with them; run side by side, ~6 min.
+# variants: profiles of one compiled guided step under flash and cuDNN attention, and the whole
+# pipeline compiled (PyTorch's attention choice, cuDNN preferred, CUDA graphs); side by side, ~5 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
 # The packed site (carry .devsite; tools/device/pack_site.sh) fits beside the tracked files where
@@ -31,32 +31,18 @@ for what in ${WHAT:-generation erase finetune}; do
     variants)
       # Side by side: each compiles with cuDNN autotuning off and waits for the others (--parties),
       # then autotunes and times alone (--lock), so compiles overlap and timings see no other work.
-      # SET=engine: the operator and frozen weights in the UNet profile and the pipeline;
-      # SET=pipeline: the pipeline with PyTorch's attention choice, the operator, CUDA graphs.
       L=/tmp/gpu.lock; rm -rf $L $L.ready
-      N=$([ "${SET:-engine}" = engine ] && echo 6 || echo 5)
-      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L --parties $N"
+      P="python3 unet_profile.py --arch sd14 --batch 32 --compile default --lock $L --parties 6"
       G="python3 generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --channels-last \
-        --images 128 --lock $L --parties $N"
-      O="--attention cudnn --operator"
-      F="--inductor freezing=True"
-      case ${SET:-engine} in
-        engine) V=(
-          "$P $O --label 'compiled, cuDNN attention through the operator'"
-          "$P $O $F --label 'compiled, operator, frozen weights'"
-          "$P --attention flash $F --label 'compiled, frozen weights (PyTorch attention choice)'"
-          "$G --compile default --batch 32 --attention cudnn --reference 4 --label 'compiled, operator (batch 32)'"
-          "$G --compile default --batch 32 --attention cudnn --freeze --reference 4 --label 'compiled, operator, frozen weights (batch 32)'"
-          "$G --compile default --batch 64 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 64)'"
-        ) ;;
-        pipeline) V=(
-          "$P --attention flash --label 'compiled (PyTorch attention choice)'"
-          "$G --compile default --batch 32 --label 'compiled, PyTorch attention choice (batch 32)'"
-          "$G --compile default --batch 32 --attention cudnn --label 'compiled, operator (batch 32)'"
-          "$G --compile reduce-overhead --batch 32 --attention cudnn --label 'compiled with CUDA graphs, operator (batch 32)'"
-          "$G --compile default --batch 32 --attention cudnn --freeze --label 'compiled, operator, frozen weights (batch 32)'"
-        ) ;;
-      esac
+        --batch 32 --images 128 --lock $L --parties 6"
+      V=(
+        "$P --attention flash --label 'compiled, traced under flash attention'"
+        "$P --attention cudnn --label 'compiled, traced under cuDNN attention'"
+        "$P --attention default --label 'compiled, traced under PyTorch attention choice'"
+        "$G --compile default --reference 4 --label 'compiled, PyTorch attention choice'"
+        "$G --compile default --attention cudnn --label 'compiled, cuDNN attention preferred'"
+        "$G --compile reduce-overhead --label 'compiled with CUDA graphs'"
+      )
       i=0
       for v in "${V[@]}"; do i=$((i + 1)); eval "timeout 540 $v" > /tmp/v$i.log 2>&1 & done
       wait
