@@ -40,63 +40,10 @@ def test_toy_segmenter_roundtrip_returns_masks_at_input_size(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_grounded_sam(tmp_path_factory):
     """Randomly initialised Grounding DINO and SAM of a few 100k parameters, saved like hub checkpoints."""
-    from transformers import (
-        BertConfig,
-        BertTokenizerFast,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamProcessor,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-        SwinConfig,
-    )
+    from resurgence.models.standins import write_random_grounded_sam
 
     root = tmp_path_factory.mktemp("gsam")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "the", "person", "dog", "photo", "of"]
-    (root / "vocab.txt").write_text("\n".join(words) + "\n")
-    torch.manual_seed(0)
-    dino = GroundingDinoForObjectDetection(
-        GroundingDinoConfig(
-            backbone_config=SwinConfig(
-                image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=2,
-                out_features=["stage2", "stage3", "stage4"],
-            ),
-            text_config=BertConfig(
-                vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                max_position_embeddings=64,
-            ),
-            d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-            encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, num_feature_levels=3,
-            encoder_n_points=2, decoder_n_points=2, max_text_len=32,
-        )
-    )  # fmt: skip
-    dino.save_pretrained(root / "dino")
-    GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}),
-        tokenizer=BertTokenizerFast(vocab_file=str(root / "vocab.txt")),
-    ).save_pretrained(root / "dino")
-    sam = SamModel(
-        SamConfig(
-            vision_config=SamVisionConfig(
-                hidden_size=16, output_channels=8, num_hidden_layers=1, num_attention_heads=2, image_size=64,
-                patch_size=8, window_size=4, global_attn_indexes=[0], num_pos_feats=4, mlp_dim=32,
-            ),
-            prompt_encoder_config=SamPromptEncoderConfig(hidden_size=8, image_size=64, patch_size=8, mask_input_channels=4),
-            mask_decoder_config=SamMaskDecoderConfig(
-                hidden_size=8, mlp_dim=16, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=8
-            ),
-        )
-    )  # fmt: skip
-    sam.save_pretrained(root / "sam")
-    SamProcessor(
-        image_processor=SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
-    ).save_pretrained(root / "sam")
+    write_random_grounded_sam(root, ["a the person dog photo of"], scale="tiny")
     return root
 
 

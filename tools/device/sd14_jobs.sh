@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The SD v1.4 preset's jobs through Snakemake on random-weight stand-ins of its models
+# (resurgence.models.standins: SD v1.4, CLIP ViT-L/14, Grounding DINO + SAM ViT-H; the CLIP zero-shot
+# identifier as detector): one erase (object_ship), its fine-tune set, a LoRA fine-tune and the
+# fine-tuned model's generation, at the counts of tools/device/sd14_jobs.yaml.
+# Usage (device tool, carry .devsite):  bash tools/device/sd14_jobs.sh
+# Env: SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
+#      MODELS (where the stand-ins go, default /tmp/sd14-standins), LIMIT_S (default 480).
+set -uo pipefail
+if [ -f .devsite/site312.tar.xz ] && [ "${SCALE:-full}" = full ]; then
+  tar -xJf .devsite/site312.tar.xz -C /tmp && export PYTHONPATH="$PWD:/tmp/site312"
+fi
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/sd14-jobs-out}; mkdir -p "$out"
+models=${MODELS:-/tmp/sd14-standins}
+target=results/images/object_ship/default/random_object/lora/step-20/index.jsonl
+start=$(date +%s)
+python3 - "$models" "${SCALE:-full}" <<'PY' || exit 1
+import sys
+from pathlib import Path
+
+import yaml
+
+from resurgence.config import load_config
+from resurgence.models.standins import write_random_models
+
+root, scale = Path(sys.argv[1]), sys.argv[2]
+config = load_config(["config.yaml", "config.sd14.yaml"])
+words = {n for t in config["tasks"].values() for n in (*t["erase"], *t.get("retain", []))}
+words |= {s for v in config.get("synonyms", {}).values() for s in v}
+words |= {c for f in config["finetune_sets"].values() if f for c in f.get("concepts", [])}
+overlay = write_random_models(root, sorted(words), scale=scale)
+(root / "models.yaml").write_text(yaml.safe_dump(overlay))
+print(yaml.safe_dump(overlay))
+PY
+echo "stand-ins written in $(( $(date +%s) - start )) s"; du -sh "$models"
+# shellcheck disable=SC2086
+timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake "$target" --profile workflow/profiles/default \
+  --configfile config.yaml config.sd14.yaml tools/device/sd14_jobs.yaml "$models/models.yaml" ${EXTRA:-} \
+  --cores 4 --resources gpu=1 > "$out/snakemake.log" 2>&1
+rc=$?
+echo "snakemake exit $rc; wall time since start: $(( $(date +%s) - start )) s" | tee -a "$out/snakemake.log"
+grep -E "steps \(|Finished job|Error|error" "$out/snakemake.log" | cut -c1-300 | tail -20
+find results/benchmarks results/erase results/finetune results/ftdata results/images logs -type f \
+  \( -name '*.tsv' -o -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name 'grid.png' \) 2>/dev/null \
+  | tar cf "$out/sd14_jobs.tar" -T -
+exit $rc
