@@ -24,8 +24,8 @@ from resurgence.config import ConfigError
 PIPELINE_FILES: tuple[str | tuple[str, ...], ...] = (
     "model_index.json",
     "scheduler/scheduler_config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
+    # The hub's folder holds the slow tokenizer's vocab.json + merges.txt; transformers >= 5 saves tokenizer.json.
+    ("tokenizer/vocab.json", "tokenizer/tokenizer.json"),
     "text_encoder/config.json",
     ("text_encoder/model.safetensors", "text_encoder/pytorch_model.bin"),
     "unet/config.json",
@@ -36,7 +36,7 @@ PIPELINE_FILES: tuple[str | tuple[str, ...], ...] = (
 # Files a transformers model folder needs (Grounding DINO, SAM).
 TRANSFORMERS_FILES: tuple[str | tuple[str, ...], ...] = (
     "config.json",
-    "preprocessor_config.json",
+    ("preprocessor_config.json", "processor_config.json"),  # the hub's layout; transformers >= 5 saves the second
     (
         "model.safetensors",
         "pytorch_model.bin",
