@@ -26,7 +26,7 @@ rm -rf "$work"/site312/pulp/solverdir/cbc/{osx,win,linux/arm64,linux/i32} "$work
 find "$work/site312" -name __pycache__ -prune -exec rm -rf {} +
 # transformers' model folders but those the study imports (the toy world and SD's loaders) and pulp's
 # solver (study_gpu.sh schedules greedily): with the toy models, what travels stays under 64 MiB.
-keep=" auto bloom clip dinov2_with_registers encoder_decoder siglip vit_mae bert grounding_dino sam t5 gpt2 llama "
+keep=" align auto bloom clip dinov2_with_registers encoder_decoder siglip vit_mae bert grounding_dino swin sam t5 gpt2 llama "
 for d in "$work"/site312/transformers/models/*/; do
   n=$(basename "$d"); [[ "$keep" == *" $n "* ]] || rm -rf "$d"
 done

@@ -4,7 +4,8 @@
 # identifier as detector): one erase (object_ship), its fine-tune set, a LoRA fine-tune and the
 # fine-tuned model's generation, at the counts of tools/device/sd14_jobs.yaml.
 # Usage (device tool, carry .devsite):  bash tools/device/sd14_jobs.sh
-# Env: SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
+# Env: TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
+#      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
 #      MODELS (where the stand-ins go, default /tmp/sd14-standins), LIMIT_S (default 480).
 set -uo pipefail
 if [ -f .devsite/site312.tar.xz ] && [ "${SCALE:-full}" = full ]; then
@@ -13,7 +14,7 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/sd14-jobs-out}; mkdir -p "$out"
 models=${MODELS:-/tmp/sd14-standins}
-target=results/images/object_ship/default/random_object/lora/step-20/index.jsonl
+target=${TARGET:-results/images/object_ship/default/random_object/lora/step-20/index.jsonl}
 start=$(date +%s)
 python3 - "$models" "${SCALE:-full}" <<'PY' || exit 1
 import sys
