@@ -89,8 +89,11 @@ def run_erase(args: Namespace) -> None:
     pipe = load_study_pipeline(args.models, device)
     segmenter = load_segmenter(args.models, device)
     # MACE's training images come from the model as it is erased (its dtype): generating in another
-    # dtype would cast the pipeline in place and the LoRAs would then train in that dtype.
-    gen_cfg = generation_config({**args.generation, "dtype": args.models.get("dtype", "float32")})
+    # dtype would cast the pipeline in place and the LoRAs would then train in that dtype. A few
+    # images per concept from a UNet that changes between concepts: compiling would only cost.
+    gen_cfg = generation_config(
+        {**args.generation, "dtype": args.models.get("dtype", "float32"), "compile": "none"}
+    )
     mace = dict(spec["mace"])
     mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
     cfg = EraseConfig.from_dict(mace)  # the spec is complete: no preset defaults are filled in here
