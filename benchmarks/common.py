@@ -33,6 +33,7 @@ def machine() -> dict[str, Any]:
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         torch=torch.__version__,
     )
 

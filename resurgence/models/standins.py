@@ -17,7 +17,8 @@ Random weights draw noise, not the concepts: these exercise the machinery, never
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import argparse
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,34 @@ def write_random_models(
         },
         "evaluation": {"captions": {"file": str(caption_file)}},
     }
+
+
+def preset_words(config: Mapping[str, Any]) -> list[str]:
+    """Every concept name, synonym and fine-tune concept of a config: what the segmenter may be asked."""
+    words = {n for t in config["tasks"].values() for n in (*t["erase"], *t.get("retain", []))}
+    words |= {s for v in (config.get("synonyms") or {}).values() for s in v}
+    words |= {c for f in config["finetune_sets"].values() if f for c in f.get("concepts", [])}
+    return sorted(words)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import yaml
+
+    from resurgence.config import load_config
+
+    p = argparse.ArgumentParser(
+        description="Write random-weight stand-ins of a preset's models and "
+        "the config overlay pointing at them (ROOT/models.yaml)."
+    )
+    p.add_argument("root")
+    p.add_argument("--scale", default="full", choices=SCALES)
+    p.add_argument("--configfile", nargs="+", default=["config.yaml", "config.sd14.yaml"])
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    overlay = write_random_models(root, preset_words(load_config(args.configfile)), scale=args.scale)
+    (root / "models.yaml").write_text(yaml.safe_dump(overlay))
+    print(yaml.safe_dump(overlay))
+
+
+if __name__ == "__main__":
+    main()

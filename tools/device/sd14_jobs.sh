@@ -16,24 +16,7 @@ out=${OUT:-/tmp/sd14-jobs-out}; mkdir -p "$out"
 models=${MODELS:-/tmp/sd14-standins}
 target=${TARGET:-results/images/object_ship/default/random_object/lora/step-20/index.jsonl}
 start=$(date +%s)
-python3 - "$models" "${SCALE:-full}" <<'PY' || exit 1
-import sys
-from pathlib import Path
-
-import yaml
-
-from resurgence.config import load_config
-from resurgence.models.standins import write_random_models
-
-root, scale = Path(sys.argv[1]), sys.argv[2]
-config = load_config(["config.yaml", "config.sd14.yaml"])
-words = {n for t in config["tasks"].values() for n in (*t["erase"], *t.get("retain", []))}
-words |= {s for v in config.get("synonyms", {}).values() for s in v}
-words |= {c for f in config["finetune_sets"].values() if f for c in f.get("concepts", [])}
-overlay = write_random_models(root, sorted(words), scale=scale)
-(root / "models.yaml").write_text(yaml.safe_dump(overlay))
-print(yaml.safe_dump(overlay))
-PY
+python3 -m resurgence.models.standins "$models" --scale "${SCALE:-full}" || exit 1
 echo "stand-ins written in $(( $(date +%s) - start )) s"; du -sh "$models"
 # shellcheck disable=SC2086
 timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake "$target" --profile workflow/profiles/default \
