@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
+
+import torch
 
 from resurgence import study
 from resurgence.config import load_config
@@ -91,14 +94,37 @@ def work_counts(config: dict) -> dict[str, float]:
     )
 
 
-def measured_rates(gpu: str, arch: str = "sd14") -> dict[str, float]:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+def _matches(row: dict, generation: dict) -> bool:
+    """Whether a generation row was measured with the preset's sampling and engine settings."""
+    from resurgence.generate.engine import resolve_dtype
+
+    g = {"compile": "none", "attention": "default", "channels_last": False, "dtype": "float32", **generation}
+    # "auto" is bf16 on the GPUs these rows come from (torch.cuda.is_bf16_supported on H100/H200)
+    dtype = torch.bfloat16 if g["dtype"] == "auto" else resolve_dtype(g["dtype"])
+    return (
+        row.get("steps") == g["steps"]
+        and row.get("guidance") == g["guidance_scale"]
+        and row.get("batch") == g["batch_size"]
+        and row.get("compile", "none") == g["compile"]
+        and (row.get("attention") or "default") == g["attention"]
+        and bool(row.get("channels_last")) == bool(g["channels_last"])
+        and resolve_dtype(row["dtype"]) == dtype
+        and not row.get("inductor")
+        and not row.get("freeze_weights")
+    )
+
+
+def measured_rates(gpu: str, generation: dict, arch: str = "sd14", path: Path = RESULTS) -> dict[str, float]:
+    """Per-unit rates from the rows of one GPU: generation's is the median of the rows measured with
+    the preset's own generation settings (other settings run at other speeds)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch]
-    gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation"]
+    gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation" and _matches(r, generation)]
     ft = {r["method"]: r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and r["steps_per_s"] > 0}
     mace = [r["lora_steps_per_s"] for r in rows if r["benchmark"] == "mace_erase"]
-    return dict(images_per_s=max(gen) if gen else None, lora_steps_per_s=ft.get("lora"),
-                full_steps_per_s=ft.get("full"), mace_lora_steps_per_s=max(mace) if mace else None)
+    return dict(images_per_s=statistics.median(gen) if gen else None, generation_rows=len(gen),
+                lora_steps_per_s=ft.get("lora"), full_steps_per_s=ft.get("full"),
+                mace_lora_steps_per_s=max(mace) if mace else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     config = load_config([ROOT / "config.yaml", Path(args.preset)])
     work = work_counts(config)
-    rates = measured_rates(args.gpu)
+    rates = measured_rates(args.gpu, config["generation"])
     if args.mace_lora_steps_per_s:
         rates["mace_lora_steps_per_s"] = args.mace_lora_steps_per_s
     hours = {}

@@ -35,3 +35,33 @@ def test_kernel_kind_counts_inductor_fusions_as_their_own_kind():
     assert kernel_kind("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NNT") == "matmul"
     assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3") == "attention"
     assert kernel_kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>") == "attention"
+
+
+def test_paper_cost_takes_generation_rates_measured_with_the_presets_settings(tmp_path):
+    """Rows of other sampling or engine settings run at other speeds: only matching rows count (median)."""
+    import json
+
+    from paper_cost import measured_rates
+
+    base = dict(benchmark="generation", arch="sd14", machine={"gpu": "NVIDIA H100 80GB HBM3"}, steps=50, guidance=7.5,
+                batch=32, compile="default", channels_last=True, dtype="bfloat16", inductor=None)
+    rows = [
+        {**base, "images_per_s": 4.0},
+        {**base, "images_per_s": 4.4, "attention": "default"},
+        {**base, "images_per_s": 4.2},
+        {**base, "images_per_s": 9.0, "batch": 16},
+        {**base, "images_per_s": 9.0, "compile": "none"},
+        {**base, "images_per_s": 9.0, "attention": "cudnn"},
+        {**base, "images_per_s": 9.0, "dtype": "float16"},
+        {**base, "images_per_s": 9.0, "inductor": ["freezing=True"]},
+        {**base, "images_per_s": 9.0, "freeze_weights": True},
+        {**base, "images_per_s": 9.0, "machine": {"gpu": "NVIDIA H200"}},
+        dict(benchmark="finetune", arch="sd14", machine=base["machine"], method="lora", steps_per_s=2.5),
+    ]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preset = dict(steps=50, guidance_scale=7.5, batch_size=32, compile="default", channels_last=True, dtype="auto")
+    rates = measured_rates("H100", preset, path=path)
+    assert rates["images_per_s"] == 4.2 and rates["generation_rows"] == 3
+    assert rates["lora_steps_per_s"] == 2.5 and rates["full_steps_per_s"] is None
+    assert measured_rates("H100", {**preset, "batch_size": 64}, path=path)["images_per_s"] is None
