@@ -7,9 +7,9 @@ architecture (weights do not change the cost). Appends one row to benchmarks/res
 
     python benchmarks/unet_profile.py --arch sd14 --batch 32 --dtype bfloat16
 
-Several variants can share one GPU: with ``--lock FILE`` each process compiles (cuDNN autotuning
-off) before taking the lock, then autotunes, times and profiles holding it, so compiles overlap
-and timings do not.
+Several variants can share one GPU: with ``--lock FILE --parties N`` each process compiles (cuDNN
+autotuning off), waits until all N have, then autotunes, times and profiles holding the lock, so
+compiles overlap and timings see no other work (tools/device/bench_sd14.sh, WHAT=variants).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def dispatcher_choice(q_shape: tuple[int, ...], kv_tokens: int, dtype: torch.dty
 def only(name: str):
     """Context allowing one SDPA backend; "default" leaves PyTorch's dispatcher its own choice."""
     return contextlib.nullcontext() if name == "default" else sdpa_kernel([BACKENDS[name]])
+
+
 # Kernel-name fragments, checked in this order (the first match names the kind). Inductor's
 # generated kernels come first: their names list the ops they fused ("triton_poi_fused_convolution_
 # ..." adds a convolution's bias), so they are elementwise/normalisation work unless a template.
