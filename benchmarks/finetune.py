@@ -1,8 +1,10 @@
-"""Fine-tuning cost (optimizer steps/s, images/s, peak memory) of LoRA and full fine-tuning.
+"""Fine-tuning cost (optimizer steps/s, images/s, TFLOP/s achieved, peak memory) of LoRA and full fine-tuning.
 
 The study's own `resurgence.finetune.train.finetune` on random weights of the architecture
 (weights do not change the cost), on a fine-tune set of random-noise images captioned like the
-paper's (App. C.1 templates). Appends one row per method to benchmarks/results.jsonl.
+paper's (App. C.1 templates). A step's FLOPs (VAE encode, text encoder, UNet forward and backward)
+are counted with `torch.utils.flop_counter` as the difference of a 2-step and a 1-step run.
+Appends one row per method to benchmarks/results.jsonl.
 
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
 """
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
@@ -40,6 +43,27 @@ def noise_set(out: Path, n: int, resolution: int, seed: int = 0) -> Path:
         rows.append({"file_name": name, "prompt": prompt, "caption": prompt, "text": prompt, "seed": i})
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+def _config(method: str, steps: int, args) -> FinetuneConfig:
+    return FinetuneConfig(
+        method=method, steps=steps, learning_rate=1e-5 if method == "full" else 1e-4,
+        batch_size=args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
+        mixed_precision=args.mixed_precision,
+    )  # fmt: skip
+
+
+def flops_per_step(arch: str, data: Path, method: str, args, device: torch.device, work: Path) -> float:
+    """FLOPs of one optimizer step of the study's `finetune` (a 2-step run's count less a 1-step run's)."""
+    counts = {}
+    for steps in (1, 2):
+        pipe = build_random_pipeline(arch).to(device)
+        with FlopCounterMode(display=False) as fc:
+            finetune(pipe, data, _config(method, steps, args), work / f"flops-{method}-{steps}", device=device,
+                     progress=False)  # fmt: skip
+        counts[steps] = fc.get_total_flops()
+        del pipe
+    return float(counts[2] - counts[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,11 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         for steps in (1, 2, 2 + args.steps):  # the difference removes set-up, loading and first-step costs
             pipe = build_random_pipeline(args.arch)
             pipe.to(device)
-            cfg = FinetuneConfig(
-                method=method, steps=steps, learning_rate=1e-5 if method == "full" else 1e-4,
-                batch_size=args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
-                mixed_precision=args.mixed_precision,
-            )
+            cfg = _config(method, steps, args)
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -85,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         dt = timings[2 + args.steps] - timings[2]
+        step_flops = flops_per_step(args.arch, data, method, args, device, work)
         record(
             "finetune",
             dict(
@@ -99,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                 seconds=round(dt, 2),
                 steps_per_s=round(args.steps / dt, 3),
                 images_per_s=round(args.steps * args.batch / dt, 2),
+                tflop_per_step=round(step_flops / 1e12, 4),
+                achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
                 fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
                 peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
             ),

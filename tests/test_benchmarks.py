@@ -65,3 +65,35 @@ def test_paper_cost_takes_generation_rates_measured_with_the_presets_settings(tm
     assert rates["images_per_s"] == 4.2 and rates["generation_rows"] == 3
     assert rates["lora_steps_per_s"] == 2.5 and rates["full_steps_per_s"] is None
     assert measured_rates("H100", {**preset, "batch_size": 64}, path=path)["images_per_s"] is None
+
+
+def test_finetune_step_flops_match_forward_and_backward_of_the_unet(tmp_path):
+    """One step = VAE encode + text encoder + UNet forward and backward: backward costs about twice the
+    forward where weights train (full), about once where only activations' gradients flow (LoRA)."""
+    from types import SimpleNamespace
+
+    import torch
+    from finetune import flops_per_step, noise_set
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resurgence.models.pipeline import build_random_pipeline
+
+    pipe = build_random_pipeline("tiny")
+    cfg, res, batch = pipe.unet.config, pipe.unet.config.sample_size * pipe.vae_scale_factor, 2
+    ids = pipe.tokenizer(["A sketch of Person 0"] * batch, padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as text:
+            ctx = pipe.text_encoder(ids)[0]
+        with FlopCounterMode(display=False) as unet:
+            z = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+            pipe.unet(z, torch.tensor([10] * batch), encoder_hidden_states=ctx)
+        with FlopCounterMode(display=False) as vae:
+            pipe.vae.encode(torch.randn(batch, 3, res, res))
+    encoders = text.get_total_flops() + vae.get_total_flops()
+    data = noise_set(tmp_path / "data", 4, res)
+    args = SimpleNamespace(batch=batch, rank=4, mixed_precision="no")
+    full = flops_per_step("tiny", data, "full", args, torch.device("cpu"), tmp_path)
+    lora = flops_per_step("tiny", data, "lora", args, torch.device("cpu"), tmp_path)
+    assert 2.8 < (full - encoders) / unet.get_total_flops() < 3.05
+    assert 1.85 < (lora - encoders) / unet.get_total_flops() < 2.1

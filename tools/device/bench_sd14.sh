@@ -51,7 +51,7 @@ for what in ${WHAT:-generation erase finetune}; do
       # shellcheck disable=SC2086
       timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
     finetune)
-      timeout 170 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
+      timeout 240 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
   esac
 done
 tail -n +$((before + 1)) results.jsonl > "$OUT/results_new.jsonl"
