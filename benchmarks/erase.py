@@ -5,7 +5,10 @@ task of config.sd14.yaml, with its MACE settings, mapping and preserve sets, res
 `study.erase_spec`) on random weights of the architecture: weights do not change the cost.
 What differs from a real run, and is recorded in the row: images per concept and sampling steps
 of the training images may be reduced, and the masks come from a fixed centred ellipse instead
-of Grounded-SAM (its cost is not part of MACE's). Appends a row to benchmarks/results.jsonl.
+of Grounded-SAM (its cost is not part of MACE's). FLOPs (for TFLOP/s achieved) are counted with
+`torch.utils.flop_counter` on a second, one-concept erase and scaled by the concept count: the data
+and LoRA phases, nearly all of the work, grow linearly with it (linalg solves are not counted).
+Appends a row to benchmarks/results.jsonl.
 
     python benchmarks/erase.py --arch sd14 --task identity_100 --images-per-concept 2 --data-steps 20
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence import study
 from resurgence.config import deep_merge, load_config
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-batch", type=int, default=16)
     p.add_argument("--concepts", type=int, default=None, help="erase only the first N concepts of the task")
     p.add_argument("--dtype", default="float32", help="dtype of the erased pipeline (MACE trains in fp32)")
+    p.add_argument("--no-flops", action="store_true", help="skip the one-concept FLOP count")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     fast_cuda_math(device)
@@ -107,7 +112,16 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
     wall = time.perf_counter() - t0
+    data_s = timing["data_s"]  # before the FLOP count's erase adds to it
     rep = erasure.report
+    flops = None
+    if not args.no_flops:
+        del pipe, erasure
+        pipe = build_random_pipeline(args.arch)
+        pipe.to(device, getattr(torch, args.dtype))
+        with FlopCounterMode(display=False) as fc:
+            erase_concepts(pipe, concepts[:1], cfg, image_source, device=device)
+        flops = fc.get_total_flops() * len(concepts)
     lora_steps_total = cfg.lora_steps * len(concepts) if not cfg.refine_only else 0
     record(
         "mace_erase",
@@ -126,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
             n_coexisting=rep["refine"]["n_coexisting"],
             n_prior=rep["refine"]["n_prior"],
             seconds=round(wall, 1),
-            data_seconds=round(timing["data_s"], 1),
-            mace_seconds=round(wall - timing["data_s"], 1),
+            data_seconds=round(data_s, 1),
+            mace_seconds=round(wall - data_s, 1),
+            tflop_estimate=round(flops / 1e12, 1) if flops else None,
+            achieved_tflop_s=round(flops / wall / 1e12, 1) if flops else None,
             lora_steps_per_s=round(lora_steps_total / rep["phase_s"]["lora"], 2) if lora_steps_total else None,
             phase_seconds={k: round(v, 2) for k, v in rep.get("phase_s", {}).items()},
             peak_memory=rep["peak_memory"],
