@@ -6,8 +6,9 @@ task of config.sd14.yaml, with its MACE settings, mapping and preserve sets, res
 What differs from a real run, and is recorded in the row: images per concept and sampling steps
 of the training images may be reduced, and the masks come from a fixed centred ellipse instead
 of Grounded-SAM (its cost is not part of MACE's). FLOPs (for TFLOP/s achieved) are counted with
-`torch.utils.flop_counter` on a second, one-concept erase and scaled by the concept count: the data
-and LoRA phases, nearly all of the work, grow linearly with it (linalg solves are not counted).
+`torch.utils.flop_counter` on one- and two-concept erases and extrapolated linearly to the concept
+count: the per-concept work (data, LoRA) is their difference and the once-per-erase work (the
+preservation caches) is not multiplied (linalg solves are not counted).
 Appends a row to benchmarks/results.jsonl.
 
     python benchmarks/erase.py --arch sd14 --task identity_100 --images-per-concept 2 --data-steps 20
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-batch", type=int, default=16)
     p.add_argument("--concepts", type=int, default=None, help="erase only the first N concepts of the task")
     p.add_argument("--dtype", default="float32", help="dtype of the erased pipeline (MACE trains in fp32)")
-    p.add_argument("--no-flops", action="store_true", help="skip the one-concept FLOP count")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (two short extra erases)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     fast_cuda_math(device)
@@ -112,16 +113,21 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
     wall = time.perf_counter() - t0
-    data_s = timing["data_s"]  # before the FLOP count's erase adds to it
+    data_s = timing["data_s"]  # before the FLOP count's erases add to it
     rep = erasure.report
     flops = None
     if not args.no_flops:
         del pipe, erasure
-        pipe = build_random_pipeline(args.arch)
-        pipe.to(device, getattr(torch, args.dtype))
-        with FlopCounterMode(display=False) as fc:
-            erase_concepts(pipe, concepts[:1], cfg, image_source, device=device)
-        flops = fc.get_total_flops() * len(concepts)
+        counts = []
+        for n in range(1, min(2, len(concepts)) + 1):
+            pipe = build_random_pipeline(args.arch)
+            pipe.to(device, getattr(torch, args.dtype))
+            with FlopCounterMode(display=False) as fc:
+                erase_concepts(pipe, concepts[:n], cfg, image_source, device=device)
+            counts.append(fc.get_total_flops())
+            del pipe
+        per_concept = counts[1] - counts[0] if len(counts) == 2 else counts[0]
+        flops = counts[0] + (len(concepts) - 1) * per_concept
     lora_steps_total = cfg.lora_steps * len(concepts) if not cfg.refine_only else 0
     record(
         "mace_erase",
