@@ -6,15 +6,8 @@
 # pipeline compiled (PyTorch's attention choice, cuDNN preferred, CUDA graphs); side by side, ~5 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
 set -uo pipefail
-# The packed site (carry .devsite; tools/device/pack_site.sh) fits beside the tracked files where
-# the wheels (carry .whl) no longer do.
-if [ -f .devsite/site312.tar.xz ]; then
-  tar -xJf .devsite/site312.tar.xz -C /tmp && site=/tmp/site312
-else
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  site=/tmp/site
-fi
-export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# shellcheck source=tools/device/site.sh
+source tools/device/site.sh || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 before=$(wc -l < benchmarks/results.jsonl)
 cd benchmarks

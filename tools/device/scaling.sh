@@ -8,8 +8,9 @@
 # Env: TASKS (default "object_ship object_automobile"), NGPU (default: the GPUs nvidia-smi lists),
 #      SCALE=tiny with EXTRA=<overlay> for a CPU rehearsal, MODELS (stand-ins folder).
 set -uo pipefail
-if [ -f .devsite/site312.tar.xz ] && [ "${SCALE:-full}" = full ]; then
-  tar -xJf .devsite/site312.tar.xz -C /tmp && export PYTHONPATH="$PWD:/tmp/site312"
+if [ "${SCALE:-full}" = full ]; then
+  # shellcheck source=tools/device/site.sh
+  source tools/device/site.sh || exit 1
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/scaling-out}; mkdir -p "$out"

@@ -8,8 +8,9 @@
 #      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
 #      MODELS (where the stand-ins go, default /tmp/sd14-standins), LIMIT_S (default 480).
 set -uo pipefail
-if [ -f .devsite/site312.tar.xz ] && [ "${SCALE:-full}" = full ]; then
-  tar -xJf .devsite/site312.tar.xz -C /tmp && export PYTHONPATH="$PWD:/tmp/site312"
+if [ "${SCALE:-full}" = full ]; then
+  # shellcheck source=tools/device/site.sh
+  source tools/device/site.sh || exit 1
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/sd14-jobs-out}; mkdir -p "$out"

@@ -8,8 +8,10 @@
 # Env: SLOTS (concurrent jobs sharing the GPU, default 8), LIMIT_S (stop Snakemake after, default 500),
 #      TARGETS (default: every metric table of the study, i.e. `all --until tables`).
 set -uo pipefail
-tar -xJf .devsite/site312.tar.xz -C /tmp || exit 1
-export PYTHONPATH="$PWD:/tmp/site312" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES=0
+[ -f .devsite/site312.tar.xz ] || { echo "carry .devsite (tools/device/pack_site.sh)"; exit 1; }
+# shellcheck source=tools/device/site.sh
+source tools/device/site.sh || exit 1
+export CUDA_VISIBLE_DEVICES=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 nproc
 slots=${SLOTS:-8}

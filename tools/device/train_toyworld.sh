@@ -8,8 +8,8 @@
 # QUALITY=1 then measures the toy world's quality gates with the new models (those not retrained come
 # from resources/toyworld) into $OUT/quality.json, after the models are packed.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+# shellcheck source=tools/device/site.sh
+source tools/device/site.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$(date +%s)
 # shellcheck disable=SC2086
