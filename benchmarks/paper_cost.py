@@ -19,6 +19,7 @@ import torch
 
 from resurgence import study
 from resurgence.config import load_config
+from resurgence.generate.engine import GenerationConfig, resolve_dtype
 from resurgence.mace.config import EraseConfig
 from resurgence.world import get_world
 
@@ -96,18 +97,16 @@ def work_counts(config: dict) -> dict[str, float]:
 
 def _matches(row: dict, generation: dict) -> bool:
     """Whether a generation row was measured with the preset's sampling and engine settings."""
-    from resurgence.generate.engine import resolve_dtype
-
-    g = {"compile": "none", "attention": "default", "channels_last": False, "dtype": "float32", **generation}
+    g = GenerationConfig.from_dict(generation)  # the engine's defaults for what the preset leaves out
     # "auto" is bf16 on the GPUs these rows come from (torch.cuda.is_bf16_supported on H100/H200)
-    dtype = torch.bfloat16 if g["dtype"] == "auto" else resolve_dtype(g["dtype"])
+    dtype = torch.bfloat16 if g.dtype == "auto" else resolve_dtype(g.dtype)
     return (
-        row.get("steps") == g["steps"]
-        and row.get("guidance") == g["guidance_scale"]
-        and row.get("batch") == g["batch_size"]
-        and row.get("compile", "none") == g["compile"]
-        and (row.get("attention") or "default") == g["attention"]
-        and bool(row.get("channels_last")) == bool(g["channels_last"])
+        row.get("steps") == g.steps
+        and row.get("guidance") == g.guidance_scale
+        and row.get("batch") == g.batch_size
+        and row.get("compile", "none") == g.compile
+        and (row.get("attention") or "default") == g.attention
+        and bool(row.get("channels_last")) == g.channels_last
         and resolve_dtype(row["dtype"]) == dtype
         and not row.get("inductor")
         and not row.get("freeze_weights")
