@@ -28,10 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence import study
 from resurgence.config import deep_merge, load_config
-from resurgence.generate.engine import GenerationConfig, generate
+from resurgence.generate.engine import generate
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.erase import ConceptSpec, erase_concepts
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
+from resurgence.stages import erase_generation_config
 from resurgence.world import get_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,9 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe = build_random_pipeline(args.arch)
     pipe.to(device, getattr(torch, args.dtype))
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    gen_cfg = GenerationConfig(
-        **{**config["generation"], "batch_size": args.data_batch, "dtype": args.dtype, "height": None, "width": None,
-           **({"steps": args.data_steps} if args.data_steps else {})}
+    gen_cfg = erase_generation_config(
+        {**config["generation"], "batch_size": args.data_batch, "height": None, "width": None,
+         **({"steps": args.data_steps} if args.data_steps else {})},
+        args.dtype,
     )
     mask = ellipse_mask(resolution)
     timing = {"data_s": 0.0}

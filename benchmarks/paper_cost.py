@@ -3,7 +3,11 @@
 Counts what the study's jobs do (images generated per model state, fine-tune-set images, MACE
 training images and LoRA steps, fine-tuning steps) with the same `resurgence.study` functions
 the Snakefile uses, then divides by the rates of benchmarks/results.jsonl rows measured on one
-GPU (`--gpu` picks them). Evaluation (detector, CLIP, FID) is not counted.
+GPU (`--gpu` picks them), each rate from the rows measured with the preset's own settings
+(generation's, each fine-tune method's, MACE's dtype); a stage without such a row is listed under
+"not_measured" and left out of the total. MACE's training images are sampled in the erased model's
+dtype without compiling, so their time comes from the mace_erase rows (seconds per image and
+sampling step), not from the generation rate. Evaluation (detector, CLIP, FID) is not counted.
 
     python benchmarks/paper_cost.py --preset config.sd14.yaml --gpu H100
 """
@@ -19,6 +23,7 @@ import torch
 
 from resurgence import study
 from resurgence.config import load_config
+from resurgence.finetune.config import FinetuneConfig
 from resurgence.generate.engine import GenerationConfig, resolve_dtype
 from resurgence.mace.config import EraseConfig
 from resurgence.world import get_world
@@ -78,10 +83,9 @@ def work_counts(config: dict) -> dict[str, float]:
         s = {**preset.to_dict(), **study.erase_settings(config, task, erase)}
         mace_images += len(names) * int(s["images_per_concept"])
         mace_lora_steps += 0 if s.get("refine_only") else len(names) * int(s["lora_steps"])
-    ft_steps = {"lora": 0, "full": 0}
+    ft_steps: dict[str, int] = {}
     for _, _, _, method in finetunes:
-        spec = study.finetune_spec(config, method)
-        ft_steps[spec["method"]] += spec["steps"]
+        ft_steps[method] = ft_steps.get(method, 0) + study.finetune_spec(config, method)["steps"]
     return dict(
         model_states=len(states),
         eval_images=images,
@@ -89,8 +93,7 @@ def work_counts(config: dict) -> dict[str, float]:
         mace_images=mace_images,
         mace_lora_steps=mace_lora_steps,
         erasures=len(erasures),
-        lora_finetune_steps=ft_steps["lora"],
-        full_finetune_steps=ft_steps["full"],
+        finetune_steps=dict(sorted(ft_steps.items())),
         finetunes=len(finetunes),
     )
 
@@ -113,17 +116,40 @@ def _matches(row: dict, generation: dict) -> bool:
     )
 
 
-def measured_rates(gpu: str, generation: dict, arch: str = "sd14", path: Path = RESULTS) -> dict[str, float]:
-    """Per-unit rates from the rows of one GPU: generation's is the median of the rows measured with
-    the preset's own generation settings (other settings run at other speeds)."""
+def _finetune_matches(row: dict, spec: dict) -> bool:
+    """Whether a fine-tune row was measured with a method's settings that change a step's cost."""
+    f = FinetuneConfig.from_dict(spec)  # the trainer's defaults for what the preset leaves out
+    return (
+        row.get("method") == f.method
+        and row.get("batch") == f.batch_size
+        and row.get("mixed_precision", "no") == f.mixed_precision
+        and (f.method != "lora" or row.get("rank") == f.rank)
+        and f.grad_accum == 1  # the benchmark steps without accumulation
+        and not f.train_text_encoder
+    )
+
+
+def measured_rates(
+    gpu: str, generation: dict, finetune_methods: dict[str, dict] | None = None, erase_dtype: str = "float32",
+    arch: str = "sd14", path: Path = RESULTS,
+) -> dict:
+    """Per-unit rates from the rows of one GPU, each the median of the rows measured with the preset's
+    own settings (generation's; each fine-tune method's): other settings run at other speeds."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch]
     gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation" and _matches(r, generation)]
-    ft = {r["method"]: r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and r["steps_per_s"] > 0}
-    mace = [r["lora_steps_per_s"] for r in rows if r["benchmark"] == "mace_erase"]
+    ft = {}
+    for name, spec in (finetune_methods or {}).items():
+        got = [r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and _finetune_matches(r, spec)]
+        ft[name] = statistics.median(got) if got else None
+    # MACE trains, and samples its training images, in the erased model's dtype, uncompiled
+    # (stages.erase_generation_config): its own rows give both rates, not the generation rows.
+    mace = [r for r in rows if r["benchmark"] == "mace_erase" and r.get("dtype") == erase_dtype]
+    lora = [r["lora_steps_per_s"] for r in mace if r.get("lora_steps_per_s")]
+    data = [r["data_seconds"] / (r["concepts"] * r["images_per_concept"] * r["data_steps"]) for r in mace]
     return dict(images_per_s=statistics.median(gen) if gen else None, generation_rows=len(gen),
-                lora_steps_per_s=ft.get("lora"), full_steps_per_s=ft.get("full"),
-                mace_lora_steps_per_s=max(mace) if mace else None)
+                finetune_steps_per_s=ft, mace_lora_steps_per_s=statistics.median(lora) if lora else None,
+                mace_data_s_per_image_step=statistics.median(data) if data else None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,22 +160,28 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     config = load_config([ROOT / "config.yaml", Path(args.preset)])
     work = work_counts(config)
-    rates = measured_rates(args.gpu, config["generation"])
+    methods = {name: study.finetune_spec(config, name) for name in work["finetune_steps"]}
+    rates = measured_rates(args.gpu, config["generation"], methods, config["models"].get("dtype", "float32"))
     if args.mace_lora_steps_per_s:
         rates["mace_lora_steps_per_s"] = args.mace_lora_steps_per_s
     hours = {}
     if rates["images_per_s"]:
-        n = work["eval_images"] + work["finetune_set_images"] + work["mace_images"]
-        hours["generation"] = n / rates["images_per_s"] / 3600
+        hours["generation"] = (work["eval_images"] + work["finetune_set_images"]) / rates["images_per_s"] / 3600
+    if rates["mace_data_s_per_image_step"]:  # per sampling step: the rows may sample fewer steps than the preset
+        steps = GenerationConfig.from_dict(config["generation"]).steps
+        hours["mace_data"] = work["mace_images"] * steps * rates["mace_data_s_per_image_step"] / 3600
     if rates["mace_lora_steps_per_s"]:
         hours["mace_lora"] = work["mace_lora_steps"] / rates["mace_lora_steps_per_s"] / 3600
-    if rates["lora_steps_per_s"]:
-        hours["lora_finetune"] = work["lora_finetune_steps"] / rates["lora_steps_per_s"] / 3600
-    if rates["full_steps_per_s"]:
-        hours["full_finetune"] = work["full_finetune_steps"] / rates["full_steps_per_s"] / 3600
+    for name, steps in work["finetune_steps"].items():
+        if rates["finetune_steps_per_s"][name]:
+            hours[f"{name}_finetune"] = steps / rates["finetune_steps_per_s"][name] / 3600
+    missing = ["generation"] * (not rates["images_per_s"]) + ["mace_lora"] * (not rates["mace_lora_steps_per_s"])
+    missing += ["mace_data"] * (not rates["mace_data_s_per_image_step"])
+    missing += [f"{k}_finetune" for k, v in rates["finetune_steps_per_s"].items() if not v]
     hours["total"] = sum(hours.values())
     print(json.dumps(dict(preset=Path(args.preset).name, gpu=args.gpu, work=work, rates=rates,
-                          gpu_hours={k: round(v, 2) for k, v in hours.items()}), indent=2))
+                          gpu_hours={k: round(v, 2) for k, v in hours.items()},
+                          not_measured=missing), indent=2))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,16 @@ def generation_config(settings: dict[str, Any]):
     return GenerationConfig(**settings)
 
 
+def erase_generation_config(settings: dict[str, Any], dtype: str):
+    """How MACE's training images are sampled: in the erased model's dtype, never compiled.
+
+    Generating in another dtype would cast the pipeline in place, so the LoRAs would train in that
+    dtype; and a few images per concept from a UNet that changes between concepts only pay for a compile
+    (and the compiled UNet would then also run MACE's LoRA training).
+    """
+    return generation_config({**settings, "dtype": dtype, "compile": "none"})
+
+
 def load_segmenter(models: dict[str, Any], device: str):
     from resurgence.models.segment import GroundedSAMSegmenter, ToySegmenter
 
@@ -88,12 +98,7 @@ def run_erase(args: Namespace) -> None:
     world = get_world(spec["world"])
     pipe = load_study_pipeline(args.models, device)
     segmenter = load_segmenter(args.models, device)
-    # MACE's training images come from the model as it is erased (its dtype): generating in another
-    # dtype would cast the pipeline in place and the LoRAs would then train in that dtype. A few
-    # images per concept from a UNet that changes between concepts: compiling would only cost.
-    gen_cfg = generation_config(
-        {**args.generation, "dtype": args.models.get("dtype", "float32"), "compile": "none"}
-    )
+    gen_cfg = erase_generation_config(args.generation, args.models.get("dtype", "float32"))
     mace = dict(spec["mace"])
     mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
     cfg = EraseConfig.from_dict(mace)  # the spec is complete: no preset defaults are filled in here

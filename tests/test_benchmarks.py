@@ -37,8 +37,9 @@ def test_kernel_kind_counts_inductor_fusions_as_their_own_kind():
     assert kernel_kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>") == "attention"
 
 
-def test_paper_cost_takes_generation_rates_measured_with_the_presets_settings(tmp_path):
-    """Rows of other sampling or engine settings run at other speeds: only matching rows count (median)."""
+def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
+    """Rows of other sampling, engine or training settings run at other speeds: only matching rows count
+    (median); MACE's rates come from its own rows in the erased model's dtype."""
     import json
 
     from paper_cost import measured_rates
@@ -56,14 +57,33 @@ def test_paper_cost_takes_generation_rates_measured_with_the_presets_settings(tm
         {**base, "images_per_s": 9.0, "inductor": ["freezing=True"]},
         {**base, "images_per_s": 9.0, "freeze_weights": True},
         {**base, "images_per_s": 9.0, "machine": {"gpu": "NVIDIA H200"}},
-        dict(benchmark="finetune", arch="sd14", machine=base["machine"], method="lora", steps_per_s=2.5),
+    ]
+    ft = dict(benchmark="finetune", arch="sd14", machine=base["machine"], method="lora", batch=8, rank=4,
+              mixed_precision="bf16")
+    rows += [
+        {**ft, "steps_per_s": 2.5},
+        {**ft, "steps_per_s": 2.7},
+        {**ft, "steps_per_s": 1.5, "mixed_precision": "no"},
+        {**ft, "steps_per_s": 9.0, "batch": 4},
+        {**ft, "steps_per_s": 9.0, "rank": 16},
+        {**ft, "steps_per_s": 3.0, "method": "full", "rank": None},  # rank: a LoRA setting only
+    ]
+    mace = dict(benchmark="mace_erase", arch="sd14", machine=base["machine"], dtype="float32", concepts=100,
+                images_per_concept=1, data_steps=20)
+    rows += [
+        {**mace, "lora_steps_per_s": 6.0, "data_seconds": 100.0},
+        {**mace, "lora_steps_per_s": 9.0, "data_seconds": 10.0, "dtype": "bfloat16"},
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     preset = dict(steps=50, guidance_scale=7.5, batch_size=32, compile="default", channels_last=True, dtype="auto")
-    rates = measured_rates("H100", preset, path=path)
+    lora = dict(method="lora", steps=200, learning_rate=1e-4, batch_size=8, checkpoint_every=50, seed=0)
+    methods = {"lora": {**lora, "mixed_precision": "bf16"}, "lora_fp32": lora,
+               "full": {**lora, "method": "full", "mixed_precision": "bf16"}}
+    rates = measured_rates("H100", preset, methods, path=path)
     assert rates["images_per_s"] == 4.2 and rates["generation_rows"] == 3
-    assert rates["lora_steps_per_s"] == 2.5 and rates["full_steps_per_s"] is None
+    assert rates["finetune_steps_per_s"] == {"lora": 2.6, "lora_fp32": 1.5, "full": 3.0}
+    assert rates["mace_lora_steps_per_s"] == 6.0 and rates["mace_data_s_per_image_step"] == 100.0 / 2000
     assert measured_rates("H100", {**preset, "batch_size": 64}, path=path)["images_per_s"] is None
 
 
