@@ -160,6 +160,20 @@ def test_erase_specs_keep_maces_published_settings(config, tmp_path):
         assert mace["lambda1"] == EraseConfig.celebrity(n).lambda1
 
 
+def test_maces_training_images_are_sampled_uncompiled_in_the_erased_models_dtype(config):
+    """The preset compiles generation in bf16; MACE's images come from the model it trains (fp32), whose
+    UNet changes between concepts: compiling it would recompile per concept and run the LoRA training
+    through the compiled module (the erase benchmark once did: 145 s for its first concept's LoRA on an H200)."""
+    from resurgence.generate.engine import GenerationConfig
+    from resurgence.stages import erase_generation_config
+
+    preset = GenerationConfig.from_dict(config["generation"])
+    assert preset.compile != "none"  # else this test checks nothing
+    cfg = erase_generation_config(config["generation"], config["models"]["dtype"])
+    assert (cfg.compile, cfg.dtype) == ("none", "float32")
+    assert (cfg.steps, cfg.guidance_scale, cfg.batch_size) == (preset.steps, preset.guidance_scale, preset.batch_size)
+
+
 def test_world_carries_object_synonyms(config):
     from resurgence.world import get_world
 
