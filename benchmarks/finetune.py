@@ -3,10 +3,14 @@
 The study's own `resurgence.finetune.train.finetune` on random weights of the architecture
 (weights do not change the cost), on a fine-tune set of random-noise images captioned like the
 paper's (App. C.1 templates). A step's FLOPs (VAE encode, text encoder, UNet forward and backward)
-are counted with `torch.utils.flop_counter` as the difference of a 2-step and a 1-step run.
-Appends one row per method to benchmarks/results.jsonl.
+are counted with `torch.utils.flop_counter` as the difference of a 2-step and a 1-step run at batch 1,
+times the batch (every counted op, matmul, convolution, attention, is per sample; tested), so that
+the count is cheap on any device. Appends one row per method to benchmarks/results.jsonl;
+`--flops-only` counts without timing (rows "finetune_flops"; FLOPs do not depend on the device
+or on mixed precision, so a CPU count applies to GPU rows of the same architecture and batch).
 
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
+    python benchmarks/finetune.py --arch sd14 --batch 8 --flops-only --device cpu
 """
 
 from __future__ import annotations
@@ -45,25 +49,31 @@ def noise_set(out: Path, n: int, resolution: int, seed: int = 0) -> Path:
     return out
 
 
-def _config(method: str, steps: int, args) -> FinetuneConfig:
+def _config(method: str, steps: int, args, batch: int | None = None) -> FinetuneConfig:
     return FinetuneConfig(
         method=method, steps=steps, learning_rate=1e-5 if method == "full" else 1e-4,
-        batch_size=args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
+        batch_size=batch or args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
         mixed_precision=args.mixed_precision,
     )  # fmt: skip
 
 
-def flops_per_step(arch: str, data: Path, method: str, args, device: torch.device, work: Path) -> float:
-    """FLOPs of one optimizer step of the study's `finetune` (a 2-step run's count less a 1-step run's)."""
+def counted_step_flops(arch: str, data: Path, method: str, args, device: torch.device, work: Path,
+                       batch: int) -> float:  # fmt: skip
+    """FLOPs of one optimizer step of the study's `finetune` at ``batch`` (a 2-step run's count less a 1-step run's)."""
     counts = {}
     for steps in (1, 2):
         pipe = build_random_pipeline(arch).to(device)
         with FlopCounterMode(display=False) as fc:
-            finetune(pipe, data, _config(method, steps, args), work / f"flops-{method}-{steps}", device=device,
-                     progress=False)  # fmt: skip
+            finetune(pipe, data, _config(method, steps, args, batch), work / f"flops-{method}-{steps}-b{batch}",
+                     device=device, progress=False)  # fmt: skip
         counts[steps] = fc.get_total_flops()
         del pipe
     return float(counts[2] - counts[1])
+
+
+def flops_per_step(arch: str, data: Path, method: str, args, device: torch.device, work: Path) -> float:
+    """FLOPs of one optimizer step at ``args.batch``: counted at batch 1, times the batch."""
+    return args.batch * counted_step_flops(arch, data, method, args, device, work, batch=1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--images", type=int, default=50, help="size of the fine-tune set (App. C.1: 250)")
+    p.add_argument("--flops-only", action="store_true", help="count a step's FLOPs, no timing")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     fast_cuda_math(device)
@@ -85,6 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     resolution = probe.unet.config.sample_size * probe.vae_scale_factor
     del probe
     data = noise_set(work / "data", args.images, resolution)
+    if args.flops_only:
+        for method in args.methods:
+            step_flops = flops_per_step(args.arch, data, method, args, device, work)
+            record("finetune_flops", dict(arch=args.arch, method=method, device=str(device), resolution=resolution,
+                                          batch=args.batch, rank=args.rank if method == "lora" else None,
+                                          tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
+        return
     for method in args.methods:
         timings = {}
         # a throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning)

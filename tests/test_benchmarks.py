@@ -117,3 +117,21 @@ def test_finetune_step_flops_match_forward_and_backward_of_the_unet(tmp_path):
     lora = flops_per_step("tiny", data, "lora", args, torch.device("cpu"), tmp_path)
     assert 2.8 < (full - encoders) / unet.get_total_flops() < 3.05
     assert 1.85 < (lora - encoders) / unet.get_total_flops() < 2.1
+
+
+def test_finetune_step_flops_are_per_sample(tmp_path):
+    """flops_per_step counts at batch 1 and multiplies: exact only if every counted op scales with the batch."""
+    from types import SimpleNamespace
+
+    import torch
+    from finetune import counted_step_flops, noise_set
+
+    from resurgence.models.pipeline import build_random_pipeline
+
+    pipe = build_random_pipeline("tiny")
+    data = noise_set(tmp_path / "data", 6, pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    args = SimpleNamespace(batch=3, rank=4, mixed_precision="no")
+    for method in ("lora", "full"):
+        one = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=1)
+        three = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=3)
+        assert one > 0 and three == 3 * one, method

@@ -52,3 +52,22 @@ def test_unknown_scale_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="scale must be one of"):
         write_random_models(tmp_path, ["ship"], scale="huge")
     assert not any(tmp_path.iterdir())  # rejected before anything is written
+
+
+def test_random_pipeline_leaves_no_tokenizer_folder_and_saves_its_tokenizer(tmp_path, monkeypatch):
+    """The OpenAI tokenizer is written to a temporary folder only to be loaded: nothing may stay behind
+    (every benchmark and test build used to leave a folder in /tmp), and the pipeline must still save it."""
+    import tempfile
+
+    from resurgence.models.pipeline import build_random_pipeline
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    pipe = build_random_pipeline("tiny")
+    assert list(scratch.iterdir()) == []
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = load_pipeline(tmp_path / "saved")
+    prompt = ["A portrait of Person 3 in an official photo"]
+    assert loaded.tokenizer(prompt).input_ids == pipe.tokenizer(prompt).input_ids
+    assert len(loaded.tokenizer) == 49408

@@ -7,9 +7,7 @@ weights, so that code paths for SD v1.4 can be exercised with real shapes and no
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +21,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from resurgence.models.tokenizer import write_clip_tokenizer
+from resurgence.models.tokenizer import openai_clip_tokenizer, write_clip_tokenizer
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -196,8 +194,10 @@ def build_random_pipeline(
     unet = UNet2DConditionModel(**a.unet)
     vae = AutoencoderKL(**a.vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**a.text))
-    tok_dir = Path(tokenizer_dir) if tokenizer_dir else Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
-    tokenizer = write_clip_tokenizer(tok_dir, model_max_length=a.tokenizer_max_length)
+    if tokenizer_dir:
+        tokenizer = write_clip_tokenizer(tokenizer_dir, model_max_length=a.tokenizer_max_length)
+    else:
+        tokenizer = openai_clip_tokenizer(a.tokenizer_max_length)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

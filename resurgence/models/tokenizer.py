@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,3 +74,9 @@ def write_clip_tokenizer(
     )
     tok.save_pretrained(str(out))
     return CLIPTokenizer.from_pretrained(str(out), local_files_only=True)
+
+
+def openai_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """OpenAI CLIP's tokenizer, loaded offline through a folder that is removed again (it lives in memory)."""
+    with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:
+        return write_clip_tokenizer(tmp, model_max_length=model_max_length)

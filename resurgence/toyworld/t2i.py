@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -40,7 +39,7 @@ from resurgence.models.pipeline import (
     Architecture,
     make_scheduler,
 )
-from resurgence.models.tokenizer import _bytes_to_unicode, write_clip_tokenizer
+from resurgence.models.tokenizer import _bytes_to_unicode, openai_clip_tokenizer, write_clip_tokenizer
 from resurgence.progress import progress_bar
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -257,9 +256,10 @@ def build_toy_pipeline(
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "vocab.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         tokenizer.model_max_length = arch.tokenizer_max_length
+    elif tokenizer_dir is not None:
+        tokenizer = write_clip_tokenizer(tokenizer_dir, model_max_length=arch.tokenizer_max_length)
     else:
-        tok_dir = Path(tokenizer_dir) if tokenizer_dir else Path(tempfile.mkdtemp(prefix="clip-tokenizer-"))
-        tokenizer = write_clip_tokenizer(tok_dir, model_max_length=arch.tokenizer_max_length)
+        tokenizer = openai_clip_tokenizer(arch.tokenizer_max_length)
     torch.manual_seed(seed)
     text_cfg = {
         **arch.text,
