@@ -42,7 +42,9 @@ for what in ${WHAT:-generation erase finetune}; do
       for f in /tmp/v?.log; do echo "== $f"; grep -E "Error|error:" "$f" | tail -3; done ;;
     erase)
       # shellcheck disable=SC2086
-      timeout "${ERASE_TIMEOUT_S:-330}" python3 erase.py --arch sd14 --task identity_100 ${ERASE_ARGS:---images-per-concept 2 --data-steps 20} ;;
+      # 100 concepts, 1 image each at 20 steps, 20 LoRA steps each: ~430 s on an H100, then the FLOP count
+      timeout "${ERASE_TIMEOUT_S:-540}" python3 erase.py --arch sd14 --task identity_100 \
+        ${ERASE_ARGS:---images-per-concept 1 --data-steps 20 --lora-steps 20} ;;
     finetune)
       timeout 240 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
   esac

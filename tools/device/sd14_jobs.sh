@@ -26,7 +26,9 @@ timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake "$target" --profile 
 rc=$?
 echo "snakemake exit $rc; wall time since start: $(( $(date +%s) - start )) s" | tee -a "$out/snakemake.log"
 grep -E "steps \(|Finished job|Error|error" "$out/snakemake.log" | cut -c1-300 | tail -20
-find results/benchmarks results/erase results/finetune results/ftdata results/images logs -type f \
-  \( -name '*.tsv' -o -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name 'grid.png' \) 2>/dev/null \
+# The jobs' timings, reports and logs (the images and grids of noise from random weights are tens of MB: left out)
+find results/benchmarks results/erase results/finetune results/ftdata results/images logs -type f -size -2M \
+  \( -name '*.tsv' -o -name '*.json' -o -name '*.jsonl' -o -name '*.log' \) 2>/dev/null \
   | tar cf "$out/sd14_jobs.tar" -T -
+ls -la "$out/sd14_jobs.tar"
 exit $rc
