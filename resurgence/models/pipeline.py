@@ -21,7 +21,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from resurgence.models.tokenizer import openai_clip_tokenizer, write_clip_tokenizer
+from resurgence.models.tokenizer import openai_clip_tokenizer
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -194,10 +194,7 @@ def build_random_pipeline(
     unet = UNet2DConditionModel(**a.unet)
     vae = AutoencoderKL(**a.vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**a.text))
-    if tokenizer_dir:
-        tokenizer = write_clip_tokenizer(tokenizer_dir, model_max_length=a.tokenizer_max_length)
-    else:
-        tokenizer = openai_clip_tokenizer(a.tokenizer_max_length)
+    tokenizer = openai_clip_tokenizer(a.tokenizer_max_length, tokenizer_dir)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

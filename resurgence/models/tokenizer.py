@@ -76,7 +76,10 @@ def write_clip_tokenizer(
     return CLIPTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
-def openai_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    """OpenAI CLIP's tokenizer, loaded offline through a folder that is removed again (it lives in memory)."""
+def openai_clip_tokenizer(model_max_length: int = 77, out_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
+    """OpenAI CLIP's tokenizer, written to ``out_dir`` and loaded offline; without ``out_dir`` through a
+    folder that is removed again (the loaded tokenizer lives in memory)."""
+    if out_dir is not None:
+        return write_clip_tokenizer(out_dir, model_max_length=model_max_length)
     with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:
         return write_clip_tokenizer(tmp, model_max_length=model_max_length)

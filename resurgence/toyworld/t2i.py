@@ -256,10 +256,8 @@ def build_toy_pipeline(
     if tokenizer_dir is not None and (Path(tokenizer_dir) / "vocab.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         tokenizer.model_max_length = arch.tokenizer_max_length
-    elif tokenizer_dir is not None:
-        tokenizer = write_clip_tokenizer(tokenizer_dir, model_max_length=arch.tokenizer_max_length)
     else:
-        tokenizer = openai_clip_tokenizer(arch.tokenizer_max_length)
+        tokenizer = openai_clip_tokenizer(arch.tokenizer_max_length, tokenizer_dir)
     torch.manual_seed(seed)
     text_cfg = {
         **arch.text,
