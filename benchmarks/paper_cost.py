@@ -98,9 +98,8 @@ def work_counts(config: dict) -> dict[str, float]:
     )
 
 
-def _matches(row: dict, generation: dict) -> bool:
+def _matches(row: dict, g: GenerationConfig) -> bool:
     """Whether a generation row was measured with the preset's sampling and engine settings."""
-    g = GenerationConfig.from_dict(generation)  # the engine's defaults for what the preset leaves out
     # "auto" is bf16 on the GPUs these rows come from (torch.cuda.is_bf16_supported on H100/H200)
     dtype = torch.bfloat16 if g.dtype == "auto" else resolve_dtype(g.dtype)
     return (
@@ -116,9 +115,8 @@ def _matches(row: dict, generation: dict) -> bool:
     )
 
 
-def _finetune_matches(row: dict, spec: dict) -> bool:
+def _finetune_matches(row: dict, f: FinetuneConfig) -> bool:
     """Whether a fine-tune row was measured with a method's settings that change a step's cost."""
-    f = FinetuneConfig.from_dict(spec)  # the trainer's defaults for what the preset leaves out
     return (
         row.get("method") == f.method
         and row.get("batch") == f.batch_size
@@ -137,10 +135,13 @@ def measured_rates(
     own settings (generation's; each fine-tune method's): other settings run at other speeds."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch]
-    gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation" and _matches(r, generation)]
+    # The configs fill in the engine's and the trainer's defaults for what the preset leaves out.
+    g = GenerationConfig.from_dict(generation)
+    gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation" and _matches(r, g)]
     ft = {}
     for name, spec in (finetune_methods or {}).items():
-        got = [r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and _finetune_matches(r, spec)]
+        f = FinetuneConfig.from_dict(spec)
+        got = [r["steps_per_s"] for r in rows if r["benchmark"] == "finetune" and _finetune_matches(r, f)]
         ft[name] = statistics.median(got) if got else None
     # MACE trains, and samples its training images, in the erased model's dtype, uncompiled
     # (stages.erase_generation_config): its own rows give both rates, not the generation rows.
