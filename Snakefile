@@ -1,18 +1,29 @@
 # Concept resurgence study: erase (MACE) -> fine-tune on unrelated concepts -> measure what returns.
 # Rules are thin: each calls `python -m resurgence <stage>`; the logic lives in the package.
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 from resurgence.config import (
     coerce_strings,
     drop_disabled,
+    read_config_file,
     schema_path,
     validate_config,
 )
-from resurgence import study
+from resurgence import jobs, study
 
 min_version("9.0")
+
+# Jobs stop when this Snakemake process ends, however it ends; locks of a killed earlier run are released.
+jobs.adopt_jobs()
+if workflow.is_main_process:
+    for pid in jobs.release_stale_locks():
+        print(f"resurgence: removed the Snakemake locks of run {pid}, which ended without releasing them", file=sys.stderr)
+
+# A study config that cannot be read stops the run naming the file (Snakemake's own message does not).
+read_config_file("config.yaml")
 
 
 configfile: "config.yaml"

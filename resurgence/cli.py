@@ -6,6 +6,7 @@ Each stage is usable without Snakemake: specs are JSON strings, or `@file.json`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -98,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resurgence.jobs import exclusive_writer, stop_on_sigterm, watch_owner
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop_on_sigterm()
+    watch_owner()
     if getattr(args, "device", "auto") in ("auto", "cuda"):
         from resurgence.gpus import pin_job_to_gpu
 
@@ -109,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     from resurgence import stages
 
     handler = getattr(stages, f"run_{args.stage}")
-    handler(args)
+    # A stage that writes a folder holds it for its whole run: one writer at a time.
+    with exclusive_writer(args.out_dir) if getattr(args, "out_dir", None) else contextlib.nullcontext():
+        handler(args)
     return 0
 
 

@@ -154,16 +154,33 @@ def coerce_strings(config: Any, schema: dict[str, Any] | None = None, root: dict
     return config
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """One config file as a mapping; a missing, unreadable or malformed file is a `ConfigError` naming it."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist (working directory {os.getcwd()})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        what = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}: {what}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(
     paths: Iterable[str | os.PathLike] = ("config.yaml",), overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Read and merge config files left to right (later wins), apply overrides, validate."""
     config: dict[str, Any] = {}
     for p in paths:
-        data = yaml.safe_load(Path(p).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a config file must hold a mapping, got {type(data).__name__}")
-        config = deep_merge(config, data)
+        config = deep_merge(config, read_config_file(p))
     if overrides:
         config = deep_merge(config, overrides)
     drop_disabled(config)

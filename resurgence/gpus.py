@@ -10,11 +10,12 @@ device (Slurm sets ``CUDA_VISIBLE_DEVICES``) nothing is claimed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
 from pathlib import Path
+
+from resurgence.jobs import try_flock
 
 SLOTS_ENV = "RESURGENCE_GPU_SLOTS"  # number of GPUs to share out (the Snakefile sets it from --resources gpu=N)
 LOCK_DIR_ENV = "RESURGENCE_GPU_LOCK_DIR"
@@ -39,16 +40,10 @@ def claim_gpu(n_gpus: int, lock_dir: str | os.PathLike | None = None, timeout_s:
     deadline = time.monotonic() + timeout_s
     while True:
         for i in range(n_gpus):
-            fd = os.open(d / f"gpu-{i}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            _held.append(fd)
-            return i
+            fd = try_flock(d / f"gpu-{i}.lock")
+            if fd is not None:
+                _held.append(fd)
+                return i
         if time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU among {n_gpus} after {timeout_s:.0f} s (locks in {d})")
         time.sleep(poll_s)

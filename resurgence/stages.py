@@ -171,7 +171,8 @@ def run_finetune(args: Namespace) -> None:
 
     device = pick_device(args.device)
     pipe = load_study_pipeline(args.models, device, erasure=args.erasure)
-    finetune(pipe, args.data, FinetuneConfig.from_dict(args.spec), args.out_dir, device=device)
+    model_key = weights_key(args.models, erasure=args.erasure)
+    finetune(pipe, args.data, FinetuneConfig.from_dict(args.spec), args.out_dir, device=device, model_key=model_key)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -179,26 +180,46 @@ def run_finetune(args: Namespace) -> None:
 
 def checkpoint_dir(finetune_dir: str | Path, step: int) -> Path:
     """The kept checkpoint of a fine-tune run at ``step`` (the final weights at the last step)."""
-    log_ = json.loads((Path(finetune_dir) / "train_log.json").read_text())
+    from resurgence.finetune.train import FINAL, TRAIN_LOG, checkpoint_path
+
+    log_ = json.loads((Path(finetune_dir) / TRAIN_LOG).read_text())
     if step >= int(log_["config"]["steps"]):
-        return Path(finetune_dir) / "final"
-    ckpt = Path(finetune_dir) / "checkpoints" / f"step-{step:06d}"
+        return Path(finetune_dir) / FINAL
+    ckpt = checkpoint_path(finetune_dir, step)
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} missing: set finetune checkpoint_every to divide the trajectory steps")
     return ckpt
 
 
-def file_stamps(folder: Path) -> list[tuple[str, int, int]]:
-    """(name, size, mtime_ns) of every file under a weights folder: changes when the weights are rewritten."""
-    return sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file())
+def pipeline_folder(source: str) -> Path | None:
+    """The local folder a pipeline source loads from: itself, or a hub id's snapshot in the HF cache."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not a hub id, or not in the cache: nothing on disk to key
+        return None
 
 
-def weights_key(models: dict[str, Any], *folders: str | None, step: int | None = None) -> str:
-    """The identity of the weights a generation job samples from (`generate_to_dir`'s ``model_key``):
-    the model specs, the fine-tune step, and the file stamps of the local base pipeline and of the
-    erasure / fine-tune folders, so images of rewritten weights are never reused."""
-    paths = [Path(p) for p in (models.get("pipeline"), *folders) if p and Path(p).is_dir()]
-    return json.dumps([models, step, [file_stamps(p) for p in paths]], sort_keys=True, default=str)
+def weights_key(
+    models: dict[str, Any], erasure: str | None = None, finetune: str | None = None, step: int | None = None
+) -> str:
+    """The identity of the weights a job starts from (`generate_to_dir`'s ``model_key``, `finetune`'s
+    ``model_key``): the model specs, and the content digests of the base pipeline, of the erased LoRA and
+    of the fine-tuned weights at ``step``, so that images and checkpoints of other weights are never reused."""
+    from resurgence.finetune.train import TRAINING_STATE
+    from resurgence.mace.erase import LORA_FILE
+    from resurgence.state import content_digest
+
+    base = pipeline_folder(str(models["pipeline"])) if models.get("pipeline") else None
+    digests = {"pipeline": content_digest(base) if base else None}
+    if erasure:
+        digests["erasure"] = content_digest(Path(erasure) / LORA_FILE)
+    if finetune:
+        digests["finetune"] = content_digest(checkpoint_dir(finetune, step), ignore=(TRAINING_STATE,))
+    return json.dumps([models, step, digests], sort_keys=True, default=str)
 
 
 def run_generate(args: Namespace) -> None:
@@ -214,7 +235,7 @@ def run_generate(args: Namespace) -> None:
         load_finetuned(pipe, checkpoint_dir(args.finetune, args.step))
     records = expand_records(spec)
     out = Path(args.out_dir)
-    model_key = weights_key(args.models, args.erasure, args.finetune, step=args.step)
+    model_key = weights_key(args.models, erasure=args.erasure, finetune=args.finetune, step=args.step)
     generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key)
     # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
     rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")]

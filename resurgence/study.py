@@ -126,11 +126,27 @@ def _mapping_for(world: World, name: str, mapping: Any) -> str:
             raise ConfigError(f"mapping has no entry for erased concept {name!r}")
         return mapping[name]
     if mapping == "gender":
-        gender = dict(world.concept(name).traits).get("gender")
+        concept = world.concept(name)
+        gender = dict(concept.traits).get("gender")
         if gender not in ("male", "female"):
-            raise ConfigError(f"mapping 'gender' needs a male/female trait on {name!r}")
+            raise ConfigError(
+                f"'gender' maps each erased identity to 'a male celebrity' or 'a female celebrity', but {name!r} "
+                f"is {'an' if concept.domain[0] in 'aeiou' else 'a'} {concept.domain} with no male/female trait; "
+                "allowed values here: a phrase or a {concept: phrase} mapping"
+            )
         return f"a {gender} celebrity"
     return str(mapping)
+
+
+def mapping_key(config: dict[str, Any], task: str, erase: str) -> str:
+    """The config key that sets the mapping concept of one erasure (the last of `erase_settings`' layers)."""
+    t = config["tasks"][task]
+    key = f"erase_defaults.{t['domain']}.mapping"
+    for where, layer in ((f"tasks.{task}", t), (f"tasks.{task}.mace", t.get("mace", {})),
+                         (f"erase_variants.{erase}", config["erase_variants"][erase])):
+        if "mapping" in layer:
+            key = f"{where}.mapping"
+    return key
 
 
 def world_ref(config: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +213,10 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     cfg = dataclasses.replace(preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings)
     mace = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "mapping"}
     mace = {k: list(v) if isinstance(v, tuple) else v for k, v in mace.items()}
-    concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in names]
+    try:
+        concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in names]
+    except ConfigError as err:
+        raise ConfigError(f"config key '{mapping_key(config, task, erase)}' (task {task!r}, erase {erase!r}): {err}") from None
     return dict(world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, mace=mace)
 
 
@@ -392,6 +411,36 @@ def check_study(config: dict[str, Any]) -> None:
     traj = config.get("trajectory") or {}
     if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
         raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")
+    check_checkpoints(config)
+
+
+def check_checkpoints(config: dict[str, Any]) -> None:
+    """Every fine-tune keeps a checkpoint at each trajectory step: settings that cannot are rejected here,
+    before any job, instead of failing after the erase and fine-tune jobs have run."""
+    for name in config["finetune_methods"]:
+        spec = finetune_spec(config, name)
+        if spec["checkpoint_every"] > spec["steps"]:
+            raise ConfigError(
+                f"config key 'finetune_methods.{name}.checkpoint_every': {spec['checkpoint_every']} is more than "
+                f"its steps ({spec['steps']}), so no checkpoint would be kept; allowed values: 1 to {spec['steps']}"
+            )
+    traj = config.get("trajectory") or {}
+    if not traj.get("experiment"):
+        return
+    for name in sorted({run.ftmethod for run in experiment_runs(config, traj["experiment"])}):
+        spec = finetune_spec(config, name)
+        steps, every = spec["steps"], spec["checkpoint_every"]
+        for step in traj.get("steps", []):
+            if step > steps:
+                raise ConfigError(
+                    f"config key 'trajectory.steps': step {step} is beyond finetune_methods.{name}.steps ({steps}) "
+                    f"of the runs of {traj['experiment']}; allowed values: multiples of {every} up to {steps}"
+                )
+            if step < steps and step % every:
+                raise ConfigError(
+                    f"config key 'trajectory.steps': no checkpoint is kept at step {step} (finetune_methods.{name}"
+                    f".checkpoint_every is {every}); allowed values: multiples of {every} up to {steps}"
+                )
 
 
 def figure_targets(config: dict[str, Any]) -> list[str]:

@@ -1,8 +1,37 @@
-"""Parsing Snakemake's output in the workflow tests."""
+"""Running the workflow as users run it, and parsing Snakemake's output, in the workflow tests."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a study directory needs from the repository (its results/ and .snakemake/ are its own).
+WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config.smoke.yaml", "resources", "envs")
+
+
+def run(cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 1800, **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **env)
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def snakemake(*args: str, cwd: Path = ROOT, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "snakemake", *args], cwd=cwd, check=check, **env)
+
+
+def study_dir(path: Path) -> Path:
+    """A working directory that sees the repository's workflow and shipped models, with its own results/."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        (path / name).symlink_to(ROOT / name)
+    return path
 
 
 def job_counts(output: str) -> dict[str, int]:

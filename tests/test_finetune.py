@@ -243,9 +243,64 @@ def test_resume_equals_uninterrupted(base_pipe, ft_set, tmp_path, method):
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [2, 4]
 
 
-def test_resume_refuses_a_different_config(base_pipe, ft_set, tmp_path):
-    finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=3), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="learning_rate"):
-        finetune(
-            copy.deepcopy(base_pipe), ft_set, _cfg(steps=6, learning_rate=5e-4), tmp_path, progress=False
-        )
+@pytest.fixture(scope="module")
+def other_set(base_pipe, tmp_path_factory):
+    """A fine-tune set of other images (another seed): what a rerun of the set stage might write."""
+    out = tmp_path_factory.mktemp("ftset_other")
+    build_finetune_set(
+        copy.deepcopy(base_pipe), ["a photo of a cat", "a photo of a dog"], 2, 8, GEN, out, progress=False
+    )
+    return out
+
+
+def _edited(pipe):
+    """The pipeline with other cross-attention keys: what a changed erasure hands the fine-tune."""
+    pipe = copy.deepcopy(pipe)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "attn2.to_k" in name:
+                p.mul_(1.5)
+    return pipe
+
+
+def _lora(pipe) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in pipe.unet.state_dict().items() if "lora_" in k}
+
+
+@pytest.mark.parametrize("change", ["learning_rate", "model", "data"])
+def test_checkpoints_of_other_inputs_are_discarded(base_pipe, ft_set, other_set, tmp_path, change, caplog):
+    """A rerun after a change upstream (erased model, fine-tune set) or of the config retrains from step 0
+    and ends where a clean run ends, never where the stale checkpoints lead."""
+    cfg = _cfg(steps=4, checkpoint_every=2)
+    old = finetune(copy.deepcopy(base_pipe), ft_set, cfg, tmp_path / "run", progress=False, model_key="erased v1")
+    new_cfg = _cfg(steps=4, checkpoint_every=2, learning_rate=5e-4) if change == "learning_rate" else cfg
+    new_pipe, new_key = (_edited(base_pipe), "erased v2") if change == "model" else (base_pipe, "erased v1")
+    new_set = other_set if change == "data" else ft_set
+
+    clean = copy.deepcopy(new_pipe)
+    finetune(clean, new_set, new_cfg, tmp_path / "clean", progress=False, model_key=new_key)
+    rerun = copy.deepcopy(new_pipe)
+    log = finetune(rerun, new_set, new_cfg, tmp_path / "run", progress=False, model_key=new_key)
+
+    assert log["resumed_from"] is None and len(log["losses"]) == 4 and log["losses"] != old["losses"]
+    assert {"learning_rate": "config.learning_rate", "model": "model", "data": "data"}[change] in caplog.text
+    assert "discarding stale fine-tune checkpoints" in caplog.text
+    want, got = _lora(clean), _lora(rerun)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+
+
+def test_checkpoints_without_a_key_are_discarded(base_pipe, ft_set, tmp_path):
+    finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=2, checkpoint_every=2), tmp_path, progress=False)
+    (tmp_path / train.CHECKPOINTS / "resume_key.json").unlink()  # state written before checkpoints had keys
+    log = finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=4, checkpoint_every=2), tmp_path, progress=False)
+    assert log["resumed_from"] is None
+
+
+def test_resume_point_needs_every_checkpoint_the_run_keeps():
+    ckpts = [(s, f"step-{s}") for s in (2, 4, 6)]
+    assert train.resume_point(ckpts, _cfg(steps=6, checkpoint_every=2)) == "step-6"
+    assert train.resume_point(ckpts, _cfg(steps=5, checkpoint_every=2)) == "step-4"  # none beyond the run
+    assert train.resume_point(ckpts, _cfg(steps=6, checkpoint_every=3)) == "step-2"  # step 3 must be written
+    assert train.resume_point(ckpts[1:], _cfg(steps=6, checkpoint_every=2)) is None
+    assert train.resume_point([], _cfg(steps=6, checkpoint_every=2)) is None

@@ -169,27 +169,51 @@ def test_stale_images_are_not_reused_after_a_model_or_record_change(pipe, tmp_pa
     assert sorted(p for c in calls for p in c) == ["a cat", "a cow", "a dog"]  # new records: file names mean other images
 
 
-def test_weights_key_changes_when_weights_are_rewritten(tmp_path):
-    """The fine-tune-set and generation stages key their images on this (a retrain rewrites the folder)."""
+def test_weights_key_follows_the_weights_content(tmp_path):
+    """The fine-tune-set, fine-tune and generation stages key their images and checkpoints on this."""
     import os
 
+    from resurgence.mace.erase import LORA_FILE
     from resurgence.stages import weights_key
 
     pipeline, erasure = tmp_path / "t2i", tmp_path / "erase"
     for d in (pipeline, erasure):
         d.mkdir()
-        (d / "w.safetensors").write_bytes(b"1234")
+    (pipeline / "w.safetensors").write_bytes(b"1234")
+    (erasure / LORA_FILE).write_bytes(b"abcd")
     models = {"pipeline": str(pipeline)}
-    key = weights_key(models, str(erasure), step=200)
-    assert weights_key(models, str(erasure), step=200) == key
-    assert weights_key(models, str(erasure), step=150) != key
-    st = (erasure / "w.safetensors").stat()
-    os.utime(erasure / "w.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert weights_key(models, str(erasure), step=200) != key
+    key = weights_key(models, erasure=str(erasure))
+    assert weights_key(models, erasure=str(erasure)) == key
+    assert weights_key(models) != key
+    (erasure / "report.json").write_text("{}")  # the erasure's report is not its weights
+    st = (erasure / LORA_FILE).stat()
+    os.utime(erasure / LORA_FILE, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert weights_key(models, erasure=str(erasure)) == key
+    (erasure / LORA_FILE).write_bytes(b"abce")  # rewritten: same size, mtime set back
+    os.utime(erasure / LORA_FILE, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights_key(models, erasure=str(erasure)) != key
     key = weights_key(models)
     (pipeline / "w.safetensors").write_bytes(b"12345")
     assert weights_key(models) != key
-    assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == []  # a hub id: no stamps
+    assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == {"pipeline": None}  # a hub id not in the cache
+
+
+def test_weights_key_of_a_finetune_step_is_that_checkpoint(tmp_path):
+    from resurgence.finetune.train import FINAL, TRAIN_LOG, TRAINING_STATE, checkpoint_path
+    from resurgence.stages import weights_key
+
+    run = tmp_path / "ft"
+    for d in (checkpoint_path(run, 2), run / FINAL):
+        d.mkdir(parents=True)
+        (d / "pytorch_lora_weights.safetensors").write_bytes(d.name.encode())
+    (run / TRAIN_LOG).write_text(json.dumps({"config": {"steps": 4}}))
+    models = {"pipeline": str(tmp_path / "absent")}
+    at2, final = weights_key(models, finetune=str(run), step=2), weights_key(models, finetune=str(run), step=4)
+    assert at2 != final
+    (checkpoint_path(run, 2) / TRAINING_STATE).write_bytes(b"optimizer")  # resuming state, not weights
+    assert weights_key(models, finetune=str(run), step=2) == at2
+    (checkpoint_path(run, 2) / "pytorch_lora_weights.safetensors").write_bytes(b"other")
+    assert weights_key(models, finetune=str(run), step=2) != at2
 
 
 def _cpu_bf16(monkeypatch, native: bool) -> None:

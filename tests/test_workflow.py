@@ -3,32 +3,16 @@ end-to-end run of the smoke preset with its incremental-rerun behaviour."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from snakemake_helpers import job_counts
+from snakemake_helpers import job_counts, run, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = {
     "toyworld_quality", "erase", "ftdata_random", "ftdata_tercile", "finetune", "generate_base",
     "generate_erased", "generate_finetuned", "evaluate", "tables", "figure", "trajectory_figure", "grids_figure",
 }
-
-
-def run(cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "snakemake", *args], cwd=cwd, check=check)
 
 
 def test_ruff_clean():
@@ -73,16 +57,6 @@ def test_malformed_config_stops_before_any_job(override, fragment):
 
 
 # ----------------------------------------------------------------------------- end to end (smoke)
-
-
-@pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory) -> Path:
-    """A working directory that sees the repository's workflow and shipped models, with its own results/."""
-    work = tmp_path_factory.mktemp("smoke")
-    for name in ("Snakefile", "workflow", "config.yaml", "config.smoke.yaml", "resources", "envs"):
-        (work / name).symlink_to(ROOT / name)
-    snakemake("--cores", "2", "--configfile", "config.smoke.yaml", "--resources", "gpu=1", cwd=work)
-    return work
 
 
 @pytest.mark.slow

@@ -8,11 +8,13 @@ velocity for v-prediction models) with MSE. LoRA goes through diffusers' PEFT in
 Resumability is exact: all randomness of a step comes from one CPU ``torch.Generator`` (noise,
 timesteps, VAE posterior samples) plus torch's global RNG (optional flips), both saved in every
 checkpoint, and the data order is a pure function of (seed, position). A run resumed from its
-latest checkpoint therefore equals an uninterrupted one.
+latest checkpoint therefore equals an uninterrupted one. Checkpoints are resumed only under the key
+they were made with (`resurgence.state`): the config, the starting weights and the fine-tune set.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -34,13 +36,22 @@ from resurgence.finetune.data import FinetuneImageDataset, collate
 from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
 from resurgence.progress import progress_bar
+from resurgence.state import claim_state_dir, config_key, content_digest
+
+logger = logging.getLogger(__name__)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER = "default"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
-# Fields that may differ between a run and the run resuming it (extending training is allowed).
-_RESUME_FREE = {"steps", "checkpoint_every"}
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+TRAIN_LOG = "train_log.json"
+# Optimizer, schedule and RNG of a checkpoint: what resuming needs beyond the weights.
+TRAINING_STATE = "state.pt"
+# Fields that may differ between a run and the run resuming it: the LR schedule does not depend on
+# the total, so a longer or shorter run shares its first steps with this one.
+RESUME_FREE = ("steps", "checkpoint_every")
 
 
 def _weight_dtype(cfg: FinetuneConfig) -> torch.dtype:
@@ -162,14 +173,33 @@ def _set_rng_state(gen: torch.Generator, s: dict[str, Any]) -> None:
     random.setstate(s["python"])
 
 
+def resume_key(cfg: FinetuneConfig, dataset_dir: str | os.PathLike, model_key: str) -> dict[str, Any]:
+    """What a fine-tune's checkpoints depend on: its config (less `RESUME_FREE`), the starting
+    weights and the fine-tune set's content."""
+    return {"config": config_key(cfg, RESUME_FREE), "model": model_key, "data": content_digest(dataset_dir)}
+
+
+def resume_point(checkpoints: list[tuple[int, Path]], cfg: FinetuneConfig) -> Path | None:
+    """The latest checkpoint a run of ``cfg`` can resume from: at most ``cfg.steps``, with every
+    checkpoint ``cfg.checkpoint_every`` asks for before it present (the trajectory reads them)."""
+    have = {s: p for s, p in checkpoints if s <= cfg.steps}
+    usable = [s for s in have if all(k in have for k in range(cfg.checkpoint_every, s + 1, cfg.checkpoint_every))]
+    return have[max(usable)] if usable else None
+
+
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run in ``out_dir`` keeps its checkpoint of ``step``."""
+    return Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
 def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``out_dir/checkpoints`` as (step, path), by step."""
-    root = Path(out_dir) / "checkpoints"
+    root = Path(out_dir) / CHECKPOINTS
     found = []
     if root.is_dir():
         for d in root.iterdir():
             m = _STEP_DIR.match(d.name)
-            if m and (d / "state.pt").is_file():
+            if m and (d / TRAINING_STATE).is_file():
                 found.append((int(m.group(1)), d))
     return sorted(found)
 
@@ -237,11 +267,13 @@ def finetune(
     out_dir: str | os.PathLike,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    model_key: str = "",
 ) -> dict[str, Any]:
     """Fine-tune ``pipe`` in place on the set in ``dataset_dir``; write checkpoints, ``final/`` and the log.
 
-    Resumes from the latest complete checkpoint in ``out_dir/checkpoints`` when one exists
-    (its config must match except ``steps``/``checkpoint_every``). After return, ``pipe`` holds
+    ``model_key`` is the caller's identity of the weights ``pipe`` starts from (`stages.weights_key`).
+    Resumes from the latest usable checkpoint in ``out_dir/checkpoints`` made under the same
+    `resume_key`; checkpoints of any other key are discarded first. After return, ``pipe`` holds
     the trained model (LoRA as an active, unfused adapter). Returns the training log.
     """
     device = torch.device(device)
@@ -268,15 +300,11 @@ def finetune(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
 
     start, losses, prior_wall, resumed_from = 0, [], 0.0, None
-    ckpts = [c for c in list_checkpoints(out) if c[0] <= cfg.steps]
-    if ckpts:
-        step, ckpt = ckpts[-1]
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        old = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
-        new = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(f"cannot resume from {ckpt}: config differs in {diff}")
+    key = resume_key(cfg, dataset_dir, model_key)
+    claim_state_dir(out / CHECKPOINTS, key, what="fine-tune checkpoints")
+    ckpt = resume_point(list_checkpoints(out), cfg)
+    if ckpt is not None:
+        state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=False)
         _load_trained_weights(pipe, cfg, ckpt)
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -288,6 +316,7 @@ def finetune(
             state["wall_time_s"],
             str(ckpt),
         )
+        logger.info("resuming from %s (step %d of %d)", ckpt, start, cfg.steps)
 
     autocast = torch.autocast(device.type, dtype=_weight_dtype(cfg), enabled=cfg.mixed_precision != "no")
     pipe.unet.train()
@@ -334,7 +363,7 @@ def finetune(
     for p in params:
         p.requires_grad_(False)
 
-    with atomic_path(out / "final", is_dir=True) as tmp:
+    with atomic_path(out / FINAL, is_dir=True) as tmp:
         _save_weights(pipe, cfg, tmp)
         write_json(tmp / "finetune_config.json", cfg.to_dict())
     log = {
@@ -349,17 +378,18 @@ def finetune(
         "n_images": len(dataset),
         "n_trainable_params": int(sum(p.numel() for p in params)),
         "resumed_from": resumed_from,
+        "resume_key": key,
         **_peak_memory(device),
     }
-    write_json(out / "train_log.json", log)
+    write_json(out / TRAIN_LOG, log)
     return log
 
 
 def _checkpoint(
     pipe, cfg, out: Path, step: int, optimizer, lr_scheduler, scaler, gen, losses, wall: float
 ) -> Path:
-    """Write ``checkpoints/step-{step:06d}/`` (weights + ``state.pt``) as one atomic directory."""
-    final = out / "checkpoints" / f"step-{step:06d}"
+    """Write ``checkpoints/step-{step:06d}/`` (weights + `TRAINING_STATE`) as one atomic directory."""
+    final = checkpoint_path(out, step)
     with atomic_path(final, is_dir=True) as tmp:
         _save_weights(pipe, cfg, tmp)
         state = {
@@ -372,7 +402,7 @@ def _checkpoint(
             "wall_time_s": wall,
             "config": cfg.to_dict(),
         }
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, tmp / TRAINING_STATE)
     return final
 
 

@@ -27,6 +27,7 @@ from resurgence.toyworld.detector import (
     augment_batch,
     cosine_lr,
     default_render_fn,
+    drop_train_state,
     resume_train_state,
     save_train_state,
 )
@@ -274,7 +275,7 @@ def train_clip(
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "clip_ckpt" / "state.pt"
-    start = resume_train_state(ckpt_path, model, opt, gen)
+    start = resume_train_state(ckpt_path, model, opt, gen, cfg)
     use_amp = cfg.bf16 and device.type == "cuda"
     mean = torch.tensor(TOY_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(TOY_STD, device=device).view(1, 3, 1, 1)
@@ -355,7 +356,5 @@ def train_clip(
             config=asdict(cfg),
         )
         write_json(tmp / "metrics.json", metrics)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.is_dir() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
+    drop_train_state(ckpt_path)
     return metrics

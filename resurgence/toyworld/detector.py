@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resurgence.io import atomic_path, save_safetensors, write_json
+from resurgence.state import claim_state_dir, config_key
 
 NONE_LABEL = "<none>"  # the detector's abstain class: no known identity in the image
 
@@ -107,10 +109,17 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any] | None:
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
 
 
+# Config fields a resumed run may change without changing what it computes.
+RESUME_FREE = ("checkpoint_every", "render_workers")
+
+
 def resume_train_state(
-    path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator
+    path: str | os.PathLike, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, cfg: Any
 ) -> int:
-    """Restore model, optimiser and generator from a `save_train_state` checkpoint; the step to resume at (0 if none)."""
+    """Restore model, optimiser and generator from a `save_train_state` checkpoint made under the same
+    config ``cfg`` (any other is discarded, `resurgence.state.claim_state_dir`); the step to resume at
+    (0 if none)."""
+    claim_state_dir(Path(path).parent, config_key(cfg, RESUME_FREE), what=f"{type(cfg).__name__} training state")
     state = load_train_state(path)
     if state is None:
         return 0
@@ -118,6 +127,11 @@ def resume_train_state(
     opt.load_state_dict(state["opt"])
     gen.set_state(state["gen"])
     return int(state["step"])
+
+
+def drop_train_state(path: str | os.PathLike) -> None:
+    """Remove a finished run's checkpoint folder (its state and key)."""
+    shutil.rmtree(Path(path).parent, ignore_errors=True)
 
 
 def default_render_fn() -> RenderFn:
@@ -362,7 +376,7 @@ def train_detector(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "detector_ckpt" / "state.pt"
-    start = resume_train_state(ckpt_path, net, opt, gen)
+    start = resume_train_state(ckpt_path, net, opt, gen, cfg)
     use_amp = cfg.bf16 and device.type == "cuda"
     net.train()
     loss_val = float("nan")
@@ -412,9 +426,7 @@ def train_detector(
     with atomic_path(out_dir / "detector", is_dir=True) as tmp:
         det.save(tmp)
         write_json(tmp / "metrics.json", metrics)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.is_dir() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
+    drop_train_state(ckpt_path)
     return metrics
 
 
@@ -512,7 +524,7 @@ def train_segmenter(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out_dir / "segmenter_ckpt" / "state.pt"
-    start = resume_train_state(ckpt_path, net, opt, gen)
+    start = resume_train_state(ckpt_path, net, opt, gen, cfg)
     use_amp = cfg.bf16 and device.type == "cuda"
     net.train()
     loss_val = float("nan")
@@ -564,7 +576,5 @@ def train_segmenter(
     with atomic_path(out_dir / "segmenter", is_dir=True) as tmp:
         seg.save(tmp)
         write_json(tmp / "metrics.json", metrics)
-    ckpt_path.unlink(missing_ok=True)
-    if ckpt_path.parent.is_dir() and not any(ckpt_path.parent.iterdir()):
-        ckpt_path.parent.rmdir()
+    drop_train_state(ckpt_path)
     return metrics

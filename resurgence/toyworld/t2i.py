@@ -15,6 +15,7 @@ LR schedule, EMA, RNG) and resume after a crash.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -41,8 +42,12 @@ from resurgence.models.pipeline import (
 )
 from resurgence.models.tokenizer import _bytes_to_unicode, openai_clip_tokenizer, write_clip_tokenizer
 from resurgence.progress import progress_bar
+from resurgence.state import claim_state_dir, config_key
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# Config fields a resumed run may change without changing what it computes (how often it checkpoints,
+# logs or samples, how many processes render, where a time-limited job stops).
+RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "log_every", "render_workers", "n_samples", "stop_at_unet_step")
 _CKPT_RE = re.compile(r"^(vae|unet)-(\d+)\.pt$")
 
 
@@ -653,6 +658,12 @@ def train_text_to_image(
     ckpt_dir = out / "checkpoints"
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
+    # Given data (tests, caches) is keyed by its content; rendered data is a function of the config.
+    data_key = None if data is None else hashlib.sha256(
+        np.ascontiguousarray(data["images"]).tobytes() + "\n".join(data["captions"]).encode()
+    ).hexdigest()
+    key = {"config": config_key(cfg, RESUME_FREE), "arch": asdict(arch), "data": data_key}
+    claim_state_dir(ckpt_dir, key, what="text-to-image training checkpoints")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     if device.type == "cuda":

@@ -8,7 +8,6 @@ its models do not pass the quality gates).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from resurgence.io import write_json
+from resurgence.state import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,6 @@ def _configs(profile: str, seed: int) -> dict[str, Any]:
     return out
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_files(root: str | os.PathLike) -> dict[str, str]:
     """Every shipped file under the model folders (checkpoints excluded) -> its sha256."""
     root = Path(root)
@@ -83,7 +75,7 @@ def model_files(root: str | os.PathLike) -> dict[str, str]:
     for name in MODELS:
         for p in sorted((root / name).rglob("*")):
             if p.is_file():
-                files[str(p.relative_to(root))] = sha256(p)
+                files[str(p.relative_to(root))] = file_sha256(p)
     return files
 
 
@@ -94,7 +86,7 @@ def verify_manifest(root: str | os.PathLike) -> list[str]:
     bad = []
     for rel, digest in manifest["files"].items():
         p = root / rel
-        if not p.exists() or sha256(p) != digest:
+        if not p.exists() or file_sha256(p) != digest:
             bad.append(rel)
     return bad
 
