@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from resurgence.config import ConfigError, deep_merge, load_config, validate_config
+from resurgence import study
 from resurgence.study import check_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +135,57 @@ def test_command_line_strings_are_coerced_to_schema_types(default_config):
     coerce_strings(cfg)
     with pytest.raises(ConfigError, match="generation.steps"):
         validate_config(cfg)
+
+
+# ----------------------------------------------------------------------------- checkpoints and the trajectory
+
+
+@pytest.mark.parametrize(
+    ("lora", "steps", "key", "fragment"),
+    [
+        ({"steps": 200, "checkpoint_every": 300}, [50], "finetune_methods.lora.checkpoint_every", "300 is more than its steps"),
+        ({"steps": 200, "checkpoint_every": 50}, [60], "trajectory.steps", "no checkpoint is kept at step 60"),
+        ({"steps": 200, "checkpoint_every": 50}, [250], "trajectory.steps", "step 250 is beyond"),
+    ],
+    ids=["checkpoint_every_beyond_steps", "step_between_checkpoints", "step_beyond_the_run"],
+)
+def test_impossible_checkpoint_settings_are_rejected_before_any_job(default_config, lora, steps, key, fragment):
+    cfg = copy.deepcopy(default_config)
+    cfg["finetune_methods"]["lora"].update(lora)
+    cfg["trajectory"]["steps"] = steps
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}'.*{fragment}.*allowed values"):
+        check_study(cfg)
+
+
+def test_trajectory_at_the_final_step_and_at_checkpoints_is_allowed(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["trajectory"]["steps"] = [50, 150, 200]
+    check_study(cfg)
+
+
+def test_gender_mapping_on_an_object_task_names_the_key(default_config):
+    cfg = copy.deepcopy(default_config)
+    cfg["experiments"]["fig6"]["runs"].append({"task": "object_ship", "erase": "mapping_gender"})
+    with pytest.raises(ConfigError) as err:
+        check_study(cfg)
+    text = str(err.value)
+    assert text.startswith("config key 'erase_variants.mapping_gender.mapping' (task 'object_ship'"), text
+    assert "'ship' is an object" in text and "allowed values" in text
+    cfg["tasks"]["object_ship"]["mapping"] = "gender"
+    with pytest.raises(ConfigError, match=r"config key 'tasks\.object_ship\.mapping'"):
+        study.erase_spec(cfg, "object_ship", "default")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [(None, "does not exist"), ("tasks: [a\n", "is not valid YAML at line 2"), (b"\xff\xfe", "cannot be read")],
+    ids=["missing", "malformed", "not_text"],
+)
+def test_unreadable_config_files_are_named(tmp_path, content, fragment):
+    path = tmp_path / "overlay.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=rf"config file '{re.escape(str(path))}' {fragment}"):
+        load_config([ROOT / "config.yaml", path])

@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import pytest
-from snakemake_helpers import job_counts, run, snakemake
+from snakemake_helpers import job_counts, run, snakemake, study_dir
 
 STAGES = {
     "toyworld_quality", "erase", "ftdata_random", "ftdata_tercile", "finetune", "generate_base",
@@ -45,7 +45,12 @@ def test_missing_toy_weights_stop_before_any_job(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "fragment"),
-    [("world=mars", "'world'"), ("device=tpu", "'device'"), ("seeds=[]", "'seeds'")],
+    [
+        ("world=mars", "'world'"),
+        ("device=tpu", "'device'"),
+        ("seeds=[]", "'seeds'"),
+        ("trajectory={experiment: fig5, steps: [60]}", "'trajectory.steps'"),
+    ],
 )
 def test_malformed_config_stops_before_any_job(override, fragment):
     out = snakemake("-n", "--config", override, "toyworld={retrain: true}", check=False)
@@ -53,6 +58,16 @@ def test_malformed_config_stops_before_any_job(override, fragment):
     text = out.stdout + out.stderr
     assert f"config key {fragment}" in text, text[-2000:]
     assert "allowed values" in text or "non-empty" in text, text[-2000:]
+    assert "Job stats" not in text
+
+
+def test_unreadable_study_config_is_named_before_any_job(tmp_path):
+    work = study_dir(tmp_path / "study")
+    (work / "config.yaml").unlink()
+    (work / "config.yaml").write_text("world: toy\ntasks: [identity_1\n")
+    out = snakemake("-n", cwd=work, check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "config file 'config.yaml' is not valid YAML at line 3" in text, text[-2000:]
     assert "Job stats" not in text
 
 

@@ -1,5 +1,6 @@
 # Fine-tuning an erased model on unrelated concepts (LoRA or full). Checkpoints are kept
-# beside train_log.json and are not declared outputs, so a crashed job resumes from them.
+# beside train_log.json and are not declared outputs, so a crashed job resumes from them; they
+# carry the key of their config and inputs, and a rerun under another key starts from step 0.
 
 
 rule finetune:
