@@ -20,7 +20,10 @@ min_version("9.0")
 jobs.adopt_jobs()
 if workflow.is_main_process:
     for pid in jobs.release_stale_locks():
-        print(f"resurgence: removed the Snakemake locks of run {pid}, which ended without releasing them", file=sys.stderr)
+        print(
+            f"resurgence: removed the Snakemake locks of run {pid}, which ended without releasing them",
+            file=sys.stderr,
+        )
 
 # A study config that cannot be read stops the run naming the file (Snakemake's own message does not).
 read_config_file("config.yaml")
