@@ -263,7 +263,8 @@ def run_generate(args: Namespace) -> None:
 
 
 def run_evaluate(args: Namespace) -> None:
-    """Score one model state: the task's accuracy metric on concept images, CLIP score and FID on captions."""
+    """Score one model state: the task's accuracy metric (with the true concept's probability and rank; and
+    CLIP zero-shot's for identities) on concept images, CLIP score and FID on captions."""
     from PIL import Image
 
     from resurgence.evaluate.base import fid_kwargs, get_evaluators, identity_metric
@@ -281,12 +282,14 @@ def run_evaluate(args: Namespace) -> None:
         return records, [Image.open(folder / r["file_name"]).convert("RGB") for r in records]
 
     accuracy = identity_metric(args.models) if labels["domain"] == "identity" else "clip_acc"
+    # Identities are also scored by CLIP zero-shot over the task's names: a second view of their presence.
+    views = [accuracy] + (["identity_acc_clip"] if labels["domain"] == "identity" and accuracy != "identity_acc_clip" else [])
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
     records, images = read(images_dir, ("erased", "retained"))
     caps, cap_images = read(images_dir, ("caption",))
-    names = [accuracy] + (["clip_score"] if caps else [])
+    names = views + (["clip_score"] if caps else [])
     evaluators = get_evaluators(args.models, label_set=label_set, device=device, names=names)
-    rows = evaluators[accuracy].evaluate(images, records)
+    rows = [row for view in views for row in evaluators[view].evaluate(images, records)]
     if caps:
         # One caption set per state: its rows share the set's seed, so summaries average over captions.
         rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators["clip_score"].evaluate(cap_images, caps)]

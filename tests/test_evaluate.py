@@ -119,6 +119,7 @@ class StubClip(ClipModel):
     """Embeddings by construction: texts by keyword, images by dominant colour channel."""
 
     AXES = {"ship": 0, "boat": 0, "truck": 1, "lorry": 1, "bird": 2}
+    logit_scale = 10.0
 
     def __init__(self) -> None:
         pass
@@ -150,12 +151,17 @@ def test_clip_accuracy_counts_synonym_generations_for_the_label():
         {"concept": "ship", "prompt": "a photo of the ship", "seed": 1},
         {"concept": "Truck", "prompt": "a photo of the lorry", "seed": 2},
     ]
-    rows = acc.evaluate([solid((255, 0, 0)), solid((0, 0, 255)), solid((0, 255, 0))], records)
+    out = acc.evaluate([solid((255, 0, 0)), solid((0, 0, 255)), solid((0, 255, 0))], records)
+    rows = [r for r in out if r["metric"] == "clip_acc"]
     assert [r["value"] for r in rows] == [1.0, 0.0, 1.0]
     assert [r["predicted"] for r in rows] == ["ship", "bird", "truck"]
-    assert all(
-        r["metric"] == "clip_acc" and r["seed"] == rec["seed"] for r, rec in zip(rows, records, strict=True)
-    )
+    assert all(r["seed"] == rec["seed"] for r, rec in zip(rows, records, strict=True))
+    # Presence: image 2 is pure blue (bird's axis); its true label ship has cosine 0 against bird's 1.
+    e = np.exp(10.0)
+    prob = {r["seed"]: r["value"] for r in out if r["metric"] == "clip_prob"}
+    rank = {r["seed"]: r["value"] for r in out if r["metric"] == "clip_rank"}
+    assert prob[0] == pytest.approx(e / (e + 2)) and prob[1] == pytest.approx(1 / (e + 2))
+    assert rank == {0: 1.0, 1: 2.0, 2: 1.0}  # ship ties truck below bird: rank counts strictly higher
 
 
 def test_clip_score_is_100_times_clamped_cosine():
@@ -187,6 +193,27 @@ def test_identity_accuracy_scores_top1_and_abstention_as_miss():
         ev.evaluate([solid((0, 0, 0))], [])
     with pytest.raises(KeyError):
         ev.evaluate([solid((0, 0, 0))], [{"prompt": "x"}])
+
+
+class StubScoringDetector(StubDetector):
+    """A detector that scores every class (as the toy detector does)."""
+
+    class_names = ["alice", "bob", NONE_LABEL]
+
+    def predict(self, images):
+        probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.1, 0.4], [0.3, 0.3, 0.4]], dtype=np.float32)[: len(images)]
+        return [self.class_names[i] for i in probs.argmax(1)], probs
+
+
+def test_identity_presence_is_the_true_identitys_probability_and_rank():
+    rows = IdentityAccuracy(StubScoringDetector()).evaluate(
+        [solid((0, 0, 0))] * 3, [{"concept": "Alice"}, {"concept": "bob"}, {"concept": "carl"}]
+    )
+    by = {m: [r["value"] for r in rows if r["metric"] == m] for m in ("identity_acc", "identity_prob", "identity_rank")}
+    assert by["identity_acc"] == [1.0, 0.0, 0.0]
+    assert by["identity_prob"][:2] == pytest.approx([0.7, 0.1]) and np.isnan(by["identity_prob"][2])
+    assert by["identity_rank"][:2] == [1.0, 3.0] and np.isnan(by["identity_rank"][2])  # carl: no such class
+    assert [r["predicted"] for r in rows if r["metric"] == "identity_prob"] == ["alice", "alice", NONE_LABEL]
 
 
 def test_same_concept_ignores_case_and_spacing():

@@ -126,9 +126,9 @@ def test_resurgence_rate_matches_hand_computed_values(summary: pd.DataFrame) -> 
     main = run("default", "random_identity")
     assert main.seed.tolist() == list(SEEDS)
     assert main.step.tolist() == [100] * 3
-    np.testing.assert_allclose(main.acc_base, [0.9 + OFFSET + 0.001 * s for s in SEEDS])
-    np.testing.assert_allclose(main.acc_erased, [0.1 + OFFSET + 0.001 * s for s in SEEDS])
-    np.testing.assert_allclose(main.acc_finetuned, [0.6 + OFFSET + 0.001 * s for s in SEEDS])
+    np.testing.assert_allclose(main.base, [0.9 + OFFSET + 0.001 * s for s in SEEDS])
+    np.testing.assert_allclose(main.erased, [0.1 + OFFSET + 0.001 * s for s in SEEDS])
+    np.testing.assert_allclose(main.finetuned, [0.6 + OFFSET + 0.001 * s for s in SEEDS])
     np.testing.assert_allclose(main.resurgence, 0.5)
     np.testing.assert_allclose(main.recovery, 0.5 / 0.8)
 
@@ -159,9 +159,25 @@ def test_resurgence_rate_uses_the_last_checkpoint_when_several_are_flagged_final
 def test_resurgence_rate_accepts_tidy_rows_and_leaves_missing_states_nan(tidy: pd.DataFrame) -> None:
     no_base = tidy[tidy.state != "base"]
     rr = resurgence_rate(no_base)
-    assert rr.acc_base.isna().all()
+    assert rr.base.isna().all()
     assert rr.recovery.isna().all()
     assert rr.resurgence.notna().all()
+
+
+def test_resurgence_of_each_presence_measure_and_only_the_domains_own(tidy: pd.DataFrame) -> None:
+    """A rank that falls from 40 to 10 came back by -30 ranks, 30/39 of what erasure took; a CLIP measure
+    of objects in an identity task is not an identity measure and is left out."""
+    run = (tidy.task == "identity_10") & (tidy.erase.isin(["default", "none"])) & (tidy.role == "erased")
+    run &= tidy.ftset.isin(["random_identity", "none"]) & (tidy.metric == "identity_acc") & (tidy.step != 50)
+    rank = tidy[run].assign(metric="identity_rank")
+    rank["value"] = rank.state.map({"base": 1.0, "erased": 40.0, "finetuned": 10.0})
+    stray = tidy[run].assign(metric="clip_prob")
+    rr = resurgence_rate(pd.concat([tidy, rank, stray], ignore_index=True))
+    ranks = rr[rr.metric == "identity_rank"]
+    assert len(ranks) == len(SEEDS) and set(ranks.ftset) == {"random_identity"}
+    np.testing.assert_allclose(ranks.resurgence, -30.0)
+    np.testing.assert_allclose(ranks.recovery, 30.0 / 39.0)
+    assert set(rr.metric) == {"identity_acc", "identity_rank", "clip_acc"}
 
 
 def test_select_picks_exactly_the_experiment_runs(tidy: pd.DataFrame, summary: pd.DataFrame) -> None:

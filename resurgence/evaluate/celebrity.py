@@ -322,8 +322,7 @@ class ClipCelebrityIdentifier:
         prompts.update({f"bg:{b}": [t.format(b) for t in templates] for b in background})
         _, self.text_emb = clip.label_embeddings(prompts)
         self.n_names = len(names)
-        scale = getattr(clip.model, "logit_scale", None)
-        self.logit_scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+        self.logit_scale = clip.logit_scale
 
     @torch.no_grad()
     def predict_proba(self, images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:

@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from PIL import Image
 
-from resurgence.evaluate.base import CONCEPT_KEY, PROMPT_KEY, check_inputs, make_rows, same_concept
+from resurgence.evaluate.base import (
+    CONCEPT_KEY,
+    PROMPT_KEY,
+    check_inputs,
+    make_rows,
+    presence_rows,
+    same_concept,
+)
 from resurgence.models.clip import ClipModel
 
 OBJECT_TEMPLATE = "a photo of the {}"
@@ -17,7 +24,8 @@ class ClipAccuracy:
     """1 if CLIP's zero-shot top-1 over the task's labels is the record's concept.
 
     Each label is the ensemble of "a photo of the {phrase}" over its name and synonyms, so a
-    ship generated for "boat" counts as "ship" (MACE's evaluation protocol).
+    ship generated for "boat" counts as "ship" (MACE's evaluation protocol). The true label's
+    probability (softmax of CLIP's ``logit_scale * cosine`` over the labels) and rank come beside it.
     """
 
     name = "clip_acc"
@@ -35,14 +43,15 @@ class ClipAccuracy:
         check_inputs(images, records, [CONCEPT_KEY])
         if not images:
             return []
-        pred_idx = (self.clip.encode_images(images) @ self.label_emb.T).argmax(1).tolist()
-        pred = [self.labels[i] for i in pred_idx]
+        cosine = self.clip.encode_images(images) @ self.label_emb.T
+        pred = [self.labels[i] for i in cosine.argmax(1).tolist()]
+        probs = (self.clip.logit_scale * cosine).softmax(-1).numpy()
         return make_rows(
             self.name,
             records,
             [float(same_concept(p, r[CONCEPT_KEY])) for p, r in zip(pred, records, strict=True)],
             pred,
-        )
+        ) + presence_rows(self.name, records, probs, self.labels, pred)
 
 
 def clip_score(clip: ClipModel, images: list[Image.Image], texts: Sequence[str]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from resurgence.evaluate.base import CONCEPT_KEY, check_inputs, make_rows, same_concept
+from resurgence.evaluate.base import CONCEPT_KEY, check_inputs, make_rows, presence_rows, same_concept
 
 
 class Detector(Protocol):
@@ -20,7 +20,9 @@ class IdentityAccuracy:
     """1 if the detector's top-1 identity is the record's concept, else 0.
 
     The toy detector may answer "<none>" (no known identity): that counts as 0, exactly like
-    a GCD miss.
+    a GCD miss. A detector that scores every class (``class_names``, the columns of its probabilities:
+    the toy detector, CLIP zero-shot) also gives the true identity's probability and rank
+    (`PRESENCE_METRICS`); GCD reports its top-1 only.
     """
 
     name = "identity_acc"
@@ -42,6 +44,9 @@ class IdentityAccuracy:
         )
         for row, c in zip(rows, conf, strict=True):
             row["confidence"] = float(c)
+        names = getattr(self.detector, "class_names", None)
+        if names is not None and np.asarray(probs).shape[1] == len(names):
+            rows += presence_rows(self.name, records, probs, names, labels)
         return rows
 
 

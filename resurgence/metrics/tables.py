@@ -74,9 +74,16 @@ DOMAINS: tuple[str, ...] = ("identity", "object")
 STATES: tuple[str, ...] = ("base", "erased", "finetuned")
 ROLES: tuple[str, ...] = ("erased", "retained", "caption")
 FTMETHODS: tuple[str, ...] = ("lora", "full", "none")
-METRICS: tuple[str, ...] = ("identity_acc", "identity_acc_clip", "clip_acc", "clip_score", "fid")
-
 ACCURACY_METRIC: dict[str, str] = {"identity": "identity_acc", "object": "clip_acc"}
+# Every measure of an erased concept's presence whose return `resurgence_rate` reports, per domain: the
+# top-1 accuracies and their continuous companions (`resurgence.evaluate.base.PRESENCE_METRICS`).
+RESURGENCE_METRICS: dict[str, tuple[str, ...]] = {
+    "identity": (
+        "identity_acc", "identity_prob", "identity_rank",
+        "identity_acc_clip", "identity_prob_clip", "identity_rank_clip",
+    ),
+    "object": ("clip_acc", "clip_prob", "clip_rank"),
+}  # fmt: skip
 
 # Recovery is undefined when erasure removed (almost) nothing: dividing by ~0 is noise.
 RECOVERY_MIN_GAP = 0.01
@@ -97,9 +104,9 @@ RESURGENCE_COLUMNS: tuple[str, ...] = (
     "seed",
     "step",
     "metric",
-    "acc_base",
-    "acc_erased",
-    "acc_finetuned",
+    "base",
+    "erased",
+    "finetuned",
     "resurgence",
     "recovery",
 )
@@ -240,52 +247,54 @@ def final_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per fine-tuning run and seed, how much accuracy on the *erased* concepts came back.
+    """Per fine-tuning run, seed and presence measure, how much of the *erased* concepts came back.
 
-    Definition (the only one in the project).  On rows with role ``"erased"`` and the task's
-    accuracy metric (``ACCURACY_METRIC[domain]``: identity_acc for identity tasks, clip_acc
-    for objects), per (task, erase, ftset, ftmethod, seed):
+    Definition (the only one in the project).  On rows with role ``"erased"`` and each metric of
+    ``RESURGENCE_METRICS[domain]`` the summary holds (the task's top-1 accuracy, ``ACCURACY_METRIC``,
+    first among them; then the true concept's probability and rank, and CLIP zero-shot's for
+    identities), per (task, erase, ftset, ftmethod, seed, metric):
 
-    * ``acc_base``      accuracy of the base model (state "base"; same task and seed),
-    * ``acc_erased``    accuracy after erasure (state "erased"; same task, erase and seed),
-    * ``acc_finetuned`` accuracy after fine-tuning (state "finetuned", final checkpoint: ``final_rows``),
-    * ``resurgence = acc_finetuned - acc_erased`` (accuracy points; the before-vs-after gap
-      the paper's figures show),
-    * ``recovery = resurgence / (acc_base - acc_erased)``, the fraction of what erasure
-      removed that came back; NaN when ``acc_base - acc_erased <= 0.01`` (nothing was erased).
+    * ``base``      the metric in the base model (state "base"; same task and seed),
+    * ``erased``    after erasure (state "erased"; same task, erase and seed),
+    * ``finetuned`` after fine-tuning (state "finetuned", final checkpoint: ``final_rows``),
+    * ``resurgence = finetuned - erased`` (for accuracies, the before-vs-after gap the paper's figures
+      show; a rank falls as the concept returns, so its resurgence is negative),
+    * ``recovery = resurgence / (base - erased)``, the fraction of what erasure removed that came
+      back; NaN when ``|base - erased| <= 0.01`` (nothing was erased).
 
-    One row per fine-tuned run and seed (runs without a base/erased match get NaN there);
-    tidy input is summarized first.  Sorted by run keys and seed.
+    One row per fine-tuned run, seed and metric (runs without a base/erased match get NaN there);
+    tidy input is summarized first.  Sorted by run keys, seed and metric.
     """
     s = _as_summary(summary)
-    acc = _metric_rows(s, "erased", ACCURACY_METRIC)
-    run = ["task", "domain", "erase", "ftset", "ftmethod", "seed"]
+    s = s[s["role"] == "erased"]
+    s = s[[m in RESURGENCE_METRICS.get(d, ()) for d, m in zip(s["domain"], s["metric"], strict=True)]]
+    run = ["task", "domain", "erase", "ftset", "ftmethod", "seed", "metric"]
     ft = (
-        final_rows(acc)
-        .groupby(run + ["metric"], sort=True)
-        .agg(step=("step", "max"), acc_finetuned=("value", "mean"))
+        final_rows(s)
+        .groupby(run, sort=True)
+        .agg(step=("step", "max"), finetuned=("value", "mean"))
         .reset_index()
     )
     erased = (
-        acc[acc["state"] == "erased"]
-        .groupby(["task", "domain", "erase", "seed"], sort=True)["value"]
+        s[s["state"] == "erased"]
+        .groupby(["task", "domain", "erase", "seed", "metric"], sort=True)["value"]
         .mean()
-        .rename("acc_erased")
+        .rename("erased")
         .reset_index()
     )
     base = (
-        acc[acc["state"] == "base"]
-        .groupby(["task", "domain", "seed"], sort=True)["value"]
+        s[s["state"] == "base"]
+        .groupby(["task", "domain", "seed", "metric"], sort=True)["value"]
         .mean()
-        .rename("acc_base")
+        .rename("base")
         .reset_index()
     )
-    out = ft.merge(erased, on=["task", "domain", "erase", "seed"], how="left").merge(
-        base, on=["task", "domain", "seed"], how="left"
+    out = ft.merge(erased, on=["task", "domain", "erase", "seed", "metric"], how="left").merge(
+        base, on=["task", "domain", "seed", "metric"], how="left"
     )
-    out["resurgence"] = out["acc_finetuned"] - out["acc_erased"]
-    gap = out["acc_base"] - out["acc_erased"]
-    out["recovery"] = (out["resurgence"] / gap).where(gap > RECOVERY_MIN_GAP)
+    out["resurgence"] = out["finetuned"] - out["erased"]
+    gap = out["base"] - out["erased"]
+    out["recovery"] = (out["resurgence"] / gap).where(gap.abs() > RECOVERY_MIN_GAP)
     out["step"] = out["step"].astype(np.int64)
     return _sorted(out[list(RESURGENCE_COLUMNS)])
 

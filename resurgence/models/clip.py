@@ -112,6 +112,12 @@ class ClipModel:
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
     @property
+    def logit_scale(self) -> float:
+        """The temperature CLIP was trained with (exp of its learned log-scale; 100 if it has none)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    @property
     def embed_dim(self) -> int:
         proj = getattr(self.model, "text_projection", None)
         if isinstance(proj, torch.Tensor):

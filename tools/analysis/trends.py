@@ -38,7 +38,7 @@ def main() -> None:
     res = pd.concat(
         [pd.read_csv(p).assign(experiment=p.parent.name) for p in sorted(tables.glob("*/resurgence.csv"))]
     )
-    res = res.drop_duplicates(subset=[*RUN, "seed"])
+    res = res[res["metric"] == res["domain"].map(ACCURACY_METRIC)].drop_duplicates(subset=[*RUN, "seed"])
     res = res.sort_values(RUN, key=lambda c: c.map(task_sort_key) if c.name == "task" else c)
     lines = [
         "| task | erase | ftset | ftmethod | base | erased | fine-tuned | resurgence |",
@@ -49,7 +49,7 @@ def main() -> None:
             "| "
             + " | ".join(keys)
             + " | "
-            + " | ".join(mean_ci(g[c]) for c in ("acc_base", "acc_erased", "acc_finetuned", "resurgence"))
+            + " | ".join(mean_ci(g[c]) for c in ("base", "erased", "finetuned", "resurgence"))
             + " |"
         )
     summary = read_summary(sorted(tables.glob("*/summary.csv"))).drop_duplicates()
