@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resurgence.config import ConfigError, deep_merge, load_config, validate_config
 from resurgence import study
+from resurgence.config import ConfigError, deep_merge, load_config, validate_config
 from resurgence.study import check_study
 
 ROOT = Path(__file__).resolve().parents[1]
