@@ -62,6 +62,7 @@ include: "workflow/rules/ftdata.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/reversion.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True)
     v.add_argument("--device", default="auto")
 
+    r = sub.add_parser("reversion", help="how far one fine-tune run's checkpoints undo its erasure -> CSV")
+    r.add_argument("--run", type=_json, required=True, help="the run's task, erase, ftset and ftmethod")
+    r.add_argument("--models", type=_json, required=True)
+    r.add_argument("--erasure", required=True)
+    r.add_argument("--finetune", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--device", default="auto")
+
+    rs = sub.add_parser("reversion-summary", help="every run's reversion beside its resurgence: table and figure")
+    rs.add_argument("--reversion", nargs="+", required=True)
+    rs.add_argument("--metrics", nargs="+", required=True)
+    rs.add_argument("--table", required=True)
+    rs.add_argument("--figure", required=True)
+
     tb = sub.add_parser("tables", help="tidy, summary and resurgence tables of one experiment")
     tb.add_argument("--experiment", required=True)
     tb.add_argument("--runs", type=_json, required=True)
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("resurgence").info("job pinned to GPU %d", gpu)
     from resurgence import stages
 
-    handler = getattr(stages, f"run_{args.stage}")
+    handler = getattr(stages, f"run_{args.stage.replace('-', '_')}")
     # A stage that writes a folder holds it for its whole run: one writer at a time.
     with exclusive_writer(args.out_dir) if getattr(args, "out_dir", None) else contextlib.nullcontext():
         handler(args)

@@ -310,6 +310,54 @@ def run_evaluate(args: Namespace) -> None:
     write_tidy(pd.DataFrame(tidy, columns=list(TIDY_COLUMNS)), args.out)
 
 
+# ----------------------------------------------------------------------------- reversion diagnostics
+
+
+def erased_concept_embeddings(pipe, spec: dict[str, Any]) -> torch.Tensor:
+    """Text-encoder states of the tokens that carry each erased concept in its evaluation prompts (the
+    rows MACE's closed form maps to the mapping concept), stacked over an erase spec's concepts."""
+    from resurgence.mace.erase import mapping_prompts
+    from resurgence.mace.refine import collect_coexisting_embeddings
+
+    world = get_world(spec["world"])
+    rows = []
+    for c in spec["concepts"]:
+        concept = world.concept(c["name"])
+        prompts = list(world.eval_prompts(concept))
+        rows.append(collect_coexisting_embeddings(pipe, prompts, mapping_prompts(prompts, concept.names, c["mapping"]))[0])
+    return torch.cat(rows)
+
+
+def run_reversion(args: Namespace) -> None:
+    """How far each kept checkpoint and the final weights of one fine-tune run undo its erasure (`reversion`)."""
+    import pandas as pd
+
+    from resurgence.finetune.train import TRAIN_LOG, list_checkpoints, load_finetuned
+    from resurgence.mace.erase import apply_erasure, kv_weights, load_report
+    from resurgence.metrics.reversion import reversion
+    from resurgence.metrics.tables import write_table
+
+    device = pick_device(args.device)
+    # Differences of weights are taken in float32 whatever the study samples in.
+    pipe = load_study_pipeline({**args.models, "dtype": "float32"}, device)
+    base = kv_weights(pipe.unet)
+    apply_erasure(pipe, args.erasure)
+    erased, erased_unet = kv_weights(pipe.unet), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    embeddings = erased_concept_embeddings(pipe, load_report(args.erasure)["spec"])
+    final = int(json.loads((Path(args.finetune) / TRAIN_LOG).read_text())["config"]["steps"])
+    steps = sorted({s for s, _ in list_checkpoints(args.finetune) if s < final} | {final})
+    rows = []
+    for step in steps:
+        pipe.unet.load_state_dict(erased_unet)
+        load_finetuned(pipe, checkpoint_dir(args.finetune, step))
+        ft = kv_weights(pipe.unet)
+        measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings)
+        for layer, values in measures.items():
+            for measure, value in values.items():
+                rows.append(dict(args.run, step=step, is_final=step == final, layer=layer, measure=measure, value=value))
+    write_table(pd.DataFrame(rows), args.out, sort_by=["step", "layer", "measure"])
+
+
 # ----------------------------------------------------------------------------- tables and figures
 
 
@@ -338,6 +386,20 @@ def run_figure(args: Namespace) -> None:
     from resurgence.metrics.tables import read_summary
 
     FIGURES[args.name](read_summary(args.summary), args.out)
+
+
+def run_reversion_summary(args: Namespace) -> None:
+    """Every run's reversion measures beside its resurgence: a table and a figure."""
+    import pandas as pd
+
+    from resurgence.metrics.figures import fig_reversion
+    from resurgence.metrics.reversion import reversion_table
+    from resurgence.metrics.tables import read_tidy, resurgence_rate, write_table
+
+    rows = pd.concat([pd.read_csv(p) for p in args.reversion], ignore_index=True)
+    table = reversion_table(rows, resurgence_rate(read_tidy(args.metrics)))
+    write_table(table, args.table)
+    fig_reversion(table, args.figure)
 
 
 def run_grids(args: Namespace) -> None:

@@ -49,6 +49,15 @@ def finetune_dir(run: Run) -> str:
     return f"{RESULTS}/finetune/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}"
 
 
+def reversion_csv(run: Run) -> str:
+    """How far a fine-tune run's checkpoints undo its erasure (`resurgence.metrics.reversion`)."""
+    return f"{RESULTS}/reversion/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}/reversion.csv"
+
+
+REVERSION_TABLE = f"{RESULTS}/tables/reversion/reversion.csv"
+REVERSION_FIGURE = f"{RESULTS}/figures/reversion.png"
+
+
 def state_id(run: Run | None, stage: str, step: int | None = None) -> str:
     """The model-state part of image/metric paths: base, <erase>/erased, or <erase>/<set>/<method>/step-N."""
     if stage == "base":
@@ -447,8 +456,19 @@ def figure_targets(config: dict[str, Any]) -> list[str]:
     targets = [f"{RESULTS}/figures/{e}.png" for e in config["experiments"]]
     if (config.get("trajectory") or {}).get("experiment"):
         targets.append(f"{RESULTS}/figures/trajectory.png")
-    targets.append(f"{RESULTS}/figures/grids.png")
+    targets += [f"{RESULTS}/figures/grids.png", REVERSION_FIGURE]
     return targets
+
+
+def reversion_inputs(config: dict[str, Any]) -> dict[str, list[str]]:
+    """What the reversion summary reads: every run's reversion CSV, and the metrics its resurgence needs."""
+    runs = all_runs(config)
+    metrics: dict[str, None] = {}
+    for run in runs:
+        final = finetune_spec(config, run.ftmethod)["steps"]
+        for s in ("base", state_id(run, "erased"), state_id(run, "finetuned", final)):
+            metrics[metrics_csv(run.task, s)] = None
+    return {"reversion": [reversion_csv(r) for r in runs], "metrics": list(metrics)}
 
 
 def asdict_run(run: Run) -> dict[str, str]:

@@ -273,6 +273,8 @@ def expected_counts(config: dict) -> dict[str, int]:
         "erase": len({(r.task, r.erase) for r in runs}),
         "ftdata_random": len({r.ftset for r in runs}),
         "finetune": len(set(runs)),
+        "reversion": len(set(runs)),
+        "reversion_summary": 1,
         "generate_base": kinds.count("base"),
         "generate_erased": kinds.count("erased"),
         "generate_finetuned": kinds.count("finetuned"),

@@ -12,6 +12,7 @@ from snakemake_helpers import job_counts, run, snakemake, study_dir
 STAGES = {
     "toyworld_quality", "erase", "ftdata_random", "ftdata_tercile", "finetune", "generate_base",
     "generate_erased", "generate_finetuned", "evaluate", "tables", "figure", "trajectory_figure", "grids_figure",
+    "reversion", "reversion_summary",
 }
 
 
@@ -34,7 +35,7 @@ def test_default_study_dry_run_lists_every_stage():
     counts = job_counts(out.stdout)
     assert set(counts) >= STAGES | {"toyworld_train"}, f"missing stages: {STAGES - set(counts)}"
     assert counts["figure"] == 9  # Figs. 5-13
-    assert counts["erase"] == 23 and counts["finetune"] == 33
+    assert counts["erase"] == 23 and counts["finetune"] == 33 and counts["reversion"] == 33
 
 
 def test_missing_toy_weights_stop_before_any_job(tmp_path):
@@ -78,7 +79,7 @@ def test_unreadable_study_config_is_named_before_any_job(tmp_path):
 def test_smoke_study_produces_tables_and_figures(smoke_dir):
     import pandas as pd
 
-    for fig in ("fig5", "fig11", "fig12", "fig13", "trajectory", "grids"):
+    for fig in ("fig5", "fig11", "fig12", "fig13", "trajectory", "grids", "reversion"):
         png = smoke_dir / "results" / "figures" / f"{fig}.png"
         assert png.stat().st_size > 10_000, fig
     summary = pd.read_csv(smoke_dir / "results" / "tables" / "fig5" / "summary.csv")
@@ -87,6 +88,15 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     rates = pd.read_csv(smoke_dir / "results" / "tables" / "fig5" / "resurgence.csv")
     assert set(rates["task"]) == {"identity_1", "object_ship"}
     assert rates["resurgence"].notna().all()
+    # Every presence measure of each domain, top-1 and continuous.
+    assert set(rates["metric"]) == {
+        "identity_acc", "identity_prob", "identity_rank", "identity_acc_clip", "identity_prob_clip",
+        "identity_rank_clip", "clip_acc", "clip_prob", "clip_rank",
+    }  # fmt: skip
+    reversion = pd.read_csv(smoke_dir / "results" / "tables" / "reversion" / "reversion.csv")
+    assert set(reversion["task"]) == {"identity_1", "object_ship"} and set(reversion["step"]) == {2, 4}
+    final = reversion[reversion["is_final"]]
+    assert final[["erase_rel_norm", "finetune_rel_norm", "reversion_cosine", "resurgence"]].notna().all().all()
     erasure = smoke_dir / "results" / "erase" / "identity_1" / "default" / "erased_lora.safetensors"
     assert erasure.stat().st_size > 0
     assert not list((smoke_dir / "results").rglob("*.tmp")), "half-written artifacts left behind"

@@ -70,6 +70,11 @@ def _linear(unet, name: str) -> torch.nn.Linear:
     return getattr(m, "base_layer", m)
 
 
+def kv_weights(unet) -> dict[str, torch.Tensor]:
+    """Copies (float64, CPU) of the cross-attention key/value weights MACE edits, by `kv_module_names`."""
+    return {n: _linear(unet, n).weight.detach().to("cpu", torch.float64).clone() for n in kv_module_names(unet)}
+
+
 def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str) -> list[str]:
     """Each prompt with every occurrence of a concept phrase (longest first) replaced by ``mapping``."""
     pattern = re.compile(

@@ -476,6 +476,45 @@ def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Basel
     _write(fig, out_path)
 
 
+# --------------------------------------------------------------------------- reversion
+
+
+REVERSION_PANELS: tuple[tuple[str, str], ...] = (
+    ("undone_fraction", "Share of the erasure edit undone (weights)"),
+    ("reversion_cosine", "cos(fine-tune update, -erasure edit)"),
+    ("kv_return", "Erased concepts' keys/values: share of the way back"),
+)
+
+
+def fig_reversion(table: pd.DataFrame, out_path: PathLike) -> None:
+    """Resurgence (top-1 accuracy points) against how far each run's fine-tune undid its erasure (all
+    cross-attention key/value layers together; `resurgence.metrics.reversion`), final weights of every run."""
+    final = table[table["is_final"].astype(bool)].copy()
+    final["label"] = final["task"].map(task_label)
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    axes = fig.subplots(1, len(REVERSION_PANELS), squeeze=False)[0]
+    tasks = sorted(final["task"].unique(), key=task_sort_key)
+    labels = [task_label(t) for t in tasks]
+    colors = dict(zip(labels, sns.color_palette("colorblind", len(labels)), strict=True))
+    for i, (ax, (measure, xlabel)) in enumerate(zip(axes, REVERSION_PANELS, strict=True)):
+        d = final.dropna(subset=[measure, "resurgence"])
+        if d.empty:
+            _no_data(ax)
+            continue
+        sns.scatterplot(
+            data=d, x=measure, y="resurgence", hue="label", hue_order=labels, palette=colors,
+            style="ftmethod", ax=ax, legend=i == len(REVERSION_PANELS) - 1,
+        )  # fmt: skip
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.axvline(0, color="0.6", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Resurgence (accuracy after - before fine-tuning)")
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    fig.suptitle("Does fine-tuning undo the erasure? Reversion against resurgence, every run")
+    _write(fig, out_path)
+
+
 # --------------------------------------------------------------------------- image grids
 
 
@@ -548,6 +587,7 @@ __all__ = [
     "fig11_retained",
     "fig12_clip_score",
     "fig13_fid",
+    "fig_reversion",
     "fig_trajectory",
     "grid_figsize",
     "image_grid_figure",

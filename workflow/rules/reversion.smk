@@ -1,0 +1,54 @@
+# Why erased concepts come back: how far each fine-tune undoes its erasure edit, beside its resurgence.
+
+
+rule reversion:
+    input:
+        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
+        finetune="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
+    output:
+        csv="results/reversion/{task}/{erase}/{ftset}/{ftmethod}/reversion.csv",
+    log:
+        "logs/reversion/{task}/{erase}/{ftset}/{ftmethod}.log",
+    benchmark:
+        "results/benchmarks/reversion/{task}/{erase}/{ftset}/{ftmethod}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
+    params:
+        run=lambda wc: as_json(
+            dict(task=wc.task, erase=wc.erase, ftset=wc.ftset, ftmethod=wc.ftmethod)
+        ),
+        models=as_json(MODELS),
+        device=device(),
+    shell:
+        "python -m resurgence reversion --run {params.run:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        " --finetune $(dirname {input.finetune}) --out {output.csv} --device {params.device} > {log} 2>&1"
+
+
+rule reversion_summary:
+    input:
+        unpack(lambda wc: study.reversion_inputs(config)),
+    output:
+        table=report(
+            study.REVERSION_TABLE,
+            category="Tables",
+            caption="../report/reversion.rst",
+        ),
+        png=report(
+            study.REVERSION_FIGURE,
+            category="Figures",
+            caption="../report/reversion.rst",
+        ),
+    log:
+        "logs/figures/reversion.log",
+    conda:
+        "../../envs/resurgence.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "python -m resurgence reversion-summary --reversion {input.reversion} --metrics {input.metrics}"
+        " --table {output.table} --figure {output.png} > {log} 2>&1"
