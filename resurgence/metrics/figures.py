@@ -508,7 +508,7 @@ def fig_reversion(table: pd.DataFrame, out_path: PathLike) -> None:
         ax.axhline(0, color="0.6", linewidth=0.8)
         ax.axvline(0, color="0.6", linewidth=0.8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("Resurgence (accuracy after - before fine-tuning)")
+        ax.set_ylabel("Resurgence (top-1 accuracy, after - before)")
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.suptitle("Does fine-tuning undo the erasure? Reversion against resurgence, every run")
