@@ -167,21 +167,23 @@ def world_ref(config: dict[str, Any]) -> dict[str, Any]:
     return ref
 
 
-def _domain_preserve(config: dict[str, Any], world: World, task: str) -> list[str]:
+def _domain_preserve(config: dict[str, Any], world: World, task: str, with_finetune: bool = False) -> list[str]:
     """MACE's in-domain cache ("the celebrities you wish to retain"): every prompt of the task's
     retained concepts and of the domain's concepts that no task erases and no fine-tune set names.
 
     Concepts erased by *another* task stay out, so the nested erase sets (1 ⊂ 5 ⊂ 10 ⊂ 100) keep
     one cache; fine-tune concepts stay out so fine-tuning starts from a model that never saw them
-    as constraints.
+    as constraints, unless ``with_finetune`` (``domain_preserve: auto_with_finetune``, the ablation
+    of the paper's setting, where MACE's retained celebrities include the fine-tune ones).
     """
     t = config["tasks"][task]
     erased_anywhere: set[str] = set()
     for other in config["tasks"].values():
         erased_anywhere |= set(other["erase"])
     in_ftsets: set[str] = set()
-    for fs in config["finetune_sets"].values():
-        in_ftsets |= set(fs.get("concepts", []))
+    if not with_finetune:
+        for fs in config["finetune_sets"].values():
+            in_ftsets |= set(fs.get("concepts", []))
     keep = [world.concept(n) for n in t.get("retain", [])]
     names = {c.name for c in keep}
     pool = world.by_domain(t["domain"]) if hasattr(world, "by_domain") else []
@@ -215,8 +217,8 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     preserve = list(settings.pop("preserve", []))
     if n_captions:
         preserve += world.free_captions(n_captions, seed=PRESERVE_CAPTION_SEED)
-    if domain_preserve == "auto":
-        domain_preserve = _domain_preserve(config, world, task)
+    if domain_preserve in ("auto", "auto_with_finetune"):
+        domain_preserve = _domain_preserve(config, world, task, with_finetune=domain_preserve == "auto_with_finetune")
     elif domain_preserve == "none":
         domain_preserve = []
     cfg = dataclasses.replace(preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings)

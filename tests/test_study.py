@@ -65,6 +65,20 @@ def test_domain_cache_holds_retained_and_unused_concepts_not_erased_or_finetuned
     assert unused and len(cache) == 5 * (len(task["retain"]) + len(unused))
 
 
+def test_finetune_in_cache_ablation_adds_exactly_the_finetune_concepts(config):
+    from resurgence.world import get_world
+
+    world = get_world(config)
+    plain = set(study.erase_spec(config, "identity_10", "default", world)["mace"]["domain_preserve"])
+    spec = study.erase_spec(config, "identity_10", "finetune_in_cache", world)
+    ablated = set(spec["mace"]["domain_preserve"])
+    ft = {n for fs in config["finetune_sets"].values() for n in fs.get("concepts", [])}
+    ft_identities = [n for n in ft if world.concept(n).domain == "identity"]
+    assert ft_identities and plain < ablated
+    assert ablated - plain == {p for n in ft_identities for p in world.eval_prompts(world.concept(n))}
+    assert spec["mace"]["domain_weight"] == study.erase_spec(config, "identity_10", "default", world)["mace"]["domain_weight"]
+
+
 def test_domain_weight_scale_multiplies_the_published_weight_per_task_size(config):
     from resurgence.mace.config import EraseConfig
 
