@@ -313,26 +313,12 @@ def run_evaluate(args: Namespace) -> None:
 # ----------------------------------------------------------------------------- reversion diagnostics
 
 
-def erased_concept_embeddings(pipe, spec: dict[str, Any]) -> torch.Tensor:
-    """Text-encoder states of the tokens that carry each erased concept in its evaluation prompts (the
-    rows MACE's closed form maps to the mapping concept), stacked over an erase spec's concepts."""
-    from resurgence.mace.erase import mapping_prompts
-    from resurgence.mace.refine import collect_coexisting_embeddings
-
-    world = get_world(spec["world"])
-    rows = []
-    for c in spec["concepts"]:
-        concept = world.concept(c["name"])
-        prompts = list(world.eval_prompts(concept))
-        rows.append(collect_coexisting_embeddings(pipe, prompts, mapping_prompts(prompts, concept.names, c["mapping"]))[0])
-    return torch.cat(rows)
-
-
 def run_reversion(args: Namespace) -> None:
     """How far each kept checkpoint and the final weights of one fine-tune run undo its erasure (`reversion`)."""
     import pandas as pd
 
     from resurgence.finetune.train import TRAIN_LOG, list_checkpoints, load_finetuned
+    from resurgence.mace.capacity import concept_token_states, eval_prompt_sets
     from resurgence.mace.erase import apply_erasure, kv_weights, load_report
     from resurgence.metrics.reversion import reversion
     from resurgence.metrics.tables import write_table
@@ -343,7 +329,10 @@ def run_reversion(args: Namespace) -> None:
     base = kv_weights(pipe.unet)
     apply_erasure(pipe, args.erasure)
     erased, erased_unet = kv_weights(pipe.unet), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    embeddings = erased_concept_embeddings(pipe, load_report(args.erasure)["spec"])
+    # The text states that carry each erased concept in its prompts: the rows MACE maps to the mapping concept.
+    spec = load_report(args.erasure)["spec"]
+    prompts = eval_prompt_sets(get_world(spec["world"]), [c["name"] for c in spec["concepts"]])
+    embeddings, _ = concept_token_states(pipe, prompts, {c["name"]: c["mapping"] for c in spec["concepts"]})
     final = int(json.loads((Path(args.finetune) / TRAIN_LOG).read_text())["config"]["steps"])
     steps = sorted({s for s, _ in list_checkpoints(args.finetune) if s < final} | {final})
     rows = []

@@ -100,12 +100,13 @@ def eval_prompt_sets(world, names: Sequence[str]) -> dict[str, tuple[list[str], 
     return {c.name: (list(world.eval_prompts(c)), tuple(c.names)) for c in concepts}
 
 
-def concept_differences(
+def concept_token_states(
     pipe,
     prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]],
     mapping: str | Mapping[str, str],
-):
-    """Stacked h_co - h_gen of each concept's prompts against its mapping prompts (what stage 1 pairs).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked (h_co, h_gen): the text states of the tokens carrying each concept in its prompts, and their
+    counterparts in the mapping prompts (what MACE's stage 1 pairs), float64 on the CPU.
 
     ``prompts_by_concept[name] = (prompts, phrases)``; the mapping concept (one for all, or one per
     concept name) replaces the phrases.
@@ -113,11 +114,20 @@ def concept_differences(
     from resurgence.mace.erase import mapping_prompts
     from resurgence.mace.refine import collect_coexisting_embeddings
 
-    rows = []
+    co, gen = [], []
     for name, (prompts, phrases) in prompts_by_concept.items():
         target = mapping if isinstance(mapping, str) else mapping[name]
-        co, gen = collect_coexisting_embeddings(
-            pipe, list(prompts), mapping_prompts(prompts, phrases, target)
-        )
-        rows.append((co - gen).to(torch.float64).cpu())
-    return torch.cat(rows)
+        c, g = collect_coexisting_embeddings(pipe, list(prompts), mapping_prompts(prompts, phrases, target))
+        co.append(c.to(torch.float64).cpu())
+        gen.append(g.to(torch.float64).cpu())
+    return torch.cat(co), torch.cat(gen)
+
+
+def concept_differences(
+    pipe,
+    prompts_by_concept: dict[str, tuple[Sequence[str], Sequence[str]]],
+    mapping: str | Mapping[str, str],
+):
+    """Stacked h_co - h_gen of each concept's prompts against its mapping prompts (`concept_token_states`)."""
+    co, gen = concept_token_states(pipe, prompts_by_concept, mapping)
+    return co - gen
