@@ -82,7 +82,9 @@ def exclusive_writer(folder: str | os.PathLike) -> Iterator[None]:
     fd = try_flock(root / LOCK_FILE)
     if fd is None:
         holder = (root / LOCK_FILE).read_text(errors="replace").strip() or "unknown"
-        raise ArtifactBusy(f"{root} is being written by another process ({holder}); wait for it to end or stop it")
+        raise ArtifactBusy(
+            f"{root} is being written by another process ({holder}); wait for it to end or stop it"
+        )
     try:
         yield
     finally:
@@ -98,7 +100,9 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def watch_owner(environ: MutableMapping[str, str] = os.environ, interval: float = 1.0, grace: float = 30.0) -> bool:
+def watch_owner(
+    environ: MutableMapping[str, str] = os.environ, interval: float = 1.0, grace: float = 30.0
+) -> bool:
     """Stop this job when the Snakemake process that started it ends, or when it loses its parent.
 
     Only for jobs started by this study's Snakefile (`OWNER_ENV` set); the job is sent SIGTERM and,
@@ -112,7 +116,9 @@ def watch_owner(environ: MutableMapping[str, str] = os.environ, interval: float 
     def watch() -> None:
         while is_running(owner) and os.getppid() == parent:
             time.sleep(interval)
-        log.error("the Snakemake run that started this job (PID %s) has ended; stopping the job", owner.get("pid"))
+        log.error(
+            "the Snakemake run that started this job (PID %s) has ended; stopping the job", owner.get("pid")
+        )
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace)
         os._exit(128 + signal.SIGTERM)

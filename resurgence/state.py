@@ -135,7 +135,9 @@ def claim_state_dir(state_dir: str | os.PathLike, key: Mapping[str, Any], what: 
         )
         shutil.rmtree(folder)
     elif folder.is_dir() and any(folder.iterdir()):
-        log.warning("discarding %s in %s: it records no key of what it was made from; starting fresh", what, folder)
+        log.warning(
+            "discarding %s in %s: it records no key of what it was made from; starting fresh", what, folder
+        )
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(stored, new)

@@ -13,12 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config.yaml", "config.smoke.yaml", "resources", "envs")
 
 
-def run(cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 1800, **env: str) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path = ROOT, check: bool = True, timeout: int = 1800, **env: str
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **env)
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

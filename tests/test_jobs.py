@@ -74,8 +74,11 @@ def test_a_job_stops_when_its_snakemake_process_dies(tmp_path):
     owner = subprocess.Popen(["sleep", "60"])
     env = {jobs.OWNER_ENV: json.dumps(jobs.process_identity(owner.pid))}
     job = subprocess.Popen(
-        [sys.executable, "-c", JOB, str(tmp_path / "marker")], cwd=ROOT, env={**os.environ, **env},
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", JOB, str(tmp_path / "marker")],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert job.stdout.readline().strip() == "running"
@@ -96,8 +99,11 @@ def test_a_job_stops_when_it_loses_its_parent_shell(tmp_path):
     script.write_text(JOB)
     env = {**os.environ, jobs.OWNER_ENV: json.dumps(jobs.process_identity())}  # the owner (this test) lives
     shell = subprocess.Popen(
-        ["bash", "-c", f"{sys.executable} {script} {tmp_path / 'marker'}; true"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, text=True,
+        ["bash", "-c", f"{sys.executable} {script} {tmp_path / 'marker'}; true"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert shell.stdout.readline().strip() == "running"
     shell.kill()
@@ -139,7 +145,9 @@ def test_locks_are_kept_while_any_recorded_run_lives(tmp_path):
     live = subprocess.Popen(["sleep", "30"])
     try:
         _record(root, jobs.process_identity(live.pid))
-        _record(root, {**jobs.process_identity(), "host": "another-node", "pid": 1})  # cannot be checked: lives
+        _record(
+            root, {**jobs.process_identity(), "host": "another-node", "pid": 1}
+        )  # cannot be checked: lives
         assert jobs.release_stale_locks(root) == []
         assert all(p.exists() for p in locks)
     finally:

@@ -96,7 +96,9 @@ def _job_log(work: Path) -> str:
     ],
     ids=["lambda1", "learning_rate"],
 )
-def test_rerun_after_a_change_retrains_from_step_0_and_equals_a_clean_run(study_copy, tmp_path, overlay, changed):
+def test_rerun_after_a_change_retrains_from_step_0_and_equals_a_clean_run(
+    study_copy, tmp_path, overlay, changed
+):
     work = study_copy
     before = _final(work / FT)
     name = _overlay(work, "change.yaml", overlay)
@@ -105,7 +107,9 @@ def test_rerun_after_a_change_retrains_from_step_0_and_equals_a_clean_run(study_
     assert log["resumed_from"] is None and len(log["losses"]) == log["steps"]
     assert "discarding stale fine-tune checkpoints" in _job_log(work) and f"'{changed}'" in _job_log(work)
     rerun, clean = _final(work / FT), clean_finetune(work, [name], tmp_path / "clean")
-    print(f"{changed}: rerun vs clean max |dw| = {_max_diff(rerun, clean):.3g}; vs before {_max_diff(rerun, before):.3g}")
+    print(
+        f"{changed}: rerun vs clean max |dw| = {_max_diff(rerun, clean):.3g}; vs before {_max_diff(rerun, before):.3g}"
+    )
     assert _equal(rerun, clean)
     assert not _equal(rerun, before)  # the change reached the fine-tune: the test could tell
 

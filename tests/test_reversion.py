@@ -37,7 +37,9 @@ def test_a_fine_tune_at_a_known_angle_to_the_edit():
     theta = math.radians(60)
     df = 0.8 * (-math.cos(theta) * de / np.linalg.norm(de) + math.sin(theta) * ortho / np.linalg.norm(ortho))
     E = rng.normal(size=(5, 4))
-    got = reversion({"attn2.to_k": tuple(torch.from_numpy(w) for w in (wb, wb + de, wb + de + df))}, torch.from_numpy(E))
+    got = reversion(
+        {"attn2.to_k": tuple(torch.from_numpy(w) for w in (wb, wb + de, wb + de + df))}, torch.from_numpy(E)
+    )
     assert got["attn2.to_k"]["reversion_cosine"] == pytest.approx(0.5)  # cos 60 degrees
     assert got["attn2.to_k"]["undone_fraction"] == pytest.approx(0.8 * 0.5 / np.linalg.norm(de))
     for measure, value in _reference(wb, wb + de, wb + de + df, E).items():
@@ -51,7 +53,9 @@ def test_moving_halfway_back_returns_keys_halfway():
     assert got["reversion_cosine"] == pytest.approx(1.0) and got["undone_fraction"] == pytest.approx(0.5)
     assert got["kv_return"] == pytest.approx(0.5) and got["kv_remaining"] == pytest.approx(0.5)
     still = reversion({"l": (wb, wb + de, wb + de)}, torch.randn(7, 3, dtype=torch.float64))["l"]
-    assert math.isnan(still["reversion_cosine"]) and still["undone_fraction"] == 0 and still["kv_remaining"] == 1
+    assert (
+        math.isnan(still["reversion_cosine"]) and still["undone_fraction"] == 0 and still["kv_remaining"] == 1
+    )
 
 
 def test_tiny_model_edits_measured_per_layer_and_in_total():
@@ -60,7 +64,9 @@ def test_tiny_model_edits_measured_per_layer_and_in_total():
     base = kv_weights(pipe.unet)
     g = torch.Generator().manual_seed(1)
     d_e = {n: 0.05 * torch.randn(w.shape, generator=g, dtype=torch.float64) for n, w in base.items()}
-    d_f = {n: -0.3 * d + 0.01 * torch.randn(d.shape, generator=g, dtype=torch.float64) for n, d in d_e.items()}
+    d_f = {
+        n: -0.3 * d + 0.01 * torch.randn(d.shape, generator=g, dtype=torch.float64) for n, d in d_e.items()
+    }
     apply_deltas(pipe.unet, {n: d.float() for n, d in d_e.items()})
     erased = kv_weights(pipe.unet)
     apply_deltas(pipe.unet, {n: d.float() for n, d in d_f.items()})
@@ -72,7 +78,10 @@ def test_tiny_model_edits_measured_per_layer_and_in_total():
         want = _reference(base[n].numpy(), erased[n].numpy(), tuned[n].numpy(), E.numpy())
         assert got[n] == pytest.approx(want, rel=1e-6), n
     # The total concatenates the layers (not a mean of per-layer values).
-    cat = {k: np.concatenate([w[n].numpy().ravel() for n in base]) for k, w in (("b", base), ("e", erased), ("f", tuned))}
+    cat = {
+        k: np.concatenate([w[n].numpy().ravel() for n in base])
+        for k, w in (("b", base), ("e", erased), ("f", tuned))
+    }
     cos = np.dot(cat["f"] - cat["e"], cat["b"] - cat["e"]) / (
         np.linalg.norm(cat["f"] - cat["e"]) * np.linalg.norm(cat["b"] - cat["e"])
     )

@@ -72,7 +72,11 @@ def test_a_poisoned_memo_is_what_the_memo_returns(tmp_path, memo_everything):
 
 
 def test_key_differences_name_the_dotted_paths():
-    old = {"config": {"learning_rate": 1e-4, "rank": 4, "target_modules": ["to_k"]}, "model": "a", "data": "x"}
+    old = {
+        "config": {"learning_rate": 1e-4, "rank": 4, "target_modules": ["to_k"]},
+        "model": "a",
+        "data": "x",
+    }
     new = {"config": {"learning_rate": 3e-4, "rank": 4, "target_modules": ["to_k", "to_v"]}, "model": "a"}
     assert state.key_differences(old, new) == ["config.learning_rate", "config.target_modules", "data"]
     assert state.key_differences(old, old) == []

@@ -42,7 +42,9 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.nan
 
 
-def _measures(w_base: torch.Tensor, w_erased: torch.Tensor, w_ft: torch.Tensor, keys: torch.Tensor) -> dict[str, float]:
+def _measures(
+    w_base: torch.Tensor, w_erased: torch.Tensor, w_ft: torch.Tensor, keys: torch.Tensor
+) -> dict[str, float]:
     """The `MEASURES` of one flattened weight vector; ``keys`` are E W^T flattened, stacked (base, erased, ft)."""
     d_e, d_f = w_erased - w_base, w_ft - w_erased
     ne, nf = float(d_e.norm()), float(d_f.norm())
@@ -94,7 +96,9 @@ def reversion_table(reversion_rows: pd.DataFrame, resurgence: pd.DataFrame) -> p
     from resurgence.metrics.tables import ACCURACY_METRIC, RUN_KEYS
 
     total = reversion_rows[reversion_rows["layer"] == TOTAL]
-    wide = total.pivot_table(index=[*RUN_KEYS, "step", "is_final"], columns="measure", values="value").reset_index()
+    wide = total.pivot_table(
+        index=[*RUN_KEYS, "step", "is_final"], columns="measure", values="value"
+    ).reset_index()
     wide.columns.name = None
     top1 = resurgence["domain"].map(ACCURACY_METRIC)
     prob = top1.map(lambda m: PRESENCE_METRICS[m][0])
@@ -102,4 +106,6 @@ def reversion_table(reversion_rows: pd.DataFrame, resurgence: pd.DataFrame) -> p
     for name, wanted in (("resurgence", top1), ("resurgence_prob", prob)):
         per_run = resurgence[resurgence["metric"] == wanted].groupby([*RUN_KEYS, "step"])["resurgence"].mean()
         out = out.merge(per_run.rename(name).reset_index(), on=[*RUN_KEYS, "step"], how="left")
-    return out[[*RUN_KEYS, "step", "is_final", *[m for m in MEASURES if m in out], "resurgence", "resurgence_prob"]]
+    return out[
+        [*RUN_KEYS, "step", "is_final", *[m for m in MEASURES if m in out], "resurgence", "resurgence_prob"]
+    ]

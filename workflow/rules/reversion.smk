@@ -13,8 +13,9 @@ rule reversion:
         "results/benchmarks/reversion/{task}/{erase}/{ftset}/{ftmethod}.tsv"
     conda:
         "../../envs/resurgence.yaml"
-    threads: 2
+    threads: 4
     resources:
+        gpu=1,
         mem_mb=16000,
         runtime=30,
     params:
