@@ -12,7 +12,7 @@ import math
 import re
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,11 @@ def _linear(unet, name: str) -> torch.nn.Linear:
     return getattr(m, "base_layer", m)
 
 
-def kv_weights(unet) -> dict[str, torch.Tensor]:
-    """Copies (float64, CPU) of the cross-attention key/value weights MACE edits, by `kv_module_names`."""
-    return {n: _linear(unet, n).weight.detach().to("cpu", torch.float64).clone() for n in kv_module_names(unet)}
+def kv_weights(unet, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Copies (float64, CPU) of the cross-attention key/value weights MACE edits (`kv_module_names`, or
+    just ``names``)."""
+    names = kv_module_names(unet) if names is None else names
+    return {n: _linear(unet, n).weight.detach().to("cpu", torch.float64).clone() for n in names}
 
 
 def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str) -> list[str]:
@@ -351,13 +353,14 @@ def apply_erasure(
     out = Path(out_dir)
     deltas = lora_file_deltas(out / weight_name)
     unet = pipe.unet
-    before = {n: _linear(unet, n).weight.detach().to(torch.float64).cpu().clone() for n in deltas}
+    before = kv_weights(unet, deltas)
     pipe.load_lora_weights(str(out), weight_name=weight_name, adapter_name=ADAPTER_NAME)
     pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
     pipe.unload_lora_weights()
+    after = kv_weights(unet, deltas)
     bad = []
     for n, d in deltas.items():
-        w = _linear(unet, n).weight.detach().to(torch.float64).cpu()
+        w = after[n]
         expected = before[n] + d
         err = float((w - expected).norm() / expected.norm().clamp_min(1e-30))
         if not err <= rtol:
