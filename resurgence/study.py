@@ -341,9 +341,14 @@ def trajectory_steps(config: dict[str, Any], run: Run) -> list[int]:
     return sorted(s for s in traj.get("steps", []) if s < final)
 
 
-def run_states(config: dict[str, Any], run: Run) -> list[str]:
+def resurgence_states(config: dict[str, Any], run: Run) -> list[str]:
+    """The states a run's resurgence compares: base, erased, and fine-tuned at the final step."""
     final = finetune_spec(config, run.ftmethod)["steps"]
-    states = ["base", state_id(run, "erased"), state_id(run, "finetuned", final)]
+    return ["base", state_id(run, "erased"), state_id(run, "finetuned", final)]
+
+
+def run_states(config: dict[str, Any], run: Run) -> list[str]:
+    states = resurgence_states(config, run)
     states += [state_id(run, "finetuned", s) for s in trajectory_steps(config, run)]
     return states
 
@@ -467,8 +472,7 @@ def reversion_inputs(config: dict[str, Any]) -> dict[str, list[str]]:
     runs = all_runs(config)
     metrics: dict[str, None] = {}
     for run in runs:
-        final = finetune_spec(config, run.ftmethod)["steps"]
-        for s in ("base", state_id(run, "erased"), state_id(run, "finetuned", final)):
+        for s in resurgence_states(config, run):
             metrics[metrics_csv(run.task, s)] = None
     return {"reversion": [reversion_csv(r) for r in runs], "metrics": list(metrics)}
 
@@ -490,7 +494,6 @@ def grid_inputs(config: dict[str, Any]) -> list[str]:
     first = next(iter(config["experiments"]))
     paths: dict[str, None] = {}
     for run in experiment_runs(config, first):
-        final = finetune_spec(config, run.ftmethod)["steps"]
-        for s in ("base", state_id(run, "erased"), state_id(run, "finetuned", final)):
+        for s in resurgence_states(config, run):
             paths[f"{RESULTS}/images/{run.task}/{s}/grid.png"] = None
     return list(paths)
