@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
+    t.add_argument("--knowledge", type=_json, default=None, help="toyworld.knowledge: the concept geometry (JSON)")
+    t.add_argument(
+        "--calibration", type=_json, default=None, help="erase set per domain whose calibration statistics to record"
+    )
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)

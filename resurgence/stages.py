@@ -72,11 +72,20 @@ def load_segmenter(models: dict[str, Any], device: str):
 
 def run_toyworld(args: Namespace) -> None:
     if args.action == "train":
+        from resurgence.toyworld.knowledge import KnowledgeConfig
         from resurgence.toyworld.train import train_all
 
         device = pick_device(args.device)
         profile = ("gpu" if device.startswith("cuda") else "cpu") if args.profile == "auto" else args.profile
-        train_all(args.out_dir, profile=profile, only=args.only, seed=args.seed, device=device)
+        train_all(
+            args.out_dir,
+            profile=profile,
+            only=args.only,
+            seed=args.seed,
+            device=device,
+            knowledge=KnowledgeConfig.from_dict(args.knowledge),
+            calibration_sets=args.calibration,
+        )
     else:
         from resurgence.toyworld.quality import measure_quality
 

@@ -105,6 +105,41 @@ def toy_models_dir(config: dict[str, Any]) -> str:
     return f"{RESULTS}/toyworld/models" if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
 
 
+def toy_knowledge(config: dict[str, Any]) -> dict[str, Any]:
+    """``toyworld.knowledge`` completed with `KnowledgeConfig`'s defaults (the shipped world's geometry)."""
+    from dataclasses import asdict
+
+    from resurgence.toyworld.knowledge import KnowledgeConfig
+
+    try:
+        return asdict(KnowledgeConfig.from_dict(config.get("toyworld", {}).get("knowledge")))
+    except ValueError as err:
+        raise ConfigError(f"config key 'toyworld.knowledge': {err}") from None
+
+
+def calibration_sets(config: dict[str, Any]) -> dict[str, list[str]]:
+    """The erase sets App. C.2's statistic is computed against (`knowledge.CALIBRATION_TASKS`), where configured."""
+    from resurgence.toyworld.knowledge import CALIBRATION_TASKS
+
+    tasks = config.get("tasks", {})
+    return {d: list(tasks[t]["erase"]) for d, t in CALIBRATION_TASKS.items() if t in tasks}
+
+
+def check_toy_knowledge(config: dict[str, Any]) -> None:
+    """The shipped toy models must have learned the configured concept geometry (else retrain)."""
+    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+        return
+    from resurgence.toyworld.train import trained_knowledge
+
+    want = toy_knowledge(config)
+    for model, got in trained_knowledge(toy_models_dir(config)).items():
+        if got != want:
+            raise ConfigError(
+                f"config key 'toyworld.knowledge' is {want}, but the {model} model in {toy_models_dir(config)!r} "
+                f"learned {got}; set toyworld.knowledge to that, or retrain (toyworld.retrain: true)"
+            )
+
+
 def model_specs(config: dict[str, Any]) -> dict[str, Any]:
     """Where each model comes from; for the toy world, inside the toy-model folder unless overridden."""
     models = dict(config.get("models", {}))
@@ -387,6 +422,7 @@ def check_study(config: dict[str, Any]) -> None:
             "train them with --config toyworld.retrain=true (a GPU takes minutes), or point toyworld.weights "
             "at a folder written by `python -m resurgence toyworld train`"
         )
+    check_toy_knowledge(config)
     world = get_world(config)
     for tname, t in config["tasks"].items():
         for role in ("erase", "retain"):

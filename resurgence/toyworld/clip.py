@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from resurgence.io import atomic_path, save_safetensors, write_json
+from resurgence.toyworld.knowledge import KnowledgeConfig, knowledge_gram
 from resurgence.toyworld.detector import (
     AugmentConfig,
     RenderFn,
@@ -87,6 +88,11 @@ class ToyClipTrainConfig:
             p=0.5, max_shift=0.05, scale=(0.95, 1.05), brightness=0.1, contrast=0.1, saturation=0.1
         )
     )
+    # Concept knowledge (`resurgence.toyworld.knowledge`): the cosine geometry of the concept names'
+    # text embeddings is fitted to the knowledge vectors' (`knowledge_gram_loss`), as a real CLIP learns
+    # names' relations from text the toy images do not hold. 0 trains on the contrastive loss alone.
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    knowledge_weight: float = 1.0
     render_workers: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     checkpoint_every: int = 1_000
     bf16: bool = True
@@ -209,6 +215,19 @@ def multi_positive_clip_loss(
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def knowledge_gram_loss(emb: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the off-diagonal cosines of unit embeddings ``emb`` and ``gram``.
+
+    Contrastive training is blind to a component shared by every text and image (it shifts all
+    logits alike), so this fixes the names' geometry without competing with it.
+    """
+    n = emb.shape[0]
+    if gram.shape != (n, n):
+        raise ValueError(f"gram has shape {tuple(gram.shape)}, expected {(n, n)}")
+    off = ~torch.eye(n, dtype=torch.bool, device=emb.device)
+    return ((emb @ emb.T - gram)[off] ** 2).mean()
+
+
 @torch.no_grad()
 def zero_shot_accuracy(
     clip: Any, images: np.ndarray, labels: np.ndarray, concepts: Sequence[Any], prompts: Any
@@ -246,6 +265,8 @@ def train_clip(
     one caption slot per image, and applies light augmentation. Resumes from
     ``out_dir/clip_ckpt/state.pt``.
     """
+    import open_clip
+
     from resurgence.models.clip import ClipModel
 
     render_fn = render_fn or default_render_fn()
@@ -262,6 +283,10 @@ def train_clip(
     x_all = torch.as_tensor(data["images"]).to(device)
     slot_ids = torch.as_tensor(inverse.reshape(n, cfg.n_variants)).to(device)
     tokens = tokens.to(device)
+    know = None
+    if cfg.knowledge_weight > 0 and getattr(world, "identities", None):
+        know_names, gram = knowledge_gram(world, cfg.knowledge)
+        know = (open_clip.tokenize(know_names, context_length=cfg.context_length).to(device), gram.to(device))
     t_data = time.time() - t0
 
     model = build_toy_clip(cfg).to(device)
@@ -280,7 +305,7 @@ def train_clip(
     mean = torch.tensor(TOY_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(TOY_STD, device=device).view(1, 3, 1, 1)
     model.train()
-    loss_val = float("nan")
+    loss_val, know_val = float("nan"), None
     bs = min(cfg.batch_size, n)
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
@@ -295,6 +320,11 @@ def train_clip(
             img = model.encode_image(x, normalize=True)
             txt = model.encode_text(tokens[cap_ids], normalize=True)
         loss = multi_positive_clip_loss(img.float(), txt.float(), cap_ids, model.logit_scale.exp())
+        if know is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                names_emb = model.encode_text(know[0], normalize=True)
+            know_loss = knowledge_gram_loss(names_emb.float(), know[1])
+            loss = loss + cfg.knowledge_weight * know_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -303,6 +333,7 @@ def train_clip(
             model.logit_scale.clamp_(0, math.log(100))
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
             loss_val = float(loss.detach())
+            know_val = float(know_loss.detach()) if know is not None else None
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_train_state(
                 ckpt_path,
@@ -344,6 +375,7 @@ def train_clip(
             metrics[f"n_val_{kind}"] = int(keep.sum())
         metrics.update(
             final_loss=loss_val,
+            final_knowledge_loss=know_val,
             logit_scale=float(model.logit_scale.detach().exp()),
             n_train=n,
             n_unique_captions=len(tokens),

@@ -43,6 +43,7 @@ from resurgence.models.pipeline import (
 from resurgence.models.tokenizer import _bytes_to_unicode, openai_clip_tokenizer, write_clip_tokenizer
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key
+from resurgence.toyworld.knowledge import KNOWLEDGE_DIM, KnowledgeConfig, knowledge_vectors
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Config fields a resumed run may change without changing what it computes (how often it checkpoints,
@@ -81,8 +82,10 @@ class T2ITrainConfig:
     caption_dropout: float = 0.1  # empty caption, so classifier-free guidance works
     snr_gamma: float | None = 5.0  # min-SNR loss weighting (faster convergence); None = plain MSE
     # Name knowledge (see `knowledge_spans`): weight of the loss that makes the text encoder carry a
-    # fixed random vector per identity from its name onwards; 0 trains on the denoising loss alone.
+    # concept's knowledge vector (`knowledge.knowledge_vectors`) from its name onwards; 0 trains on the
+    # denoising loss alone. ``knowledge`` is its shared structure (the calibrated geometry knob).
     knowledge_weight: float = 0.1
+    knowledge: KnowledgeConfig = dataclasses.field(default_factory=KnowledgeConfig)
     ema_decay: float = 0.998
     # engineering
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere) | "bf16" | "no"
@@ -191,45 +194,57 @@ def build_toy_tokenizer(
 # carries much besides the face. A text encoder trained from scratch on the toy images alone keeps
 # only the nine visual traits (20 directions hold 90% of 140 identities' MACE targets,
 # docs/identity_structure.csv), so no key/value edit can remove 100 identities without the other 40.
-# The stand-in for that outside knowledge: each identity has a fixed random unit vector, and a linear
-# probe must read it from every text position from the identity's name on: the UNet reads an identity
-# from the positions after its name (with the earlier text encoder, conditioning on the name's own
-# positions alone gave 0% detector top-1, on every other position alone 93%, as on the whole prompt).
-# The probe is discarded after training.
-
-
-def knowledge_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
-    """``n`` random unit vectors in ``dim`` dimensions (float32), a function of ``seed`` alone."""
-    v = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return (v / v.norm(dim=1, keepdim=True)).float()
+# The stand-in for that outside knowledge: each concept (identity or object, synonyms alike) has a
+# unit knowledge vector (`resurgence.toyworld.knowledge`: a shared domain part, trait / category parts
+# and its own), and a linear probe must read it from every text position from the concept's name on:
+# the UNet reads an identity from the positions after its name (with the earlier text encoder,
+# conditioning on the name's own positions alone gave 0% detector top-1, on every other position alone
+# 93%, as on the whole prompt). The probe is discarded after training.
 
 
 def knowledge_spans(
-    token_ids: Sequence[Sequence[int]], names: Sequence[Sequence[int]]
+    token_ids: Sequence[Sequence[int]], names: Sequence[Sequence[int]], groups: Sequence[int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per caption: (index of the one name in ``names`` it contains, position of that name's first token).
+    """Per caption: (the concept it names, position of that name's first token).
 
-    ``names`` are token-id sequences. A caption with no name or with two different names gets
-    index -1 and start = its length (no position carries knowledge).
+    ``names`` are token-id sequences; ``groups[k]`` is the concept of name ``k`` (a class name and
+    its synonyms share one; default: every name its own). A caption naming no concept or two
+    different ones gets index -1 and start = its length (no position carries knowledge).
     """
+    groups = list(range(len(names))) if groups is None else list(groups)
+    if len(groups) != len(names):
+        raise ValueError(f"{len(names)} names but {len(groups)} groups")
     first: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
     for k, seq in enumerate(names):
         if not seq:
             raise ValueError(f"name {k} has no tokens")
-        first.setdefault(int(seq[0]), []).append((k, tuple(int(t) for t in seq)))
+        first.setdefault(int(seq[0]), []).append((groups[k], tuple(int(t) for t in seq)))
     index = np.full(len(token_ids), -1, np.int64)
     start = np.zeros(len(token_ids), np.int64)
     for i, ids in enumerate(token_ids):
         ids = [int(t) for t in ids]
         found: dict[int, int] = {}
         for p, t in enumerate(ids):
-            for k, seq in first.get(t, ()):
+            for g, seq in first.get(t, ()):
                 if tuple(ids[p : p + len(seq)]) == seq:
-                    found.setdefault(k, p)
+                    found.setdefault(g, p)
         start[i] = len(ids)
         if len(found) == 1:
             ((index[i], start[i]),) = found.items()
     return index, start
+
+
+def knowledge_targets(world: Any, tokenizer: Any, cfg: KnowledgeConfig) -> tuple[torch.Tensor, list[list[int]], list[int]]:
+    """(knowledge vectors of identities then objects, every name and synonym as token ids, its row)."""
+    vectors = knowledge_vectors(world, cfg)
+    concepts = [*getattr(world, "identities", ()), *getattr(world, "objects", ())]
+    names, groups = [], []
+    for row, c in enumerate(concepts):
+        for n in c.names:
+            names.append(tokenizer(n, add_special_tokens=False).input_ids)
+            groups.append(row)
+    targets = torch.cat([vectors["identity"], vectors["object"]]) if concepts else torch.zeros(0, KNOWLEDGE_DIM)
+    return targets, names, groups
 
 
 def knowledge_loss(
@@ -716,11 +731,11 @@ def train_text_to_image(
 
     knowledge = None
     if cfg.knowledge_weight > 0:
-        names = [tokenizer(c.name, add_special_tokens=False).input_ids for c in getattr(world, "identities", ())]
-        k_index, k_start = knowledge_spans(enc.input_ids, names)
-        if (k_index >= 0).any():  # no probe where no caption names an identity
+        targets, names, groups = knowledge_targets(world, tokenizer, cfg.knowledge)
+        k_index, k_start = knowledge_spans(enc.input_ids, names, groups)
+        if (k_index >= 0).any():  # no probe where no caption names a concept
             knowledge = dict(
-                targets=knowledge_vectors(len(names), pipe.text_encoder.config.hidden_size, cfg.seed + 3).to(device),
+                targets=targets.to(device),
                 index=torch.from_numpy(k_index).to(device),
                 start=torch.from_numpy(k_start).to(device),
             )

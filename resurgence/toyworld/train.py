@@ -52,7 +52,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _configs(profile: str, seed: int) -> dict[str, Any]:
+def _configs(profile: str, seed: int, knowledge: Any = None) -> dict[str, Any]:
     from resurgence.toyworld.clip import ToyClipTrainConfig
     from resurgence.toyworld.detector import DetectorTrainConfig, SegmenterTrainConfig
     from resurgence.toyworld.t2i import T2ITrainConfig
@@ -64,7 +64,9 @@ def _configs(profile: str, seed: int) -> dict[str, Any]:
     out = {}
     for name, cls in classes.items():
         overrides = {k: v for k, v in PROFILES[profile][name].items() if k in {f.name for f in dataclasses.fields(cls)}}
-        out[name] = cls(**{**overrides, "seed": seed})
+        fields = {f.name for f in dataclasses.fields(cls)}
+        shared = {"knowledge": knowledge} if knowledge is not None and "knowledge" in fields else {}
+        out[name] = cls(**{**overrides, **shared, "seed": seed})
     return out
 
 
@@ -97,8 +99,15 @@ def train_all(
     only: list[str] | None = None,
     seed: int = 0,
     device: str = "cuda",
+    knowledge: Any = None,
+    calibration_sets: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``."""
+    """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``.
+
+    ``knowledge`` (a `KnowledgeConfig`; default its defaults) is the concept geometry both the text
+    encoder and CLIP learn; with ``calibration_sets`` (erase set per domain) the manifest records its
+    calibration statistics (`record_geometry`).
+    """
     from resurgence.toyworld.clip import train_clip
     from resurgence.toyworld.concepts import toy_world
     from resurgence.toyworld.detector import train_detector, train_segmenter
@@ -107,14 +116,44 @@ def train_all(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     world = toy_world(seed)
-    cfgs = _configs(profile, seed)
+    cfgs = _configs(profile, seed, knowledge)
     trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
     for name in only or MODELS:
         t0 = time.time()
         log.info("training %s (profile %s, seed %d) on %s", name, profile, seed, device)
         metrics = trainers[name](cfgs[name], world, out, device=device)
         record_model(out, name, dataclasses.asdict(cfgs[name]), metrics, profile, str(device), time.time() - t0)
+    if calibration_sets and all((out / m).is_dir() for m in ("t2i", "clip")):
+        record_geometry(out, calibration_sets, device)
     return read_manifest(out)
+
+
+def trained_knowledge(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """The knowledge geometry each trained model of ``out_dir`` learned (from its manifest config)."""
+    models = read_manifest(out_dir).get("models", {})
+    return {m: models[m]["config"].get("knowledge") for m in ("t2i", "clip") if m in models}
+
+
+def record_geometry(out_dir: str | os.PathLike, erase_sets: dict[str, list[str]], device: str = "cpu") -> dict[str, Any]:
+    """Measure the calibration statistics of the trained text encoder and CLIP in ``out_dir`` and store
+    them in its manifest under ``geometry`` (`knowledge.geometry_report`)."""
+    from resurgence.models.clip import load_clip
+    from resurgence.models.pipeline import load_pipeline
+    from resurgence.toyworld.concepts import toy_world
+    from resurgence.toyworld.knowledge import KnowledgeConfig, geometry_report
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    learned = trained_knowledge(out)
+    if len(learned) < 2 or learned["t2i"] != learned["clip"]:
+        raise ValueError(f"{out}: the text encoder and CLIP were trained on different knowledge geometries: {learned}")
+    cfg = KnowledgeConfig.from_dict(learned["t2i"])
+    pipe = load_pipeline(out / "t2i", device=device)
+    clip = load_clip({"kind": "toy", "path": str(out / "clip")}, device=device)
+    world = toy_world(int(manifest["models"]["t2i"]["seed"] or 0))
+    manifest["geometry"] = geometry_report(world, cfg, erase_sets, clip=clip, pipe=pipe)
+    write_json(out / "manifest.json", manifest)
+    return manifest["geometry"]
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:

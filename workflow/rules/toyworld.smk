@@ -18,10 +18,13 @@ rule toyworld_train:
     params:
         seed=config.get("toyworld", {}).get("seed", 0),
         profile=config.get("toyworld", {}).get("train_profile", "auto"),
+        knowledge=as_json(study.toy_knowledge(config)),
+        calibration=as_json(study.calibration_sets(config)),
         device=device(),
     shell:
         "python -m resurgence toyworld train --out-dir results/toyworld/models --profile {params.profile}"
-        " --seed {params.seed} --device {params.device} > {log} 2>&1"
+        " --seed {params.seed} --knowledge {params.knowledge:q} --calibration {params.calibration:q}"
+        " --device {params.device} > {log} 2>&1"
 
 
 rule toyworld_quality:
