@@ -19,7 +19,6 @@ from resurgence.toyworld.t2i import (
     count_parameters,
     knowledge_loss,
     knowledge_spans,
-    knowledge_vectors,
     train_text_to_image,
     world_words,
 )
@@ -254,21 +253,28 @@ def test_knowledge_spans_find_the_one_named_identity_and_where_its_name_starts()
         knowledge_spans(captions, [[5], []])
 
 
-def test_knowledge_vectors_are_seeded_unit_vectors():
-    v = knowledge_vectors(140, 384, seed=3)
-    assert v.shape == (140, 384) and v.dtype == torch.float32
-    assert torch.allclose(v.norm(dim=1), torch.ones(140), atol=1e-6)
-    assert torch.equal(v, knowledge_vectors(140, 384, seed=3))
-    assert not torch.equal(v, knowledge_vectors(140, 384, seed=4))
-    # independent directions: 140 vectors in 384 dimensions have full rank
-    assert torch.linalg.matrix_rank(v.double()) == 140
+def test_knowledge_spans_count_a_name_and_its_synonyms_as_one_concept():
+    names = [[5, 6], [6], [9]]  # "oak tree", its synonym "oak" (here the token 6), another concept
+    groups = [0, 0, 1]
+    captions = [
+        [1, 5, 6, 0],  # the name and, inside it, the synonym: one concept, from the name's start
+        [1, 3, 6, 0],  # the synonym alone
+        [1, 6, 2, 9],  # two concepts: none
+    ]
+    index, start = knowledge_spans(captions, names, groups)
+    assert index.tolist() == [0, 0, -1]
+    assert start.tolist() == [1, 2, 4]
+    without = knowledge_spans(captions, names)[0]  # every name its own concept: the first caption names two
+    assert without.tolist() == [-1, 1, -1]
+    with pytest.raises(ValueError, match="3 names but 2 groups"):
+        knowledge_spans(captions, names, [0, 1])
 
 
 def test_knowledge_loss_matches_a_direct_loop():
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(4, 6, 8, generator=g)
     probe = torch.nn.Linear(8, 5, bias=False)
-    targets = knowledge_vectors(3, 5, seed=0)
+    targets = torch.nn.functional.normalize(torch.randn(3, 5, generator=g), dim=1)
     index, start = torch.tensor([0, -1, 2, 1]), torch.tensor([2, 0, 5, 6])
     got = knowledge_loss(hidden, probe, targets, index, start)
     terms = []
@@ -289,6 +295,8 @@ def named_data(n: int, size: int, seed: int = 0) -> dict:
     names = [c.name for c in FakeWorld().identities]
     for i in range(0, n, 2):
         data["captions"][i] = f"A portrait of {names[(i // 2) % 2]}"
+    for i in range(1, n, 4):  # a quarter name nothing the world knows
+        data["captions"][i] = "a blank canvas"
     return data
 
 
@@ -299,7 +307,8 @@ def test_knowledge_loss_trains_the_text_encoder_and_resumes_exactly(tmp_path):
     ref = train_text_to_image(cfg, FakeWorld(), tmp_path / "ref", device="cpu", arch=MICRO, data=data)
     k = [v for _, v in ref["unet"]["knowledge_losses"]]
     assert len(k) == 12 and k[-1] < 0.5 * k[0]
-    assert ref["knowledge_captions_frac"] == pytest.approx(0.5)
+    # identities' portraits and the shapes (objects) carry knowledge; the blank canvases do not
+    assert ref["knowledge_captions_frac"] == pytest.approx(0.75)
     part = train_text_to_image(
         micro_cfg(knowledge_weight=1.0, n_samples=0, unet_steps=60, stop_at_unet_step=30),
         FakeWorld(), tmp_path / "res", device="cpu", arch=MICRO, data=data,

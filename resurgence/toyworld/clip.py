@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from resurgence.io import atomic_path, save_safetensors, write_json
-from resurgence.toyworld.knowledge import KnowledgeConfig, knowledge_gram
 from resurgence.toyworld.detector import (
     AugmentConfig,
     RenderFn,
@@ -32,6 +31,7 @@ from resurgence.toyworld.detector import (
     resume_train_state,
     save_train_state,
 )
+from resurgence.toyworld.knowledge import KnowledgeConfig, knowledge_gram
 
 # Normalisation of the toy tower: renders are not ImageNet-like, so plain [-1, 1].
 TOY_MEAN = (0.5, 0.5, 0.5)

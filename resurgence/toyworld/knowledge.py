@@ -30,11 +30,33 @@ import torch
 # analogue of identities' shared traits.
 OBJECT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "vehicle": ("airplane", "automobile", "ship", "truck", "motorcycle", "streetcar", "tank", "rocket"),
-    "land animal": ("bird", "cat", "deer", "dog", "frog", "horse", "bee", "hamster", "tiger", "turtle",
-                    "elephant", "raccoon"),
+    "land animal": (
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "bee",
+        "hamster",
+        "tiger",
+        "turtle",
+        "elephant",
+        "raccoon",
+    ),
     "aquatic animal": ("trout", "ray", "lobster", "aquarium fish", "crab", "seal", "flatfish", "shark"),
-    "plant": ("rose", "oak tree", "tulip", "pine tree", "willow tree", "mushroom", "maple tree", "orange",
-              "sunflower", "orchid"),
+    "plant": (
+        "rose",
+        "oak tree",
+        "tulip",
+        "pine tree",
+        "willow tree",
+        "mushroom",
+        "maple tree",
+        "orange",
+        "sunflower",
+        "orchid",
+    ),
     "place": ("plain", "mountain", "house", "cloud", "road"),
     "household": ("bowl", "cup"),
 }
@@ -55,7 +77,7 @@ class KnowledgeConfig:
     """The shared structure of concept knowledge (module docstring); part of the trained models' configs."""
 
     # s: mean share of a concept's knowledge shared with its domain (0 = independent vectors). Calibrated:
-    # the middle of the values whose target statistic lies inside both paper ranges (0.815-0.848; see
+    # the middle of the values whose target statistic lies inside both paper ranges (0.82-0.845; see
     # docs/geometry_calibration.md), chosen before any resurgence was measured.
     shared: float = 0.83
     spread: float = 0.05  # r: the shared share varies per concept by +-r (relative), as names differ in fame
@@ -125,7 +147,9 @@ def knowledge_vectors(world: Any, cfg: KnowledgeConfig, dim: int = KNOWLEDGE_DIM
     return out
 
 
-def knowledge_gram(world: Any, cfg: KnowledgeConfig, dim: int = KNOWLEDGE_DIM) -> tuple[list[str], torch.Tensor]:
+def knowledge_gram(
+    world: Any, cfg: KnowledgeConfig, dim: int = KNOWLEDGE_DIM
+) -> tuple[list[str], torch.Tensor]:
     """(concept names, their knowledge cosine matrix) over identities then objects: the geometry CLIP learns."""
     k = knowledge_vectors(world, cfg, dim)
     names = [c.name for c in world.identities] + [c.name for c in world.objects]
@@ -134,7 +158,9 @@ def knowledge_gram(world: Any, cfg: KnowledgeConfig, dim: int = KNOWLEDGE_DIM) -
 
 
 def min_cosine_statistics(
-    similarity: Callable[[list[str], list[str]], torch.Tensor], candidates: Sequence[str], erased: Sequence[str]
+    similarity: Callable[[list[str], list[str]], torch.Tensor],
+    candidates: Sequence[str],
+    erased: Sequence[str],
 ) -> dict[str, float]:
     """App. C.2's statistic: each candidate's minimum cosine similarity over the erased concepts; its range."""
     erased_keys = {e.lower() for e in erased}
@@ -178,7 +204,9 @@ def calibration_statistics(
     return out
 
 
-def gram_similarity(names: Sequence[str], gram: torch.Tensor) -> Callable[[list[str], list[str]], torch.Tensor]:
+def gram_similarity(
+    names: Sequence[str], gram: torch.Tensor
+) -> Callable[[list[str], list[str]], torch.Tensor]:
     """A `similarity` function reading a cosine matrix over ``names`` (the knowledge targets, before any training)."""
     index = {n.lower(): i for i, n in enumerate(names)}
 
@@ -205,8 +233,13 @@ def text_state_similarity(pipe: Any, world: Any) -> Callable[[list[str], list[st
     def vector(name: str) -> torch.Tensor:
         if name not in cache:
             c = world.concept(name)
-            ids = tok(world.eval_prompts(c), padding="max_length", max_length=tok.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids
+            ids = tok(
+                world.eval_prompts(c),
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             names = [tok(n, add_special_tokens=False).input_ids for n in c.names]
             _, start = knowledge_spans(ids.tolist(), names, [0] * len(names))
             hidden = enc(ids.to(device))[0].double().cpu()
@@ -237,5 +270,7 @@ def geometry_report(
     if clip is not None:
         report["clip"] = calibration_statistics(clip.similarity, world, erase_sets)
     if pipe is not None:
-        report["t2i_text_states"] = calibration_statistics(text_state_similarity(pipe, world), world, erase_sets)
+        report["t2i_text_states"] = calibration_statistics(
+            text_state_similarity(pipe, world), world, erase_sets
+        )
     return report

@@ -1,8 +1,17 @@
+"""Print the metric tables and reversion CSVs of some experiments' runs (a partial study on a lent GPU).
+
+python tools/device/pilot_targets.py fig8 fig5   # -> snakemake targets
+"""
+
+import sys
+
 from resurgence import study
 from resurgence.config import load_config
-c = load_config(["config.yaml"])
-runs = study.experiment_runs(c, "fig8")
-t = []
-for r in runs:
-    t += [study.metrics_csv(r.task, s) for s in study.run_states(c, r)] + [study.reversion_csv(r)]
-print(" ".join(dict.fromkeys(t)))
+
+config = load_config(["config.yaml"])
+targets: list[str] = []
+for experiment in sys.argv[1:] or ["fig8"]:
+    for run in study.experiment_runs(config, experiment):
+        targets += [study.metrics_csv(run.task, s) for s in study.run_states(config, run)]
+        targets.append(study.reversion_csv(run))
+print(" ".join(dict.fromkeys(targets)))
