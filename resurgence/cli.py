@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--calibration", type=_json, default=None, help="erase set per domain whose calibration statistics to record"
     )
+    t.add_argument("--exclude", type=_json, default=[], help="concept names (JSON list) the t2i model never sees")
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)

@@ -85,6 +85,7 @@ def run_toyworld(args: Namespace) -> None:
             device=device,
             knowledge=KnowledgeConfig.from_dict(args.knowledge),
             calibration_sets=args.calibration,
+            exclude=tuple(args.exclude),
         )
     else:
         from resurgence.toyworld.quality import measure_quality

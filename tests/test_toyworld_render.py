@@ -222,3 +222,25 @@ def test_render_arrays_is_independent_of_workers(world: ToyWorld) -> None:
     assert np.array_equal(a["masks"], b["masks"]) and a["domains"] == b["domains"]
     with pytest.raises(ValueError, match="cached world"):
         render_arrays(ToyWorld(0), 512, seed=4, size=16, workers=2)
+
+
+def test_an_excluded_identity_is_in_no_training_item_and_the_others_are_unchanged():
+    from resurgence.toyworld.concepts import toy_world
+    from resurgence.toyworld.data import item_spec
+
+    world = toy_world(0)
+    gone = frozenset(c.name for c in world.identities[:40])
+    shown, redrawn = set(), 0
+    for i in range(400):
+        plain = item_spec(world, 7, i, "t2i")
+        kept = item_spec(world, 7, i, "t2i", exclude=gone)
+        names = {f.name for f in kept[1].figures}
+        assert not names & gone, kept[0]
+        if {f.name for f in plain[1].figures} & gone:
+            redrawn += 1
+            shown |= {f.name for f in plain[1].figures} & gone
+        else:
+            assert kept[0] == plain[0] and kept[4] == plain[4]  # same caption and render seed
+    assert redrawn > 20 and len(shown) > 10  # the exclusion had something to remove
+    with pytest.raises(ValueError, match="t2i mixture only"):
+        item_spec(world, 7, 0, "identity", exclude=gone)

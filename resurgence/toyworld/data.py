@@ -6,6 +6,7 @@ need no coordination, and any subset can be re-rendered exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from multiprocessing import get_all_start_methods, get_context
 from typing import Any, Literal
 
@@ -28,9 +29,18 @@ KINDS: tuple[str, ...] = ("t2i", "identity", "object", "all")
 
 
 def item_spec(
-    world: ToyWorld, seed: int, i: int, kind: Kind, mix: CaptionMix = DEFAULT_MIX
+    world: ToyWorld,
+    seed: int,
+    i: int,
+    kind: Kind,
+    mix: CaptionMix = DEFAULT_MIX,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[str, RenderSpec, int, str, int]:
     """(caption, spec, label, domain, render seed) of item ``i``.
+
+    ``exclude`` (``t2i`` only): concept names no item may show; an item that would is drawn again from
+    the same generator, so the rest of the set is the same function of (seed, i) as without it (the
+    exact-unlearning control: a model that never saw those concepts).
 
     ``identity``: a uniform identity in a uniform identity template (label = identity index).
     ``object``: a uniform object in the object template with its name or a synonym (label = object index).
@@ -40,6 +50,8 @@ def item_spec(
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {KINDS}")
     rng = np.random.default_rng([seed, i])
+    if exclude and kind != "t2i":
+        raise ValueError(f"exclude applies to the t2i mixture only, not kind {kind!r}")
     if kind == "all":
         kind = "identity" if rng.random() < 0.5 else "object"
     if kind == "identity":
@@ -52,6 +64,8 @@ def item_spec(
         caption = OBJECT_TEMPLATES[0].format(c.names[rng.integers(len(c.names))])
     else:
         caption, spec = world.training_caption(rng, mix)
+        while exclude and any(f.name in exclude for f in spec.figures):
+            caption, spec = world.training_caption(rng, mix)
         single = len(spec.figures) == 1 and spec.figures[0].name not in world.mapping
         label = world.index(spec.figures[0].name) if single else -1
         if spec.scene is not None:
@@ -93,12 +107,14 @@ class RenderedDataset(Dataset):
         return dict(image=image, mask=torch.from_numpy(mask), caption=caption, label=label, domain=domain)
 
 
-def _render_job(args: tuple[int, int, int, int, int, str]) -> dict[str, Any]:
-    world_seed, start, stop, seed, size, kind = args
-    return _render_range(toy_world(world_seed), start, stop, seed, size, kind)  # type: ignore[arg-type]
+def _render_job(args: tuple[int, int, int, int, int, str, tuple[str, ...]]) -> dict[str, Any]:
+    world_seed, start, stop, seed, size, kind, exclude = args
+    return _render_range(toy_world(world_seed), start, stop, seed, size, kind, exclude)  # type: ignore[arg-type]
 
 
-def _render_range(world: ToyWorld, start: int, stop: int, seed: int, size: int, kind: Kind) -> dict[str, Any]:
+def _render_range(
+    world: ToyWorld, start: int, stop: int, seed: int, size: int, kind: Kind, exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
     n = stop - start
     images = np.empty((n, size, size, 3), np.uint8)
     masks = np.empty((n, size, size), bool)
@@ -106,7 +122,7 @@ def _render_range(world: ToyWorld, start: int, stop: int, seed: int, size: int, 
     captions: list[str] = []
     domains: list[str] = []
     for j, i in enumerate(range(start, stop)):
-        caption, spec, label, domain, rseed = item_spec(world, seed, i, kind)
+        caption, spec, label, domain, rseed = item_spec(world, seed, i, kind, exclude=frozenset(exclude))
         images[j], masks[j] = render(spec, rseed, size)
         labels[j] = label
         captions.append(caption)
@@ -115,9 +131,16 @@ def _render_range(world: ToyWorld, start: int, stop: int, seed: int, size: int, 
 
 
 def render_arrays(
-    world: ToyWorld, n: int, seed: int, size: int = 64, kind: Kind = "t2i", workers: int = 1
+    world: ToyWorld,
+    n: int,
+    seed: int,
+    size: int = 64,
+    kind: Kind = "t2i",
+    workers: int = 1,
+    exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Pre-render items ``0..n-1`` of ``RenderedDataset(world, n, seed, size, kind)`` into memory.
+    """Pre-render items ``0..n-1`` of ``RenderedDataset(world, n, seed, size, kind)`` into memory
+    (without the concepts in ``exclude``: `item_spec`).
 
     Returns images (uint8 N,H,W,3), masks (bool N,H,W), labels (int64 N), captions, domains (lists),
     and the seed. Identical output for any ``workers`` (items depend on (seed, i) only).
@@ -127,10 +150,11 @@ def render_arrays(
     workers = max(1, min(workers, n // 256 or 1))
     bounds = np.linspace(0, n, workers + 1).astype(int)
     jobs = [
-        (world.seed, int(a), int(b), seed, size, kind) for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        (world.seed, int(a), int(b), seed, size, kind, tuple(exclude))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     if workers == 1:
-        parts = [_render_range(world, 0, n, seed, size, kind)]
+        parts = [_render_range(world, 0, n, seed, size, kind, tuple(exclude))]
     else:
         if world is not toy_world(world.seed):
             raise ValueError(

@@ -86,6 +86,8 @@ class T2ITrainConfig:
     # denoising loss alone. ``knowledge`` is its shared structure (the calibrated geometry knob).
     knowledge_weight: float = 0.1
     knowledge: KnowledgeConfig = dataclasses.field(default_factory=KnowledgeConfig)
+    # Concepts the model never sees (no training caption shows them): the exact-unlearning control.
+    exclude: tuple[str, ...] = ()
     ema_decay: float = 0.998
     # engineering
     mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere) | "bf16" | "no"
@@ -359,8 +361,17 @@ def _load(path: Path) -> dict[str, Any]:
 def _render_training_set(world: Any, cfg: T2ITrainConfig, size: int) -> dict[str, Any]:
     from resurgence.toyworld.data import render_arrays
 
+    unknown = [n for n in cfg.exclude if n not in {c.name for c in (*world.identities, *world.objects)}]
+    if unknown:
+        raise ValueError(f"exclude names concepts the world does not have: {unknown}")
     return render_arrays(
-        world, cfg.n_train_images, seed=cfg.seed, size=size, kind="t2i", workers=cfg.render_workers
+        world,
+        cfg.n_train_images,
+        seed=cfg.seed,
+        size=size,
+        kind="t2i",
+        workers=cfg.render_workers,
+        exclude=cfg.exclude,
     )
 
 

@@ -101,12 +101,14 @@ def train_all(
     device: str = "cuda",
     knowledge: Any = None,
     calibration_sets: dict[str, list[str]] | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``.
 
     ``knowledge`` (a `KnowledgeConfig`; default its defaults) is the concept geometry both the text
     encoder and CLIP learn; with ``calibration_sets`` (erase set per domain) the manifest records its
-    calibration statistics (`record_geometry`).
+    calibration statistics (`record_geometry`). ``exclude``: concepts the text-to-image model never
+    sees (the exact-unlearning control).
     """
     from resurgence.toyworld.clip import train_clip
     from resurgence.toyworld.concepts import toy_world
@@ -117,6 +119,7 @@ def train_all(
     out.mkdir(parents=True, exist_ok=True)
     world = toy_world(seed)
     cfgs = _configs(profile, seed, knowledge)
+    cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], exclude=tuple(exclude))
     trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
     for name in only or MODELS:
         t0 = time.time()
