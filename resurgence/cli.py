@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", type=_json, default=None, help="erase set per domain whose calibration statistics to record"
     )
     t.add_argument("--exclude", type=_json, default=[], help="concept names (JSON list) the t2i model never sees")
+    t.add_argument("--unet-steps", type=int, default=None, help="the t2i UNet's step count (instead of its time budget)")
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--name", required=True)
     fg.add_argument("--summary", required=True)
     fg.add_argument("--out", required=True)
+    fg.add_argument("--tasks", type=_json, default={}, help="the runs' task facts (study.figure_tasks), for control figures")
 
     gr = sub.add_parser("grids", help="compose image grids of base / erased / fine-tuned states")
     gr.add_argument("--inputs", nargs="+", required=True)

@@ -86,6 +86,7 @@ def run_toyworld(args: Namespace) -> None:
             knowledge=KnowledgeConfig.from_dict(args.knowledge),
             calibration_sets=args.calibration,
             exclude=tuple(args.exclude),
+            unet_steps=args.unet_steps,
         )
     else:
         from resurgence.toyworld.quality import measure_quality
@@ -101,12 +102,15 @@ def run_toyworld(args: Namespace) -> None:
 def run_erase(args: Namespace) -> None:
     from resurgence.generate.engine import generate
     from resurgence.mace.config import EraseConfig
-    from resurgence.mace.erase import ConceptSpec, erase_concepts, save_erasure
+    from resurgence.mace.erase import ConceptSpec, erase_concepts, no_erasure, save_erasure
 
     device = pick_device(args.device)
     spec = args.spec
     world = get_world(spec["world"])
     pipe = load_study_pipeline(args.models, device)
+    if spec.get("method") == "none":
+        save_erasure(no_erasure(pipe.unet, spec), args.out_dir)
+        return
     segmenter = load_segmenter(args.models, device)
     gen_cfg = erase_generation_config(args.generation, args.models.get("dtype", "float32"))
     mace = dict(spec["mace"])
@@ -381,10 +385,11 @@ def run_tables(args: Namespace) -> None:
 
 
 def run_figure(args: Namespace) -> None:
-    from resurgence.metrics.figures import FIGURES
+    from resurgence.metrics.figures import FIGURES, TASK_FIGURES
     from resurgence.metrics.tables import read_summary
 
-    FIGURES[args.name](read_summary(args.summary), args.out)
+    extra = {"tasks": args.tasks} if args.name in TASK_FIGURES else {}
+    FIGURES[args.name](read_summary(args.summary), args.out, **extra)
 
 
 def run_reversion_summary(args: Namespace) -> None:

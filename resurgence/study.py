@@ -16,6 +16,8 @@ from resurgence.models.availability import check_available
 from resurgence.world import World, get_world
 
 RESULTS = "results"
+# Experiments with a target of their own, outside `all`: they retrain the toy text-to-image model (GPU).
+OPTIONAL_EXPERIMENTS: dict[str, str] = {"control": "exact_unlearning_control", "fig14": "geometry_sweep"}
 STATE_PATTERN = r"base|[^/]+/erased|[^/]+/[^/]+/[^/]+/step-\d+"
 # Free captions that MACE preserves are drawn with their own seed, apart from the evaluation captions.
 PRESERVE_CAPTION_SEED = 7_000_003
@@ -140,6 +142,78 @@ def check_toy_knowledge(config: dict[str, Any]) -> None:
             )
 
 
+def variant_dir(variant: str) -> str:
+    return f"{RESULTS}/variants/{variant}"
+
+
+def task_variant(config: dict[str, Any], task: str) -> str | None:
+    """The world variant a task runs in (`world_variants`), or None for the study's own world."""
+    return config["tasks"][task].get("variant")
+
+
+def variant_train_spec(config: dict[str, Any], variant: str) -> dict[str, Any]:
+    """What a variant's text-to-image model is trained with: the world's knowledge geometry with the
+    variant's changes, and the concepts it never sees (``exclude_task``: that task's erase set)."""
+    v = config["world_variants"][variant]
+    knowledge = toy_knowledge({"toyworld": {"knowledge": {**toy_knowledge(config), **v.get("knowledge", {})}}})
+    exclude = list(config["tasks"][v["exclude_task"]]["erase"]) if "exclude_task" in v else []
+    return {
+        "knowledge": knowledge,
+        "exclude": exclude,
+        "seed": int(config.get("toyworld", {}).get("seed", 0)),
+        "unet_steps": shipped_unet_steps(config),
+    }
+
+
+def variant_steps_arg(config: dict[str, Any], variant: str) -> str:
+    """The ``toyworld train`` option fixing a variant's UNet step count ("" where none is known)."""
+    steps = variant_train_spec(config, variant)["unet_steps"]
+    return f"--unet-steps {steps}" if steps else ""
+
+
+def shipped_unet_steps(config: dict[str, Any]) -> int | None:
+    """The UNet step count the study's text-to-image model trained for (its manifest), which a world
+    variant replays so that it differs from the study's model in its one change; None when unknown."""
+    from resurgence.toyworld.train import read_manifest
+
+    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+        return None
+    t2i = read_manifest(toy_models_dir(config)).get("models", {}).get("t2i", {})
+    steps = t2i.get("metrics", {}).get("unet", {}).get("steps")
+    return int(steps) if steps else None
+
+
+def task_models(config: dict[str, Any], task: str) -> dict[str, Any]:
+    """`model_specs`, with the task's world variant's text-to-image model as the pipeline."""
+    models = model_specs(config)
+    variant = task_variant(config, task)
+    if variant is not None:
+        models = {**models, "pipeline": f"{variant_dir(variant)}/t2i"}
+    return models
+
+
+def check_world_variants(config: dict[str, Any]) -> None:
+    """Variants exist only in the toy world; every task's variant and every variant's task must exist."""
+    variants = config.get("world_variants") or {}
+    for name, t in config["tasks"].items():
+        v = t.get("variant")
+        if v is None:
+            continue
+        if config["world"] != "toy":
+            raise ConfigError(f"config key 'tasks.{name}.variant': world variants retrain the toy world only")
+        if v not in variants:
+            raise ConfigError(f"config key 'tasks.{name}.variant': allowed values: {sorted(variants)}")
+    for name, v in variants.items():
+        if "exclude_task" in v and v["exclude_task"] not in config["tasks"]:
+            raise ConfigError(
+                f"config key 'world_variants.{name}.exclude_task': allowed values: {sorted(config['tasks'])}"
+            )
+        try:
+            variant_train_spec(config, name)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'world_variants.{name}.knowledge': {err}") from None
+
+
 def model_specs(config: dict[str, Any]) -> dict[str, Any]:
     """Where each model comes from; for the toy world, inside the toy-model folder unless overridden."""
     models = dict(config.get("models", {}))
@@ -241,6 +315,9 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     world = world or get_world(config)
     t = config["tasks"][task]
     names = list(t["erase"])
+    if t.get("erasure") == "none":  # the exact-unlearning control: the model never learned them
+        concepts = [dict(name=n) for n in names]
+        return dict(world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, method="none")
     preset = EraseConfig.celebrity(n_erased=len(names)) if t["domain"] == "identity" else EraseConfig.objects(names)
     settings = erase_settings(config, task, erase)
     mapping = settings.pop("mapping", None) or preset.mapping
@@ -358,9 +435,15 @@ def default_ftset(config: dict[str, Any], task: str) -> str:
     return f"random_{domain}"
 
 
+def study_experiments(config: dict[str, Any]) -> list[str]:
+    """The experiments `all` makes: every configured one but `OPTIONAL_EXPERIMENTS`."""
+    return [e for e in config["experiments"] if e not in OPTIONAL_EXPERIMENTS]
+
+
 def all_runs(config: dict[str, Any]) -> list[Run]:
+    """The runs of `study_experiments` (those `all` makes), each once."""
     seen: dict[Run, None] = {}
-    for e in config["experiments"]:
+    for e in study_experiments(config):
         for r in experiment_runs(config, e):
             seen[r] = None
     return list(seen)
@@ -458,8 +541,10 @@ def check_study(config: dict[str, Any]) -> None:
             overlap = set(fs.get("concepts", [])) & set(config["tasks"][r["task"]]["erase"])
             if overlap:
                 raise ConfigError(f"config key 'finetune_sets.{ftset}': fine-tunes on erased concepts {sorted(overlap)}")
-    for run in all_runs(config):
-        erase_spec(config, run.task, run.erase, world)  # e.g. mapping 'gender' on an object task
+    for e in config["experiments"]:
+        for run in experiment_runs(config, e):
+            erase_spec(config, run.task, run.erase, world)  # e.g. mapping 'gender' on an object task
+    check_world_variants(config)
     traj = config.get("trajectory") or {}
     if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
         raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")
@@ -496,11 +581,23 @@ def check_checkpoints(config: dict[str, Any]) -> None:
 
 
 def figure_targets(config: dict[str, Any]) -> list[str]:
-    targets = [f"{RESULTS}/figures/{e}.png" for e in config["experiments"]]
+    targets = [f"{RESULTS}/figures/{e}.png" for e in study_experiments(config)]
     if (config.get("trajectory") or {}).get("experiment"):
         targets.append(f"{RESULTS}/figures/trajectory.png")
     targets += [f"{RESULTS}/figures/grids.png", REVERSION_FIGURE]
     return targets
+
+
+def figure_tasks(config: dict[str, Any], experiment: str) -> dict[str, dict[str, Any]]:
+    """What a control figure needs to know of its runs' tasks: how they were erased, their world
+    variant and its knowledge ``shared`` value (the study's own world for tasks without a variant)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in experiment_runs(config, experiment):
+        t = config["tasks"][run.task]
+        variant = t.get("variant")
+        knowledge = variant_train_spec(config, variant)["knowledge"] if variant else toy_knowledge(config)
+        out[run.task] = {"erasure": t.get("erasure", "mace"), "variant": variant, "shared": knowledge["shared"]}
+    return out
 
 
 def reversion_inputs(config: dict[str, Any]) -> dict[str, list[str]]:
@@ -527,7 +624,7 @@ def label_spec(config: dict[str, Any], task: str) -> dict[str, Any]:
 
 def grid_inputs(config: dict[str, Any]) -> list[str]:
     """Image grids of base, erased and fine-tuned states for the runs of the first experiment."""
-    first = next(iter(config["experiments"]))
+    first = study_experiments(config)[0]
     paths: dict[str, None] = {}
     for run in experiment_runs(config, first):
         for s in resurgence_states(config, run):

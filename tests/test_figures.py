@@ -107,15 +107,38 @@ def _check_outputs(png) -> None:
     assert not list(png.parent.glob(".*.tmp"))
 
 
+# What `study.figure_tasks` gives the control figures: identity_1 plays the never-trained control model.
+TASKS = {
+    "identity_1": {"erasure": "none", "variant": "exact", "shared": 0.0},
+    "identity_10": {"erasure": "mace", "variant": None, "shared": 0.83},
+    "object_ship": {"erasure": "mace", "variant": None, "shared": 0.83},
+}
+
+
 def test_dispatcher_covers_every_paper_figure() -> None:
-    assert set(FIGURES) == {f"fig{i}" for i in range(5, 14)} | {"trajectory"}
+    assert set(FIGURES) == {f"fig{i}" for i in range(5, 15)} | {"trajectory", "control"}
+    assert set(figures.TASK_FIGURES) == {"fig14", "control"}
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_every_figure_writes_png_and_pdf(name: str, summary: pd.DataFrame, tmp_path) -> None:
     png = tmp_path / "figs" / f"{name}.png"
-    FIGURES[name](summary, png)
+    extra = {"tasks": TASKS} if name in figures.TASK_FIGURES else {}
+    FIGURES[name](summary, png, **extra)
     _check_outputs(png)
+
+
+def test_geometry_points_are_the_baseline_runs_states_at_each_knob_value(summary: pd.DataFrame) -> None:
+    pts = figures.geometry_points(summary, TASKS)
+    assert set(pts["task"]) == set(TASKS)
+    assert set(pts["state"]) == {"base", "erased", "finetuned"}
+    fine = pts[pts["state"] == "finetuned"]
+    # only the baseline run (default erasure, in-domain set, LoRA) at its final step: level 0.3 +- jitter
+    assert len(fine) == len(TASKS) * len(SEEDS)
+    np.testing.assert_allclose(sorted(fine[fine["task"] == "identity_10"]["value"]), [0.28, 0.30, 0.32])
+    erased = pts[(pts["state"] == "erased") & (pts["task"] == "object_ship")]
+    np.testing.assert_allclose(sorted(erased["value"]), [0.03, 0.05, 0.07])
+    assert dict(zip(pts["task"], pts["shared"], strict=True)) == {t: v["shared"] for t, v in TASKS.items()}
 
 
 def test_missing_variants_give_no_data_panels_not_crashes(summary: pd.DataFrame, tmp_path) -> None:

@@ -307,6 +307,13 @@ def lora_file_deltas(path: str | Path, prefix: str = "unet.") -> dict[str, torch
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in lora_deltas(sd).items()}
 
 
+def no_erasure(unet, spec: dict[str, Any]) -> Erasure:
+    """A zero edit of every key/value map: the erased state of a model that never learned the concepts
+    (the exact-unlearning control), written like any erasure so the stages after it run unchanged."""
+    deltas = {n: torch.zeros_like(w) for n, w in kv_weights(unet).items()}
+    return Erasure(deltas=deltas, report={"method": "none", "spec": spec, "concepts": [c["name"] for c in spec["concepts"]]})
+
+
 def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
     """Write `erased_lora.safetensors`, `concepts/<slug>.safetensors` and `report.json` (last)."""
     out = Path(out_dir)

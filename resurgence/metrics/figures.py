@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,6 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from resurgence.evaluate.base import PRESENCE_METRICS  # noqa: E402
 from resurgence.io import atomic_path  # noqa: E402
 from resurgence.metrics.tables import (  # noqa: E402
     ACCURACY_METRIC,
@@ -559,6 +561,86 @@ def image_grid_figure(
     _write(fig, out_path)
 
 
+# --------------------------------------------------------------------------- controls (outside `all`)
+
+
+def fig_control(
+    summary: pd.DataFrame, out_path: PathLike, *, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
+) -> None:
+    """The exact-unlearning control: erased concepts before and after the same fine-tune, MACE-erased vs in
+    a model that never learned them (tasks with ``erasure: none``)."""
+
+    def x(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+        if not _is_baseline(row, b):
+            return None
+        if tasks.get(row["task"], {}).get("erasure") == "none":
+            return ((1, row["task"]), "Exact unlearning\n(never trained on them)")
+        return ((0, row["task"]), "MACE")
+
+    spec = _acc_spec("control", "Exact-unlearning control", "Erasure", x, ("identity", "object"))
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+def geometry_points(
+    summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
+) -> pd.DataFrame:
+    """Fig. 14's points: per task, seed and metric the erased concepts' value in the base, erased and
+    final fine-tuned states of the baseline run, with the task's ``shared`` value."""
+    s = _as_summary(summary)
+    s = s[(s["role"] == "erased") & s["task"].isin(list(tasks))]
+    if not s.empty:
+        keep = [
+            r["state"] == "base"
+            or (r["state"] == "erased" and r["erase"] == baseline.erase)
+            or _is_baseline(r, baseline)
+            for _, r in s.iterrows()
+        ]
+        s = s[keep]
+    rows = pd.concat([s[s["state"].isin(["base", "erased"])], final_rows(s)], ignore_index=True)
+    rows["shared"] = rows["task"].map(lambda t: float(tasks[t]["shared"]))
+    return rows[["task", "domain", "shared", "state", "metric", "seed", "value"]]
+
+
+def fig14_geometry(
+    summary: pd.DataFrame, out_path: PathLike, *, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
+) -> None:
+    """Fig. 14: erased concepts' top-1 and true-concept probability, erased vs fine-tuned, against the
+    world's shared-structure knob (``tasks[task]["shared"]``), one column per domain."""
+    rows = geometry_points(summary, tasks, baseline)
+    domains = [d for d in ("identity", "object") if (rows["domain"] == d).any()] or ["identity"]
+    fig = Figure(figsize=FIGSIZE)
+    axes = fig.subplots(2, len(domains), squeeze=False)
+    for j, domain in enumerate(domains):
+        acc = ACCURACY_METRIC[domain]
+        for i, metric in enumerate((acc, PRESENCE_METRICS[acc][0])):
+            ax = axes[i][j]
+            data = rows[(rows["domain"] == domain) & (rows["metric"] == metric)]
+            for state in ("base", "erased", "finetuned"):
+                part = data[data["state"] == state]
+                if part.empty:
+                    continue
+                sns.lineplot(
+                    data=part,
+                    x="shared",
+                    y="value",
+                    errorbar=CI,
+                    seed=BOOTSTRAP_SEED,
+                    marker="o",
+                    color=STATE_COLORS[state],
+                    linestyle="--" if state == "base" else "-",
+                    label=state,
+                    ax=ax,
+                    legend=i == 0 and j == 0,
+                )
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("toyworld.knowledge.shared" if i == 1 else "")
+            ax.set_ylabel(("top-1 " if i == 0 else "true-concept probability ") + f"({domain})")
+            if i == 0:
+                ax.set_title(DOMAIN_TITLES[domain])
+    fig.suptitle("Resurgence against the concepts' shared structure")
+    _write(fig, out_path)
+
+
 FIGURES: dict[str, Callable[..., None]] = {
     "fig5": fig5_resurgence,
     "fig6": fig6_mapping,
@@ -570,7 +652,11 @@ FIGURES: dict[str, Callable[..., None]] = {
     "fig12": fig12_clip_score,
     "fig13": fig13_fid,
     "trajectory": fig_trajectory,
+    "control": fig_control,
+    "fig14": fig14_geometry,
 }
+# Figures that also read the study's task facts (`study.figure_tasks`).
+TASK_FIGURES = ("control", "fig14")
 
 __all__ = [
     "BASELINE",
@@ -587,6 +673,9 @@ __all__ = [
     "fig11_retained",
     "fig12_clip_score",
     "fig13_fid",
+    "fig14_geometry",
+    "fig_control",
+    "geometry_points",
     "fig_reversion",
     "fig_trajectory",
     "grid_figsize",

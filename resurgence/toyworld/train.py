@@ -102,13 +102,15 @@ def train_all(
     knowledge: Any = None,
     calibration_sets: dict[str, list[str]] | None = None,
     exclude: tuple[str, ...] = (),
+    unet_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``.
 
     ``knowledge`` (a `KnowledgeConfig`; default its defaults) is the concept geometry both the text
     encoder and CLIP learn; with ``calibration_sets`` (erase set per domain) the manifest records its
     calibration statistics (`record_geometry`). ``exclude``: concepts the text-to-image model never
-    sees (the exact-unlearning control).
+    sees (the exact-unlearning control). ``unet_steps`` fixes the UNet's step count instead of its
+    time budget (a variant replays the shipped model's count, whatever else shares the GPU).
     """
     from resurgence.toyworld.clip import train_clip
     from resurgence.toyworld.concepts import toy_world
@@ -120,6 +122,8 @@ def train_all(
     world = toy_world(seed)
     cfgs = _configs(profile, seed, knowledge)
     cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], exclude=tuple(exclude))
+    if unet_steps is not None:
+        cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], unet_steps=unet_steps, unet_time_budget_s=None)
     trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
     for name in only or MODELS:
         t0 = time.time()

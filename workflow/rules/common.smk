@@ -9,10 +9,21 @@ def as_json(obj):
 
 
 def models_input(wildcards=None):
-    """The toy models this study reads; a rule's output only when the toy world is retrained."""
+    """The toy models a job reads: the retrained world's, and its task's world variant's."""
+    out = []
     if config["world"] == "toy" and config.get("toyworld", {}).get("retrain", False):
-        return [f"{study.toy_models_dir(config)}/manifest.json"]
-    return []
+        out.append(f"{study.toy_models_dir(config)}/manifest.json")
+    task = getattr(wildcards, "task", None) if wildcards is not None else None
+    if task is not None and study.task_variant(config, task) is not None:
+        out.append(
+            f"{study.variant_dir(study.task_variant(config, task))}/manifest.json"
+        )
+    return out
+
+
+def task_models(wildcards):
+    """The model specs of a job of task ``wildcards.task`` (its world variant's text-to-image model)."""
+    return as_json(study.task_models(config, wildcards.task))
 
 
 def toyworld_quality_target():

@@ -3,7 +3,7 @@
 
 rule erase:
     input:
-        models_input(),
+        models_input,
     output:
         lora="results/erase/{task}/{erase}/erased_lora.safetensors",
         report="results/erase/{task}/{erase}/report.json",
@@ -20,7 +20,7 @@ rule erase:
         runtime=120,
     params:
         spec=lambda wc: as_json(study.erase_spec(config, wc.task, wc.erase)),
-        models=as_json(MODELS),
+        models=task_models,
         generation=as_json(gen_settings()),
         device=device(),
     shell:

@@ -21,7 +21,7 @@ rule evaluate:
     params:
         labels=lambda wc: as_json(study.label_spec(config, wc.task)),
         state=lambda wc: as_json(study.state_fields(config, wc.task, wc.state)),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence evaluate --images $(dirname {input.images}) --reference $(dirname {input.reference})"

@@ -22,7 +22,7 @@ rule finetune:
         runtime=120,
     params:
         spec=lambda wc: as_json(study.finetune_spec(config, wc.ftmethod)),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence finetune --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"

@@ -4,7 +4,7 @@
 
 rule generate_base:
     input:
-        models_input(),
+        models_input,
     output:
         index="results/images/{task}/base/index.jsonl",
         grid="results/images/{task}/base/grid.png",
@@ -21,7 +21,7 @@ rule generate_base:
         runtime=60,
     params:
         spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q}"
@@ -47,7 +47,7 @@ rule generate_erased:
         runtime=60,
     params:
         spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
@@ -76,7 +76,7 @@ rule generate_finetuned:
         spec=lambda wc: as_json(
             study.generation_spec(config, wc.task, finetuned_roles(wc))
         ),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"

@@ -48,8 +48,11 @@ rule figure:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        tasks=lambda wc: as_json(study.figure_tasks(config, wc.experiment)),
     shell:
-        "python -m resurgence figure --name {wildcards.experiment} --summary {input.summary} --out {output.png} > {log} 2>&1"
+        "python -m resurgence figure --name {wildcards.experiment} --summary {input.summary} --out {output.png}"
+        " --tasks {params.tasks:q} > {log} 2>&1"
 
 
 rule trajectory_figure:
@@ -90,3 +93,16 @@ rule grids_figure:
         runtime=10,
     shell:
         "python -m resurgence grids --inputs {input} --out {output.png} > {log} 2>&1"
+
+
+# Targets outside `all` (study.OPTIONAL_EXPERIMENTS): each retrains the toy text-to-image model on a GPU.
+rule exact_unlearning_control:
+    input:
+        "results/tables/control/resurgence.csv",
+        "results/figures/control.png",
+
+
+rule geometry_sweep:
+    input:
+        "results/tables/fig14/resurgence.csv",
+        "results/figures/fig14.png",

@@ -22,7 +22,7 @@ rule reversion:
         run=lambda wc: as_json(
             dict(task=wc.task, erase=wc.erase, ftset=wc.ftset, ftmethod=wc.ftmethod)
         ),
-        models=as_json(MODELS),
+        models=task_models,
         device=device(),
     shell:
         "python -m resurgence reversion --run {params.run:q} --models {params.models:q} --erasure $(dirname {input.erasure})"

@@ -52,3 +52,34 @@ rule toyworld_quality:
     shell:
         "python -m resurgence toyworld quality --models {params.models:q} --seed {params.seed} --images {params.images}"
         " --generation {params.generation:q} --out {output.quality} --device {params.device} > {log} 2>&1"
+
+
+rule toyworld_variant:
+    output:
+        manifest="results/variants/{variant}/manifest.json",
+    log:
+        "logs/toyworld/variant_{variant}.log",
+    benchmark:
+        "results/benchmarks/toyworld/variant_{variant}.tsv"
+    conda:
+        "../../envs/resurgence.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        knowledge=lambda wc: as_json(
+            study.variant_train_spec(config, wc.variant)["knowledge"]
+        ),
+        exclude=lambda wc: as_json(
+            study.variant_train_spec(config, wc.variant)["exclude"]
+        ),
+        seed=config.get("toyworld", {}).get("seed", 0),
+        steps=lambda wc: study.variant_steps_arg(config, wc.variant),
+        profile=config.get("toyworld", {}).get("train_profile", "auto"),
+        device=device(),
+    shell:
+        "python -m resurgence toyworld train --out-dir results/variants/{wildcards.variant} --only t2i"
+        " --profile {params.profile} --seed {params.seed} --knowledge {params.knowledge:q}"
+        " --exclude {params.exclude:q} {params.steps} --device {params.device} > {log} 2>&1"

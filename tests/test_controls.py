@@ -1,0 +1,93 @@
+"""The controls outside `all`: world variants (exact unlearning, the geometry sweep) and their targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from snakemake_helpers import job_counts, snakemake
+
+from resurgence import study
+from resurgence.config import ConfigError, load_config
+from resurgence.mace.erase import apply_erasure, kv_module_names, no_erasure, save_erasure
+from resurgence.models.pipeline import build_random_pipeline
+
+
+@pytest.fixture
+def config():
+    return load_config(["config.yaml"])
+
+
+def test_a_variant_task_starts_from_its_variants_model_and_others_from_the_shipped_one(config):
+    assert study.task_models(config, "identity_10")["pipeline"] == study.model_specs(config)["pipeline"]
+    models = study.task_models(config, "identity_10_exact")
+    assert models["pipeline"] == "results/variants/exact_unlearning/t2i"
+    assert models["detector"] == study.model_specs(config)["detector"]  # the same judges
+
+
+def test_variant_training_changes_one_thing(config):
+    exact = study.variant_train_spec(config, "exact_unlearning")
+    assert exact["exclude"] == config["tasks"]["identity_10"]["erase"]
+    assert exact["knowledge"] == study.toy_knowledge(config)
+    flat = study.variant_train_spec(config, "independent")
+    assert flat["exclude"] == [] and flat["knowledge"] == {**study.toy_knowledge(config), "shared": 0.0}
+    assert study.figure_tasks(config, "fig14")["identity_10_shared_090"]["shared"] == 0.9
+    assert (
+        study.figure_tasks(config, "fig14")["identity_10"]["shared"] == study.toy_knowledge(config)["shared"]
+    )
+    assert study.figure_tasks(config, "control")["identity_10_exact"]["erasure"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda c: c["tasks"]["identity_10_exact"].update(variant="nope"), "tasks.identity_10_exact.variant"),
+        (lambda c: c["world_variants"]["exact_unlearning"].update(exclude_task="nope"), "exclude_task"),
+        (
+            lambda c: c["world_variants"]["independent"].update(knowledge={"shared": 1.5}),
+            "independent.knowledge",
+        ),
+    ],
+)
+def test_bad_variants_are_named(config, change, key):
+    change(config)
+    with pytest.raises(ConfigError, match=key.replace(".", "\\.")):
+        study.check_world_variants(config)
+
+
+def test_the_controls_are_outside_all_and_every_study_experiment_inside(config):
+    assert set(study.study_experiments(config)) == set(config["experiments"]) - {"control", "fig14"}
+    assert all(study.task_variant(config, r.task) is None for r in study.all_runs(config))
+    assert not any("fig14" in t or "control" in t for t in study.figure_targets(config))
+
+
+def test_no_erasure_is_a_zero_edit_the_stages_after_it_apply(tmp_path):
+    pipe = build_random_pipeline("tiny", seed=0, tokenizer_dir=tmp_path / "tok")
+    before = {n: pipe.unet.get_submodule(n).weight.detach().clone() for n in kv_module_names(pipe.unet)}
+    erasure = no_erasure(pipe.unet, {"concepts": [{"name": "Ann X"}]})
+    assert set(erasure.deltas) == set(before) and all(
+        float(d.abs().max()) == 0 for d in erasure.deltas.values()
+    )
+    save_erasure(erasure, tmp_path / "erase")
+    assert json.loads((tmp_path / "erase" / "report.json").read_text())["method"] == "none"
+    apply_erasure(pipe, tmp_path / "erase")
+    for n, w in before.items():
+        assert torch.equal(pipe.unet.get_submodule(n).weight.detach(), w), n
+
+
+def test_the_control_targets_train_their_variants_and_run_their_runs():
+    out = snakemake("-n", "-p", "--forceall", "exact_unlearning_control")
+    counts = job_counts(out.stdout)
+    assert counts["toyworld_variant"] == 1 and counts["erase"] == 2 and counts["finetune"] == 2
+    shell = out.stdout
+    assert "--out-dir results/variants/exact_unlearning --only t2i" in shell
+    assert (
+        '"Selrie Wylwick"' in shell.split("results/variants/exact_unlearning --only t2i", 1)[1].split("\n")[0]
+    )
+    assert '"method":"none"' in shell  # the control's erase job makes no edit
+    # a variant replays the shipped model's UNet step count, not a time budget
+    assert f"--unet-steps {study.shipped_unet_steps(load_config(['config.yaml']))} " in shell
+    sweep = job_counts(snakemake("-n", "--forceall", "geometry_sweep").stdout)
+    assert sweep["toyworld_variant"] == 2 and sweep["erase"] == 6 and sweep["figure"] == 1
+    assert "toyworld_variant" not in job_counts(snakemake("-n", "--forceall").stdout)
