@@ -83,7 +83,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ConfigError("invalid study configuration:\n  " + "\n  ".join(dict.fromkeys(lines)))
 
 
-PRUNABLE = ("tasks", "erase_variants", "finetune_sets", "finetune_methods", "experiments")
+PRUNABLE = ("world_variants", "tasks", "erase_variants", "finetune_sets", "finetune_methods", "experiments")
 
 
 def drop_disabled(config: dict[str, Any]) -> dict[str, Any]:

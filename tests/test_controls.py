@@ -91,3 +91,29 @@ def test_the_control_targets_train_their_variants_and_run_their_runs():
     sweep = job_counts(snakemake("-n", "--forceall", "geometry_sweep").stdout)
     assert sweep["toyworld_variant"] == 2 and sweep["erase"] == 6 and sweep["figure"] == 1
     assert "toyworld_variant" not in job_counts(snakemake("-n", "--forceall").stdout)
+
+
+@pytest.mark.slow
+def test_the_control_targets_run_on_the_smoke_study(smoke_dir):
+    import pandas as pd
+
+    snakemake(
+        "exact_unlearning_control", "geometry_sweep", "--cores", "2", "--configfile", "config.smoke.yaml",
+        "--resources", "gpu=1", cwd=smoke_dir,
+    )  # fmt: skip
+    results = smoke_dir / "results"
+    manifest = json.loads((results / "variants" / "exact_unlearning" / "manifest.json").read_text())
+    assert manifest["models"]["t2i"]["config"]["exclude"] == ["Selrie Wylwick"]
+    flat = json.loads((results / "variants" / "independent" / "manifest.json").read_text())
+    assert flat["models"]["t2i"]["config"]["knowledge"]["shared"] == 0.0
+    report = json.loads((results / "erase" / "identity_1_exact" / "default" / "report.json").read_text())
+    assert report["method"] == "none"
+    control = pd.read_csv(results / "tables" / "control" / "resurgence.csv")
+    assert set(control["task"]) == {"identity_1", "identity_1_exact"} and control["resurgence"].notna().all()
+    sweep = pd.read_csv(results / "tables" / "fig14" / "resurgence.csv")
+    assert set(sweep["task"]) == {"object_ship", "object_ship_independent"}
+    for fig in ("control", "fig14"):
+        assert (results / "figures" / f"{fig}.png").stat().st_size > 10_000, fig
+    # the controls left the study itself up to date
+    out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=smoke_dir)
+    assert "Nothing to be done" in out.stdout + out.stderr
