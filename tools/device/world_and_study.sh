@@ -5,7 +5,8 @@
 # put the new models into this copy's resources/toyworld, then run the default study on them.
 # Meant to run detached (setsid), across several calls of the device tool; W=/tmp/world_and_study
 # holds ship.tar.part-* (the models, for tools/device/ship_toyworld.py), quality.json, the logs, and
-# study/ (tools/device/study_gpu.sh's $OUT). $W/stage says where it is.
+# study/ (tools/device/study_gpu.sh's $OUT) and partial.tar.xz (the study so far, refreshed each minute).
+# $W/stage says where it is.
 # Env: STUDY_LIMIT_S (default 1000), TARGETS (study targets, default: tables and reversion).
 set -uo pipefail
 W=${W:-/tmp/world_and_study}
@@ -58,7 +59,15 @@ find "$W/toyworld" -name '*_ckpt' -o -name checkpoints | xargs rm -rf
 tar cf - -C "$W" toyworld | split -b 15M - "$W/ship.tar.part-"
 stage study
 rm -rf resources/toyworld && cp -r "$W/toyworld" resources/toyworld
+# Every minute, what the study has made so far (no weights or images) in $W/partial.tar.xz: a poll call
+# returns it, so a machine that goes back early loses at most a minute of results.
+( while sleep 60; do
+    tar cJf "$W/partial.tmp.tar.xz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.png' --exclude='*.bin' \
+      results logs 2>/dev/null && mv "$W/partial.tmp.tar.xz" "$W/partial.tar.xz"
+  done ) &
+snap=$!
 OUT="$W/study" LIMIT_S=${STUDY_LIMIT_S:-1000} TARGETS=${TARGETS:-all --until tables reversion} \
   bash tools/device/study_gpu.sh > "$W/study.log" 2>&1
+kill "$snap" 2>/dev/null
 echo "study done: $(( $(date +%s) - start )) s" | tee -a "$W/times.log"
 stage done
