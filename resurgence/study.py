@@ -154,8 +154,10 @@ def task_variant(config: dict[str, Any], task: str) -> str | None:
 def variant_train_spec(config: dict[str, Any], variant: str) -> dict[str, Any]:
     """What a variant's text-to-image model is trained with: the world's knowledge geometry with the
     variant's changes, and the concepts it never sees (``exclude_task``: that task's erase set)."""
+    from resurgence.toyworld.knowledge import KnowledgeConfig
+
     v = config["world_variants"][variant]
-    knowledge = toy_knowledge({"toyworld": {"knowledge": {**toy_knowledge(config), **v.get("knowledge", {})}}})
+    knowledge = asdict(KnowledgeConfig.from_dict({**toy_knowledge(config), **v.get("knowledge", {})}))
     exclude = list(config["tasks"][v["exclude_task"]]["erase"]) if "exclude_task" in v else []
     return {
         "knowledge": knowledge,
@@ -195,6 +197,7 @@ def task_models(config: dict[str, Any], task: str) -> dict[str, Any]:
 def check_world_variants(config: dict[str, Any]) -> None:
     """Variants exist only in the toy world; every task's variant and every variant's task must exist."""
     variants = config.get("world_variants") or {}
+    toy_knowledge(config)  # the study's own geometry first, under its own key
     for name, t in config["tasks"].items():
         v = t.get("variant")
         if v is None:
@@ -210,7 +213,7 @@ def check_world_variants(config: dict[str, Any]) -> None:
             )
         try:
             variant_train_spec(config, name)
-        except ConfigError as err:
+        except ValueError as err:
             raise ConfigError(f"config key 'world_variants.{name}.knowledge': {err}") from None
 
 
