@@ -51,7 +51,7 @@ wildcard_constraints:
     ftset=r"[A-Za-z0-9_]+",
     ftmethod=r"[A-Za-z0-9_]+",
     step=r"\d+",
-    experiment=r"fig\d+|control",
+    experiment=r"fig\d+|control|methods",
     variant=r"[A-Za-z0-9_]+",
     state=study.STATE_PATTERN,
 

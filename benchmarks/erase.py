@@ -28,9 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resurgence import study
 from resurgence.config import deep_merge, load_config
+from resurgence.erasure.artifact import ConceptSpec
 from resurgence.generate.engine import generate
 from resurgence.mace.config import EraseConfig
-from resurgence.mace.erase import ConceptSpec, erase_concepts
+from resurgence.mace.erase import erase_concepts
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 from resurgence.stages import erase_generation_config
 from resurgence.world import get_world
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     fast_cuda_math(device)
 
-    config = load_config([ROOT / "config.yaml", Path(args.preset)]) if args.preset else load_config([ROOT / "config.yaml"])
+    config = (
+        load_config([ROOT / "config.yaml", Path(args.preset)])
+        if args.preset
+        else load_config([ROOT / "config.yaml"])
+    )
     captions = config.get("evaluation", {}).get("captions", {}).get("file")
     caption_source = captions
     if captions and not (ROOT / captions).exists() and not Path(captions).exists():
@@ -86,8 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         mace["lora_steps"] = args.lora_steps
     cfg = EraseConfig.from_dict(mace)
     concepts = [
-        ConceptSpec(name=c["name"], prompts=tuple(world.eval_prompts(world.concept(c["name"]))),
-                    phrases=tuple(world.concept(c["name"]).names))
+        ConceptSpec(
+            name=c["name"],
+            prompts=tuple(world.eval_prompts(world.concept(c["name"]))),
+            phrases=tuple(world.concept(c["name"]).names),
+        )
         for c in spec["concepts"]
     ]
     prompts_of = {c.name: c.prompts for c in concepts}
@@ -96,8 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     pipe.to(device, getattr(torch, args.dtype))
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     gen_cfg = erase_generation_config(
-        {**config["generation"], "batch_size": args.data_batch, "height": None, "width": None,
-         **({"steps": args.data_steps} if args.data_steps else {})},
+        {
+            **config["generation"],
+            "batch_size": args.data_batch,
+            "height": None,
+            "width": None,
+            **({"steps": args.data_steps} if args.data_steps else {}),
+        },
         args.dtype,
     )
     mask = ellipse_mask(resolution)
@@ -107,7 +120,13 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
         images = generate(
-            pipe, prompts, [seed + i for i in range(n)], gen_cfg, device=device, progress=False, pad_to_batch=False
+            pipe,
+            prompts,
+            [seed + i for i in range(n)],
+            gen_cfg,
+            device=device,
+            progress=False,
+            pad_to_batch=False,
         )
         timing["data_s"] += time.perf_counter() - t
         return images, np.repeat(mask[None], n, axis=0)
@@ -152,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
             mace_seconds=round(wall - data_s, 1),
             tflop_estimate=round(flops / 1e12, 1) if flops else None,
             achieved_tflop_s=round(flops / wall / 1e12, 1) if flops else None,
-            lora_steps_per_s=round(lora_steps_total / rep["phase_s"]["lora"], 2) if lora_steps_total else None,
+            lora_steps_per_s=round(lora_steps_total / rep["phase_s"]["lora"], 2)
+            if lora_steps_total
+            else None,
             phase_seconds={k: round(v, 2) for k, v in rep.get("phase_s", {}).items()},
             peak_memory=rep["peak_memory"],
             masks="centred ellipse (stand-in for Grounded-SAM)",

@@ -31,8 +31,13 @@ from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
-TEMPLATES = ("A portrait of {}", "An image capturing {} at a public event", "A sketch of {}",
-             "An oil painting of {}", "{} in an official photo")
+TEMPLATES = (
+    "A portrait of {}",
+    "An image capturing {} at a public event",
+    "A sketch of {}",
+    "An oil painting of {}",
+    "{} in an official photo",
+)
 
 
 def noise_set(out: Path, n: int, resolution: int, seed: int = 0) -> Path:

@@ -79,7 +79,11 @@ def work_counts(config: dict) -> dict[str, float]:
     mace_images = mace_lora_steps = 0
     for task, erase in erasures:
         names = config["tasks"][task]["erase"]
-        preset = EraseConfig.celebrity(len(names)) if config["tasks"][task]["domain"] == "identity" else EraseConfig.objects(names)
+        preset = (
+            EraseConfig.celebrity(len(names))
+            if config["tasks"][task]["domain"] == "identity"
+            else EraseConfig.objects(names)
+        )
         s = {**preset.to_dict(), **study.erase_settings(config, task, erase)}
         mace_images += len(names) * int(s["images_per_concept"])
         mace_lora_steps += 0 if s.get("refine_only") else len(names) * int(s["lora_steps"])
@@ -128,13 +132,19 @@ def _finetune_matches(row: dict, f: FinetuneConfig) -> bool:
 
 
 def measured_rates(
-    gpu: str, generation: dict, finetune_methods: dict[str, dict] | None = None, erase_dtype: str = "float32",
-    arch: str = "sd14", path: Path = RESULTS,
+    gpu: str,
+    generation: dict,
+    finetune_methods: dict[str, dict] | None = None,
+    erase_dtype: str = "float32",
+    arch: str = "sd14",
+    path: Path = RESULTS,
 ) -> dict:
     """Per-unit rates from the rows of one GPU, each the median of the rows measured with the preset's
     own settings (generation's; each fine-tune method's): other settings run at other speeds."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch]
+    rows = [
+        r for r in rows if (r.get("machine", {}).get("gpu") or "").find(gpu) >= 0 and r.get("arch") == arch
+    ]
     # The configs fill in the engine's and the trainer's defaults for what the preset leaves out.
     g = GenerationConfig.from_dict(generation)
     gen = [r["images_per_s"] for r in rows if r["benchmark"] == "generation" and _matches(r, g)]
@@ -148,9 +158,13 @@ def measured_rates(
     mace = [r for r in rows if r["benchmark"] == "mace_erase" and r.get("dtype") == erase_dtype]
     lora = [r["lora_steps_per_s"] for r in mace if r.get("lora_steps_per_s")]
     data = [r["data_seconds"] / (r["concepts"] * r["images_per_concept"] * r["data_steps"]) for r in mace]
-    return dict(images_per_s=statistics.median(gen) if gen else None, generation_rows=len(gen),
-                finetune_steps_per_s=ft, mace_lora_steps_per_s=statistics.median(lora) if lora else None,
-                mace_data_s_per_image_step=statistics.median(data) if data else None)
+    return dict(
+        images_per_s=statistics.median(gen) if gen else None,
+        generation_rows=len(gen),
+        finetune_steps_per_s=ft,
+        mace_lora_steps_per_s=statistics.median(lora) if lora else None,
+        mace_data_s_per_image_step=statistics.median(data) if data else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,8 +181,12 @@ def main(argv: list[str] | None = None) -> None:
         rates["mace_lora_steps_per_s"] = args.mace_lora_steps_per_s
     hours = {}
     if rates["images_per_s"]:
-        hours["generation"] = (work["eval_images"] + work["finetune_set_images"]) / rates["images_per_s"] / 3600
-    if rates["mace_data_s_per_image_step"]:  # per sampling step: the rows may sample fewer steps than the preset
+        hours["generation"] = (
+            (work["eval_images"] + work["finetune_set_images"]) / rates["images_per_s"] / 3600
+        )
+    if rates[
+        "mace_data_s_per_image_step"
+    ]:  # per sampling step: the rows may sample fewer steps than the preset
         steps = GenerationConfig.from_dict(config["generation"]).steps
         hours["mace_data"] = work["mace_images"] * steps * rates["mace_data_s_per_image_step"] / 3600
     if rates["mace_lora_steps_per_s"]:
@@ -176,13 +194,25 @@ def main(argv: list[str] | None = None) -> None:
     for name, steps in work["finetune_steps"].items():
         if rates["finetune_steps_per_s"][name]:
             hours[f"{name}_finetune"] = steps / rates["finetune_steps_per_s"][name] / 3600
-    missing = ["generation"] * (not rates["images_per_s"]) + ["mace_lora"] * (not rates["mace_lora_steps_per_s"])
+    missing = ["generation"] * (not rates["images_per_s"]) + ["mace_lora"] * (
+        not rates["mace_lora_steps_per_s"]
+    )
     missing += ["mace_data"] * (not rates["mace_data_s_per_image_step"])
     missing += [f"{k}_finetune" for k, v in rates["finetune_steps_per_s"].items() if not v]
     hours["total"] = sum(hours.values())
-    print(json.dumps(dict(preset=Path(args.preset).name, gpu=args.gpu, work=work, rates=rates,
-                          gpu_hours={k: round(v, 2) for k, v in hours.items()},
-                          not_measured=missing), indent=2))
+    print(
+        json.dumps(
+            dict(
+                preset=Path(args.preset).name,
+                gpu=args.gpu,
+                work=work,
+                rates=rates,
+                gpu_hours={k: round(v, 2) for k, v in hours.items()},
+                not_measured=missing,
+            ),
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

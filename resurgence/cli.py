@@ -28,16 +28,27 @@ def build_parser() -> argparse.ArgumentParser:
     twsub = tw.add_subparsers(dest="action", required=True)
     t = twsub.add_parser("train", help="train every toy model (or --only some) from scratch")
     t.add_argument("--out-dir", required=True)
-    t.add_argument("--profile", choices=["auto", "gpu", "cpu", "smoke"], default="auto", help="auto: gpu with CUDA")
+    t.add_argument(
+        "--profile", choices=["auto", "gpu", "cpu", "smoke"], default="auto", help="auto: gpu with CUDA"
+    )
     t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--knowledge", type=_json, default=None, help="toyworld.knowledge: the concept geometry (JSON)")
     t.add_argument(
-        "--calibration", type=_json, default=None, help="erase set per domain whose calibration statistics to record"
+        "--knowledge", type=_json, default=None, help="toyworld.knowledge: the concept geometry (JSON)"
     )
-    t.add_argument("--exclude", type=_json, default=[], help="concept names (JSON list) the t2i model never sees")
-    t.add_argument("--unet-steps", type=int, default=None, help="the t2i UNet's step count (instead of its time budget)")
+    t.add_argument(
+        "--calibration",
+        type=_json,
+        default=None,
+        help="erase set per domain whose calibration statistics to record",
+    )
+    t.add_argument(
+        "--exclude", type=_json, default=[], help="concept names (JSON list) the t2i model never sees"
+    )
+    t.add_argument(
+        "--unet-steps", type=int, default=None, help="the t2i UNet's step count (instead of its time budget)"
+    )
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)
@@ -95,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--device", default="auto")
 
-    rs = sub.add_parser("reversion-summary", help="every run's reversion beside its resurgence: table and figure")
+    rs = sub.add_parser(
+        "reversion-summary", help="every run's reversion beside its resurgence: table and figure"
+    )
     rs.add_argument("--reversion", nargs="+", required=True)
     rs.add_argument("--metrics", nargs="+", required=True)
     rs.add_argument("--table", required=True)
@@ -111,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--name", required=True)
     fg.add_argument("--summary", required=True)
     fg.add_argument("--out", required=True)
-    fg.add_argument("--tasks", type=_json, default={}, help="the runs' task facts (study.figure_tasks), for control figures")
+    fg.add_argument(
+        "--tasks",
+        type=_json,
+        default={},
+        help="the runs' task facts (study.figure_tasks), for control figures",
+    )
 
     gr = sub.add_parser("grids", help="compose image grids of base / erased / fine-tuned states")
     gr.add_argument("--inputs", nargs="+", required=True)

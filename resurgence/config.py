@@ -101,8 +101,17 @@ def drop_disabled(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$ref`` followed; an ``anyOf``/``allOf`` of objects as one object whose
+    properties are its branches' (the first branch naming a key wins), so coercion sees every key."""
     while isinstance(schema, dict) and "$ref" in schema:
         schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    branches = schema.get("anyOf", []) + schema.get("allOf", []) if isinstance(schema, dict) else []
+    if branches and "properties" not in schema:
+        props: dict[str, Any] = {}
+        for branch in branches:
+            for key, sub in _resolve(branch, root).get("properties", {}).items():
+                props.setdefault(key, sub)
+        schema = {**schema, "properties": props}
     return schema
 
 
@@ -120,7 +129,9 @@ def _coerce_scalar(value: str, types: list[str]) -> Any:
     return value
 
 
-def coerce_strings(config: Any, schema: dict[str, Any] | None = None, root: dict[str, Any] | None = None) -> Any:
+def coerce_strings(
+    config: Any, schema: dict[str, Any] | None = None, root: dict[str, Any] | None = None
+) -> Any:
     """Turn strings into the booleans/numbers the schema expects, in place.
 
     Snakemake hands nested ``--config key={a: 1}`` values over as strings; without this a user's
@@ -160,7 +171,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(p)!r} does not exist (working directory {os.getcwd()})") from None
+        raise ConfigError(
+            f"config file {str(p)!r} does not exist (working directory {os.getcwd()})"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
     except yaml.YAMLError as err:

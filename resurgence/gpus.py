@@ -17,17 +17,23 @@ from pathlib import Path
 
 from resurgence.jobs import try_flock
 
-SLOTS_ENV = "RESURGENCE_GPU_SLOTS"  # number of GPUs to share out (the Snakefile sets it from --resources gpu=N)
+SLOTS_ENV = (
+    "RESURGENCE_GPU_SLOTS"  # number of GPUs to share out (the Snakefile sets it from --resources gpu=N)
+)
 LOCK_DIR_ENV = "RESURGENCE_GPU_LOCK_DIR"
 
 _held: list[int] = []  # open lock descriptors: kept for the process's life
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"resurgence-gpus-{os.getuid()}")
+    return Path(
+        os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / f"resurgence-gpus-{os.getuid()}"
+    )
 
 
-def claim_gpu(n_gpus: int, lock_dir: str | os.PathLike | None = None, timeout_s: float = 600.0, poll_s: float = 0.5) -> int:
+def claim_gpu(
+    n_gpus: int, lock_dir: str | os.PathLike | None = None, timeout_s: float = 600.0, poll_s: float = 0.5
+) -> int:
     """Take the lowest free GPU index in ``range(n_gpus)`` and hold it until the process exits.
 
     Waits (up to ``timeout_s``) when all are taken: with ``--resources gpu=N`` that only happens

@@ -36,7 +36,7 @@ def load_study_pipeline(models: dict[str, Any], device: str, erasure: str | None
 
     pipe = load_pipeline(models["pipeline"], device=device, dtype=DTYPES[models.get("dtype", "float32")])
     if erasure:
-        from resurgence.mace.erase import apply_erasure
+        from resurgence.erasure.artifact import apply_erasure
 
         apply_erasure(pipe, erasure)
     return pipe
@@ -92,7 +92,12 @@ def run_toyworld(args: Namespace) -> None:
         from resurgence.toyworld.quality import measure_quality
 
         measure_quality(
-            args.models, args.generation, out=args.out, seed=args.seed, images=args.images, device=pick_device(args.device)
+            args.models,
+            args.generation,
+            out=args.out,
+            seed=args.seed,
+            images=args.images,
+            device=pick_device(args.device),
         )
 
 
@@ -100,26 +105,40 @@ def run_toyworld(args: Namespace) -> None:
 
 
 def run_erase(args: Namespace) -> None:
+    from resurgence.erasure.artifact import ConceptSpec, no_erasure, save_erasure
     from resurgence.generate.engine import generate
     from resurgence.mace.config import EraseConfig
-    from resurgence.mace.erase import ConceptSpec, erase_concepts, no_erasure, save_erasure
+    from resurgence.mace.erase import erase_concepts
 
     device = pick_device(args.device)
     spec = args.spec
     world = get_world(spec["world"])
     pipe = load_study_pipeline(args.models, device)
-    if spec.get("method") == "none":
+    method = spec.get("method", "mace")  # a MACE spec names no method (its artifacts predate the others)
+    if method == "none":
         save_erasure(no_erasure(pipe.unet, spec), args.out_dir)
+        return
+    concepts = []
+    for c in spec["concepts"]:
+        concept = world.concept(c["name"])
+        concepts.append(
+            ConceptSpec(
+                name=concept.name, prompts=tuple(world.eval_prompts(concept)), phrases=tuple(concept.names)
+            )
+        )
+    if method == "uce":
+        from resurgence.erasure import uce
+
+        guides = {c["name"]: c["mapping"] for c in spec["concepts"]}
+        erasure = uce.erase_concepts(pipe, concepts, guides, uce.UCEConfig.from_dict(spec["uce"]), device)
+        erasure.report["spec"] = spec
+        save_erasure(erasure, args.out_dir)
         return
     segmenter = load_segmenter(args.models, device)
     gen_cfg = erase_generation_config(args.generation, args.models.get("dtype", "float32"))
     mace = dict(spec["mace"])
     mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
     cfg = EraseConfig.from_dict(mace)  # the spec is complete: no preset defaults are filled in here
-    concepts = []
-    for c in spec["concepts"]:
-        concept = world.concept(c["name"])
-        concepts.append(ConceptSpec(name=concept.name, prompts=tuple(world.eval_prompts(concept)), phrases=tuple(concept.names)))
     prompts_of = {c.name: c.prompts for c in concepts}
 
     def image_source(name: str, n: int, seed: int):
@@ -155,7 +174,11 @@ def run_ftdata(args: Namespace) -> None:
     selection = None
     if spec["kind"] == "tercile":
         selection = select_tercile_concepts(
-            spec["candidates"], spec["erased"], concept_similarity(args.models, device), spec["n_concepts"], spec["seed"]
+            spec["candidates"],
+            spec["erased"],
+            concept_similarity(args.models, device),
+            spec["n_concepts"],
+            spec["seed"],
         )
         names = selection["terciles"][spec["tercile"]]
     else:
@@ -186,7 +209,9 @@ def run_finetune(args: Namespace) -> None:
     device = pick_device(args.device)
     pipe = load_study_pipeline(args.models, device, erasure=args.erasure)
     model_key = weights_key(args.models, erasure=args.erasure)
-    finetune(pipe, args.data, FinetuneConfig.from_dict(args.spec), args.out_dir, device=device, model_key=model_key)
+    finetune(
+        pipe, args.data, FinetuneConfig.from_dict(args.spec), args.out_dir, device=device, model_key=model_key
+    )
 
 
 # ----------------------------------------------------------------------------- generate
@@ -201,7 +226,9 @@ def checkpoint_dir(finetune_dir: str | Path, step: int) -> Path:
         return Path(finetune_dir) / FINAL
     ckpt = checkpoint_path(finetune_dir, step)
     if not ckpt.exists():
-        raise FileNotFoundError(f"{ckpt} missing: set finetune checkpoint_every to divide the trajectory steps")
+        raise FileNotFoundError(
+            f"{ckpt} missing: set finetune checkpoint_every to divide the trajectory steps"
+        )
     return ckpt
 
 
@@ -223,8 +250,8 @@ def weights_key(
     """The identity of the weights a job starts from (`generate_to_dir`'s ``model_key``, `finetune`'s
     ``model_key``): the model specs, and the content digests of the base pipeline, of the erased LoRA and
     of the fine-tuned weights at ``step``, so that images and checkpoints of other weights are never reused."""
+    from resurgence.erasure.artifact import LORA_FILE
     from resurgence.finetune.train import TRAINING_STATE
-    from resurgence.mace.erase import LORA_FILE
     from resurgence.state import content_digest
 
     base = pipeline_folder(str(models["pipeline"])) if models.get("pipeline") else None
@@ -250,9 +277,13 @@ def run_generate(args: Namespace) -> None:
     records = expand_records(spec)
     out = Path(args.out_dir)
     model_key = weights_key(args.models, erasure=args.erasure, finetune=args.finetune, step=args.step)
-    generate_to_dir(pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key)
+    generate_to_dir(
+        pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key
+    )
     # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
-    rows = [r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")]
+    rows = [
+        r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")
+    ]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index if not r.get("sample")}
@@ -297,7 +328,9 @@ def run_evaluate(args: Namespace) -> None:
 
     accuracy = identity_metric(args.models) if labels["domain"] == "identity" else "clip_acc"
     # Identities are also scored by CLIP zero-shot over the task's names: a second view of their presence.
-    views = [accuracy] + (["identity_acc_clip"] if labels["domain"] == "identity" and accuracy != "identity_acc_clip" else [])
+    views = [accuracy] + (
+        ["identity_acc_clip"] if labels["domain"] == "identity" and accuracy != "identity_acc_clip" else []
+    )
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
     records, images = read(images_dir, ("erased", "retained"))
     caps, cap_images = read(images_dir, ("caption",))
@@ -309,7 +342,9 @@ def run_evaluate(args: Namespace) -> None:
         rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators["clip_score"].evaluate(cap_images, caps)]
         _, ref_images = read(ref_dir, ("caption",))
         fid = frechet_distance(cap_images, ref_images, **fid_kwargs(args.models, device))
-        rows.append(dict(role="caption", concept="", prompt="", seed=caps[0]["seed"], metric="fid", value=float(fid)))
+        rows.append(
+            dict(role="caption", concept="", prompt="", seed=caps[0]["seed"], metric="fid", value=float(fid))
+        )
     state = dict(args.state, domain=labels["domain"])
     tidy = []
     for r in rows:
@@ -317,8 +352,13 @@ def run_evaluate(args: Namespace) -> None:
         if r.get("concept"):
             phrases = sorted(world.concept(r["concept"]).names, key=len, reverse=True)
             template = next((r["prompt"].replace(p, "{}") for p in phrases if p in r["prompt"]), "")
-        tidy.append({**state, **{k: r.get(k, "") for k in ("concept", "role", "prompt", "seed", "metric", "value")},
-                     "template": template})
+        tidy.append(
+            {
+                **state,
+                **{k: r.get(k, "") for k in ("concept", "role", "prompt", "seed", "metric", "value")},
+                "template": template,
+            }
+        )
     import pandas as pd
 
     write_tidy(pd.DataFrame(tidy, columns=list(TIDY_COLUMNS)), args.out)
@@ -331,9 +371,9 @@ def run_reversion(args: Namespace) -> None:
     """How far each kept checkpoint and the final weights of one fine-tune run undo its erasure (`reversion`)."""
     import pandas as pd
 
+    from resurgence.erasure.artifact import apply_erasure, kv_weights, load_report
     from resurgence.finetune.train import TRAIN_LOG, list_checkpoints, load_finetuned
     from resurgence.mace.capacity import concept_token_states, eval_prompt_sets
-    from resurgence.mace.erase import apply_erasure, kv_weights, load_report
     from resurgence.metrics.reversion import reversion
     from resurgence.metrics.tables import write_table
 
@@ -357,7 +397,11 @@ def run_reversion(args: Namespace) -> None:
         measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings)
         for layer, values in measures.items():
             for measure, value in values.items():
-                rows.append(dict(args.run, step=step, is_final=step == final, layer=layer, measure=measure, value=value))
+                rows.append(
+                    dict(
+                        args.run, step=step, is_final=step == final, layer=layer, measure=measure, value=value
+                    )
+                )
     write_table(pd.DataFrame(rows), args.out, sort_by=["step", "layer", "measure"])
 
 
@@ -411,4 +455,3 @@ def run_grids(args: Namespace) -> None:
 
     grids = {str(Path(p).parent).split("images/", 1)[-1]: p for p in args.inputs}
     image_grid_figure(grids, args.out)
-

@@ -80,14 +80,21 @@ def parse_state(task: str, state: str) -> dict[str, Any]:
     if len(parts) == 2:
         return dict(task=task, erase=parts[0], ftset="none", ftmethod="none", state="erased", step=0)
     return dict(
-        task=task, erase=parts[0], ftset=parts[1], ftmethod=parts[2], state="finetuned", step=int(parts[3][5:])
+        task=task,
+        erase=parts[0],
+        ftset=parts[1],
+        ftmethod=parts[2],
+        state="finetuned",
+        step=int(parts[3][5:]),
     )
 
 
 def state_fields(config: dict[str, Any], task: str, state: str) -> dict[str, Any]:
     """`parse_state` plus ``is_final``: whether a fine-tuned state is the run's last step."""
     fields = parse_state(task, state)
-    final = fields["state"] != "finetuned" or fields["step"] >= finetune_spec(config, fields["ftmethod"])["steps"]
+    final = (
+        fields["state"] != "finetuned" or fields["step"] >= finetune_spec(config, fields["ftmethod"])["steps"]
+    )
     return dict(fields, is_final=bool(final))
 
 
@@ -104,7 +111,9 @@ def metrics_csv(task: str, state: str) -> str:
 
 def toy_models_dir(config: dict[str, Any]) -> str:
     tw = config.get("toyworld", {})
-    return f"{RESULTS}/toyworld/models" if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
+    return (
+        f"{RESULTS}/toyworld/models" if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
+    )
 
 
 def toy_knowledge(config: dict[str, Any]) -> dict[str, Any]:
@@ -233,12 +242,40 @@ def model_specs(config: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- specs
 
 
+# Erasure methods (`resurgence.erasure`); "none" is the exact-unlearning control's (the model never learned them).
+ERASE_METHODS = ("mace", "uce", "none")
+
+
+def erase_method(config: dict[str, Any], task: str, erase: str) -> str:
+    """The method of one erasure: the variant's `method`, else the task's `erasure`, else MACE."""
+    variant = config["erase_variants"][erase]
+    method = variant.get("method") or config["tasks"][task].get("erasure") or "mace"
+    if method not in ERASE_METHODS:
+        key = f"erase_variants.{erase}.method" if "method" in variant else f"tasks.{task}.erasure"
+        raise ConfigError(f"config key '{key}' is {method!r}; allowed values: {list(ERASE_METHODS)}")
+    return method
+
+
 def erase_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
     """MACE settings of one erasure: domain defaults < the task's own (`mapping`, `mace`) < the variant."""
     t = config["tasks"][task]
-    settings = deep_merge(config["erase_defaults"][t["domain"]], {"mapping": t["mapping"]} if "mapping" in t else {})
+    settings = deep_merge(
+        config["erase_defaults"][t["domain"]], {"mapping": t["mapping"]} if "mapping" in t else {}
+    )
     settings = deep_merge(settings, t.get("mace", {}))
-    return deep_merge(settings, config["erase_variants"][erase])
+    variant = {k: v for k, v in config["erase_variants"][erase].items() if k != "method"}
+    return deep_merge(settings, variant)
+
+
+def uce_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
+    """UCE settings of one erasure: `erase_methods.uce` < the task's `uce` < the variant (but its mapping)."""
+    settings = deep_merge(
+        config.get("erase_methods", {}).get("uce", {}), config["tasks"][task].get("uce", {})
+    )
+    settings = deep_merge(settings, config["erase_variants"][erase])
+    return {
+        k: v for k, v in settings.items() if k not in ("method", "mapping")
+    }  # mapping: `_mapped_concepts`
 
 
 def _mapping_for(world: World, name: str, mapping: Any) -> str:
@@ -263,8 +300,11 @@ def mapping_key(config: dict[str, Any], task: str, erase: str) -> str:
     """The config key that sets the mapping concept of one erasure (the last of `erase_settings`' layers)."""
     t = config["tasks"][task]
     key = f"erase_defaults.{t['domain']}.mapping"
-    for where, layer in ((f"tasks.{task}", t), (f"tasks.{task}.mace", t.get("mace", {})),
-                         (f"erase_variants.{erase}", config["erase_variants"][erase])):
+    for where, layer in (
+        (f"tasks.{task}", t),
+        (f"tasks.{task}.mace", t.get("mace", {})),
+        (f"erase_variants.{erase}", config["erase_variants"][erase]),
+    ):
         if "mapping" in layer:
             key = f"{where}.mapping"
     return key
@@ -272,16 +312,23 @@ def mapping_key(config: dict[str, Any], task: str, erase: str) -> str:
 
 def world_ref(config: dict[str, Any]) -> dict[str, Any]:
     """The part of the config that defines the world (enough for a job to rebuild it)."""
-    ref: dict[str, Any] = {"world": config["world"], "toyworld": {"seed": int(config.get("toyworld", {}).get("seed", 0))}}
+    ref: dict[str, Any] = {
+        "world": config["world"],
+        "toyworld": {"seed": int(config.get("toyworld", {}).get("seed", 0))},
+    }
     if config["world"] != "toy":
-        ref.update(tasks=config["tasks"], finetune_sets=config["finetune_sets"], evaluation=config["evaluation"])
+        ref.update(
+            tasks=config["tasks"], finetune_sets=config["finetune_sets"], evaluation=config["evaluation"]
+        )
         ref["synonyms"] = config.get("synonyms") or {}
     return ref
 
 
-def _domain_preserve(config: dict[str, Any], world: World, task: str, with_finetune: bool = False) -> list[str]:
-    """MACE's in-domain cache ("the celebrities you wish to retain"): every prompt of the task's
-    retained concepts and of the domain's concepts that no task erases and no fine-tune set names.
+def _domain_retained(
+    config: dict[str, Any], world: World, task: str, with_finetune: bool = False
+) -> list[Any]:
+    """The concepts an erasure keeps in its in-domain cache ("the celebrities you wish to retain"):
+    the task's retained concepts and the domain's concepts that no task erases and no fine-tune set names.
 
     Concepts erased by *another* task stay out, so the nested erase sets (1 ⊂ 5 ⊂ 10 ⊂ 100) keep
     one cache; fine-tune concepts stay out so fine-tuning starts from a model that never saw them
@@ -299,8 +346,18 @@ def _domain_preserve(config: dict[str, Any], world: World, task: str, with_finet
     keep = [world.concept(n) for n in t.get("retain", [])]
     names = {c.name for c in keep}
     pool = world.by_domain(t["domain"]) if hasattr(world, "by_domain") else []
-    keep += [c for c in pool if c.name not in erased_anywhere | in_ftsets | names]
-    return [prompt for c in keep for prompt in world.eval_prompts(c)]
+    return keep + [c for c in pool if c.name not in erased_anywhere | in_ftsets | names]
+
+
+def _domain_preserve(
+    config: dict[str, Any], world: World, task: str, with_finetune: bool = False
+) -> list[str]:
+    """MACE's in-domain cache: every prompt of the `_domain_retained` concepts."""
+    return [
+        prompt
+        for c in _domain_retained(config, world, task, with_finetune)
+        for prompt in world.eval_prompts(c)
+    ]
 
 
 def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
@@ -318,12 +375,26 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     world = world or get_world(config)
     t = config["tasks"][task]
     names = list(t["erase"])
-    if t.get("erasure") == "none":  # the exact-unlearning control: the model never learned them
+    method = erase_method(config, task, erase)
+    if method == "uce":
+        return _uce_spec(config, world, task, erase)
+    if method == "none":  # the exact-unlearning control: the model never learned them
         concepts = [dict(name=n) for n in names]
-        return dict(world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, method="none")
-    preset = EraseConfig.celebrity(n_erased=len(names)) if t["domain"] == "identity" else EraseConfig.objects(names)
+        return dict(
+            world=world_ref(config),
+            task=task,
+            erase=erase,
+            domain=t["domain"],
+            concepts=concepts,
+            method="none",
+        )
+    preset = (
+        EraseConfig.celebrity(n_erased=len(names))
+        if t["domain"] == "identity"
+        else EraseConfig.objects(names)
+    )
     settings = erase_settings(config, task, erase)
-    mapping = settings.pop("mapping", None) or preset.mapping
+    settings.pop("mapping", None)
     n_captions = int(settings.pop("preserve_captions", 0))
     domain_preserve = settings.pop("domain_preserve", "none")
     if "domain_weight_scale" in settings:
@@ -333,17 +404,84 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     if n_captions:
         preserve += world.free_captions(n_captions, seed=PRESERVE_CAPTION_SEED)
     if domain_preserve in ("auto", "auto_with_finetune"):
-        domain_preserve = _domain_preserve(config, world, task, with_finetune=domain_preserve == "auto_with_finetune")
+        domain_preserve = _domain_preserve(
+            config, world, task, with_finetune=domain_preserve == "auto_with_finetune"
+        )
     elif domain_preserve == "none":
         domain_preserve = []
-    cfg = dataclasses.replace(preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings)
+    cfg = dataclasses.replace(
+        preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings
+    )
     mace = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "mapping"}
     mace = {k: list(v) if isinstance(v, tuple) else v for k, v in mace.items()}
+    concepts = _mapped_concepts(config, world, task, erase)
+    return dict(
+        world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, mace=mace
+    )
+
+
+def _preset_mapping(task: dict[str, Any]) -> Any:
+    """MACE's published mapping concept for the task's domain (`EraseConfig.celebrity` / `.objects`)."""
+    from resurgence.mace.config import EraseConfig
+
+    names = list(task["erase"])
+    preset = (
+        EraseConfig.celebrity(n_erased=len(names))
+        if task["domain"] == "identity"
+        else EraseConfig.objects(names)
+    )
+    return preset.mapping
+
+
+def _mapped_concepts(config: dict[str, Any], world: World, task: str, erase: str) -> list[dict[str, str]]:
+    """Each erased concept with its mapping (guide) phrase: the layers of `erase_settings` over the preset's."""
+    t = config["tasks"][task]
+    mapping = erase_settings(config, task, erase).get("mapping") or _preset_mapping(t)
     try:
-        concepts = [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in names]
+        return [dict(name=n, mapping=_mapping_for(world, n, mapping)) for n in t["erase"]]
     except ConfigError as err:
-        raise ConfigError(f"config key '{mapping_key(config, task, erase)}' (task {task!r}, erase {erase!r}): {err}") from None
-    return dict(world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, mace=mace)
+        raise ConfigError(
+            f"config key '{mapping_key(config, task, erase)}' (task {task!r}, erase {erase!r}): {err}"
+        ) from None
+
+
+def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> dict[str, Any]:
+    """What a UCE erase job runs with: the concepts with their guide phrases and every UCE setting.
+
+    The guide is the task's mapping concept (MACE's, so the methods compare on one target). ``preserve``:
+    ``auto`` keeps every name of the concepts MACE's in-domain cache keeps (`_domain_retained`),
+    ``auto_with_finetune`` those and the fine-tune sets' concepts, ``none`` nothing; a list is used as given.
+    """
+    from resurgence.erasure.uce import UCEConfig
+
+    where = f"erase_methods.uce, tasks.{task}.uce, erase_variants.{erase}"
+    settings = uce_settings(config, task, erase)
+    preserve = settings.pop("preserve", "auto")
+    if preserve in ("auto", "auto_with_finetune"):
+        keep = _domain_retained(config, world, task, with_finetune=preserve == "auto_with_finetune")
+        preserve = [n for c in keep for n in c.names]
+    elif preserve == "none":
+        preserve = []
+    elif isinstance(preserve, str):
+        raise ConfigError(
+            f"UCE preserve of task {task!r}, erase {erase!r} ({where}) is {preserve!r}; allowed values: "
+            "auto, auto_with_finetune, none or a list of concept phrases"
+        )
+    try:
+        uce = UCEConfig.from_dict({**settings, "preserve": list(preserve)}).to_dict()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"UCE settings of task {task!r}, erase {erase!r} ({where}): {err}") from None
+    concepts = _mapped_concepts(config, world, task, erase)
+    t = config["tasks"][task]
+    return dict(
+        world=world_ref(config),
+        task=task,
+        erase=erase,
+        domain=t["domain"],
+        concepts=concepts,
+        method="uce",
+        uce=uce,
+    )
 
 
 def ftset_spec(config: dict[str, Any], ftset: str, task: str | None = None) -> dict[str, Any]:
@@ -376,7 +514,9 @@ def finetune_spec(config: dict[str, Any], ftmethod: str) -> dict[str, Any]:
     return spec
 
 
-def generation_spec(config: dict[str, Any], task: str, roles: tuple[str, ...] = ("erased", "retained", "caption")):
+def generation_spec(
+    config: dict[str, Any], task: str, roles: tuple[str, ...] = ("erased", "retained", "caption")
+):
     """What a generation job renders for one model state of a task (compact; see `expand_records`)."""
     t = config["tasks"][task]
     caps = config["evaluation"]["captions"]
@@ -414,7 +554,16 @@ def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dic
                     records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed)))
                     for k in range(1, int(spec.get("samples", 1))):
                         noise = int(seed) + NOISE_STRIDE * k
-                        records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed), sample=k, noise_seed=noise))
+                        records.append(
+                            dict(
+                                role=role,
+                                concept=c.name,
+                                prompt=prompt,
+                                seed=int(seed),
+                                sample=k,
+                                noise_seed=noise,
+                            )
+                        )
     caps = spec.get("captions")
     if caps:
         for i, caption in enumerate(world.free_captions(caps["n"], caps["seed"])):
@@ -426,10 +575,24 @@ def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dic
 
 
 def experiment_runs(config: dict[str, Any], experiment: str) -> list[Run]:
+    """The runs of one experiment, defaults filled in. A run's ``method`` (default mace) names its erasure
+    method; without ``erase`` it runs the erase variant named after the method, which must erase by it."""
     runs = []
-    for r in config["experiments"][experiment]["runs"]:
+    for i, r in enumerate(config["experiments"][experiment]["runs"]):
+        method = r.get("method", "mace")
+        erase = r.get("erase") or ("default" if method == "mace" else method)
+        if erase not in config["erase_variants"]:
+            raise ConfigError(
+                f"config key 'experiments.{experiment}.runs[{i}]' names erase variant {erase!r}, which "
+                f"erase_variants does not define (defined: {sorted(config['erase_variants'])})"
+            )
+        if "method" in r and erase_method(config, r["task"], erase) != method:
+            raise ConfigError(
+                f"config key 'experiments.{experiment}.runs[{i}].method' is {method!r}, but erase variant "
+                f"{erase!r} of task {r['task']!r} erases by {erase_method(config, r['task'], erase)!r}"
+            )
         ftset = r.get("ftset") or default_ftset(config, r["task"])
-        runs.append(Run(task=r["task"], erase=r.get("erase", "default"), ftset=ftset, ftmethod=r.get("ftmethod", "lora")))
+        runs.append(Run(task=r["task"], erase=erase, ftset=ftset, ftmethod=r.get("ftmethod", "lora")))
     return runs
 
 
@@ -516,41 +679,61 @@ def check_study(config: dict[str, Any]) -> None:
                 try:
                     c = world.concept(name)
                 except KeyError:
-                    raise ConfigError(f"config key 'tasks.{tname}.{role}': unknown concept {name!r}") from None
+                    raise ConfigError(
+                        f"config key 'tasks.{tname}.{role}': unknown concept {name!r}"
+                    ) from None
                 if c.domain != t["domain"]:
-                    raise ConfigError(f"config key 'tasks.{tname}.{role}': {name!r} is a {c.domain}, task domain is {t['domain']}")
+                    raise ConfigError(
+                        f"config key 'tasks.{tname}.{role}': {name!r} is a {c.domain}, task domain is {t['domain']}"
+                    )
         both = set(t["erase"]) & set(t.get("retain", []))
         if both:
-            raise ConfigError(f"config key 'tasks.{tname}': concepts both erased and retained: {sorted(both)}")
+            raise ConfigError(
+                f"config key 'tasks.{tname}': concepts both erased and retained: {sorted(both)}"
+            )
     for fname, fs in config["finetune_sets"].items():
         for name in fs.get("concepts", []):
             try:
                 world.concept(name)
             except KeyError:
-                raise ConfigError(f"config key 'finetune_sets.{fname}.concepts': unknown concept {name!r}") from None
+                raise ConfigError(
+                    f"config key 'finetune_sets.{fname}.concepts': unknown concept {name!r}"
+                ) from None
     for ename, e in config["experiments"].items():
         for i, r in enumerate(e["runs"]):
             where = f"experiments.{ename}.runs[{i}]"
             if r["task"] not in config["tasks"]:
-                raise ConfigError(f"config key '{where}.task': {r['task']!r} not in tasks {sorted(config['tasks'])}")
+                raise ConfigError(
+                    f"config key '{where}.task': {r['task']!r} not in tasks {sorted(config['tasks'])}"
+                )
             if r.get("erase", "default") not in config["erase_variants"]:
-                raise ConfigError(f"config key '{where}.erase': allowed values: {sorted(config['erase_variants'])}")
+                raise ConfigError(
+                    f"config key '{where}.erase': allowed values: {sorted(config['erase_variants'])}"
+                )
             ftset = r.get("ftset") or default_ftset(config, r["task"])
             if ftset not in config["finetune_sets"]:
-                raise ConfigError(f"config key '{where}.ftset': {ftset!r} not in {sorted(config['finetune_sets'])}")
+                raise ConfigError(
+                    f"config key '{where}.ftset': {ftset!r} not in {sorted(config['finetune_sets'])}"
+                )
             if r.get("ftmethod", "lora") not in config["finetune_methods"]:
-                raise ConfigError(f"config key '{where}.ftmethod': allowed values: {sorted(config['finetune_methods'])}")
+                raise ConfigError(
+                    f"config key '{where}.ftmethod': allowed values: {sorted(config['finetune_methods'])}"
+                )
             fs = config["finetune_sets"][ftset]
             overlap = set(fs.get("concepts", [])) & set(config["tasks"][r["task"]]["erase"])
             if overlap:
-                raise ConfigError(f"config key 'finetune_sets.{ftset}': fine-tunes on erased concepts {sorted(overlap)}")
+                raise ConfigError(
+                    f"config key 'finetune_sets.{ftset}': fine-tunes on erased concepts {sorted(overlap)}"
+                )
     for e in config["experiments"]:
         for run in experiment_runs(config, e):
             erase_spec(config, run.task, run.erase, world)  # e.g. mapping 'gender' on an object task
     check_world_variants(config)
     traj = config.get("trajectory") or {}
     if traj.get("experiment") and traj["experiment"] not in config["experiments"]:
-        raise ConfigError(f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}")
+        raise ConfigError(
+            f"config key 'trajectory.experiment': allowed values: {sorted(config['experiments'])}"
+        )
     check_checkpoints(config)
 
 
@@ -592,14 +775,17 @@ def figure_targets(config: dict[str, Any]) -> list[str]:
 
 
 def figure_tasks(config: dict[str, Any], experiment: str) -> dict[str, dict[str, Any]]:
-    """What a control figure needs to know of its runs' tasks: how they were erased, their world
-    variant and its knowledge ``shared`` value (the study's own world for tasks without a variant)."""
+    """What a control or method figure needs to know of its runs' tasks: how they were erased (the task's
+    ``erasure``, and ``methods``: each run's erase variant -> its method), their world variant and its
+    knowledge ``shared`` value (the study's own world for tasks without a variant)."""
     out: dict[str, dict[str, Any]] = {}
     for run in experiment_runs(config, experiment):
         t = config["tasks"][run.task]
         variant = t.get("variant")
         knowledge = variant_train_spec(config, variant)["knowledge"] if variant else toy_knowledge(config)
-        out[run.task] = {"erasure": t.get("erasure", "mace"), "variant": variant, "shared": knowledge["shared"]}
+        fact = out.setdefault(run.task, {"erasure": t.get("erasure", "mace"), "variant": variant})
+        fact["shared"] = knowledge["shared"]
+        fact.setdefault("methods", {})[run.erase] = erase_method(config, run.task, run.erase)
     return out
 
 

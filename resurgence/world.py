@@ -67,7 +67,9 @@ def get_world(config: dict[str, Any]) -> World:
     concepts: dict[str, Concept] = {}
     for task in config["tasks"].values():
         for name in [*task["erase"], *task.get("retain", [])]:
-            concepts.setdefault(name, Concept(name=name, domain=task["domain"], synonyms=synonyms.get(name, ())))
+            concepts.setdefault(
+                name, Concept(name=name, domain=task["domain"], synonyms=synonyms.get(name, ()))
+            )
     for fs in config["finetune_sets"].values():
         for name in fs.get("concepts", []):
             domain = fs.get("domain", "identity")

@@ -14,7 +14,10 @@ def test_inductor_settings_patch_only_inside_and_name_bad_keys():
 
     before = (inductor_config.layout_optimization, inductor_config.conv_1x1_as_mm)
     with inductor_settings([f"layout_optimization={not before[0]}", f"conv_1x1_as_mm={not before[1]}"]):
-        assert (inductor_config.layout_optimization, inductor_config.conv_1x1_as_mm) == (not before[0], not before[1])
+        assert (inductor_config.layout_optimization, inductor_config.conv_1x1_as_mm) == (
+            not before[0],
+            not before[1],
+        )
     assert (inductor_config.layout_optimization, inductor_config.conv_1x1_as_mm) == before
     for bad in ("no_such_setting=1", "layout_optimization"):
         with pytest.raises(SystemExit, match="key=value"):
@@ -44,8 +47,18 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
 
     from paper_cost import measured_rates
 
-    base = dict(benchmark="generation", arch="sd14", machine={"gpu": "NVIDIA H100 80GB HBM3"}, steps=50, guidance=7.5,
-                batch=32, compile="default", channels_last=True, dtype="bfloat16", inductor=None)
+    base = dict(
+        benchmark="generation",
+        arch="sd14",
+        machine={"gpu": "NVIDIA H100 80GB HBM3"},
+        steps=50,
+        guidance=7.5,
+        batch=32,
+        compile="default",
+        channels_last=True,
+        dtype="bfloat16",
+        inductor=None,
+    )
     rows = [
         {**base, "images_per_s": 4.0},
         {**base, "images_per_s": 4.4, "attention": "default"},
@@ -58,8 +71,15 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
         {**base, "images_per_s": 9.0, "freeze_weights": True},
         {**base, "images_per_s": 9.0, "machine": {"gpu": "NVIDIA H200"}},
     ]
-    ft = dict(benchmark="finetune", arch="sd14", machine=base["machine"], method="lora", batch=8, rank=4,
-              mixed_precision="bf16")
+    ft = dict(
+        benchmark="finetune",
+        arch="sd14",
+        machine=base["machine"],
+        method="lora",
+        batch=8,
+        rank=4,
+        mixed_precision="bf16",
+    )
     rows += [
         {**ft, "steps_per_s": 2.5},
         {**ft, "steps_per_s": 2.7},
@@ -68,18 +88,30 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
         {**ft, "steps_per_s": 9.0, "rank": 16},
         {**ft, "steps_per_s": 3.0, "method": "full", "rank": None},  # rank: a LoRA setting only
     ]
-    mace = dict(benchmark="mace_erase", arch="sd14", machine=base["machine"], dtype="float32", concepts=100,
-                images_per_concept=1, data_steps=20)
+    mace = dict(
+        benchmark="mace_erase",
+        arch="sd14",
+        machine=base["machine"],
+        dtype="float32",
+        concepts=100,
+        images_per_concept=1,
+        data_steps=20,
+    )
     rows += [
         {**mace, "lora_steps_per_s": 6.0, "data_seconds": 100.0},
         {**mace, "lora_steps_per_s": 9.0, "data_seconds": 10.0, "dtype": "bfloat16"},
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    preset = dict(steps=50, guidance_scale=7.5, batch_size=32, compile="default", channels_last=True, dtype="auto")
+    preset = dict(
+        steps=50, guidance_scale=7.5, batch_size=32, compile="default", channels_last=True, dtype="auto"
+    )
     lora = dict(method="lora", steps=200, learning_rate=1e-4, batch_size=8, checkpoint_every=50, seed=0)
-    methods = {"lora": {**lora, "mixed_precision": "bf16"}, "lora_fp32": lora,
-               "full": {**lora, "method": "full", "mixed_precision": "bf16"}}
+    methods = {
+        "lora": {**lora, "mixed_precision": "bf16"},
+        "lora_fp32": lora,
+        "full": {**lora, "method": "full", "mixed_precision": "bf16"},
+    }
     rates = measured_rates("H100", preset, methods, path=path)
     assert rates["images_per_s"] == 4.2 and rates["generation_rows"] == 3
     assert rates["finetune_steps_per_s"] == {"lora": 2.6, "lora_fp32": 1.5, "full": 3.0}

@@ -283,7 +283,9 @@ def test_clip_identity_metric_is_separate(toy_clip, toy_world_renders):
     recs = [{"concept": names[i]} for i in data["labels"][:20]]
     rows = ev.evaluate([Image.fromarray(a) for a in data["images"][:20]], recs)
     assert {r["metric"] for r in rows} == {"identity_acc_clip", "identity_prob_clip", "identity_rank_clip"}
-    by = {m: [r["value"] for r in rows if r["metric"] == m] for m in ("identity_acc_clip", "identity_rank_clip")}
+    by = {
+        m: [r["value"] for r in rows if r["metric"] == m] for m in ("identity_acc_clip", "identity_rank_clip")
+    }
     assert np.mean(by["identity_acc_clip"]) > 0.7
     # Top-1 exactly where the true identity ranks first (the CLIP zero-shot detector's own columns).
     assert [a == 1.0 for a in by["identity_acc_clip"]] == [k == 1.0 for k in by["identity_rank_clip"]]

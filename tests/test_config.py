@@ -40,7 +40,9 @@ def test_default_and_presets_validate(default_config, tmp_path, monkeypatch):
 
 def test_missing_toy_weights_are_named(tmp_path):
     cfg = load_config([ROOT / "config.yaml"], {"toyworld": {"weights": str(tmp_path), "retrain": False}})
-    with pytest.raises(ConfigError, match=r"toyworld.weights.*\['t2i', 'clip', 'detector', 'segmenter'\].*retrain=true"):
+    with pytest.raises(
+        ConfigError, match=r"toyworld.weights.*\['t2i', 'clip', 'detector', 'segmenter'\].*retrain=true"
+    ):
         check_study(cfg)
 
 
@@ -143,13 +145,25 @@ def test_command_line_strings_are_coerced_to_schema_types(default_config):
 @pytest.mark.parametrize(
     ("lora", "steps", "key", "fragment"),
     [
-        ({"steps": 200, "checkpoint_every": 300}, [50], "finetune_methods.lora.checkpoint_every", "300 is more than its steps"),
-        ({"steps": 200, "checkpoint_every": 50}, [60], "trajectory.steps", "no checkpoint is kept at step 60"),
+        (
+            {"steps": 200, "checkpoint_every": 300},
+            [50],
+            "finetune_methods.lora.checkpoint_every",
+            "300 is more than its steps",
+        ),
+        (
+            {"steps": 200, "checkpoint_every": 50},
+            [60],
+            "trajectory.steps",
+            "no checkpoint is kept at step 60",
+        ),
         ({"steps": 200, "checkpoint_every": 50}, [250], "trajectory.steps", "step 250 is beyond"),
     ],
     ids=["checkpoint_every_beyond_steps", "step_between_checkpoints", "step_beyond_the_run"],
 )
-def test_impossible_checkpoint_settings_are_rejected_before_any_job(default_config, lora, steps, key, fragment):
+def test_impossible_checkpoint_settings_are_rejected_before_any_job(
+    default_config, lora, steps, key, fragment
+):
     cfg = copy.deepcopy(default_config)
     cfg["finetune_methods"]["lora"].update(lora)
     cfg["trajectory"]["steps"] = steps
@@ -178,7 +192,11 @@ def test_gender_mapping_on_an_object_task_names_the_key(default_config):
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [(None, "does not exist"), ("tasks: [a\n", "is not valid YAML at line 2"), (b"\xff\xfe", "cannot be read")],
+    [
+        (None, "does not exist"),
+        ("tasks: [a\n", "is not valid YAML at line 2"),
+        (b"\xff\xfe", "cannot be read"),
+    ],
     ids=["missing", "malformed", "not_text"],
 )
 def test_unreadable_config_files_are_named(tmp_path, content, fragment):

@@ -10,7 +10,7 @@ from snakemake_helpers import job_counts, snakemake
 
 from resurgence import study
 from resurgence.config import ConfigError, load_config
-from resurgence.mace.erase import apply_erasure, kv_module_names, no_erasure, save_erasure
+from resurgence.erasure.artifact import apply_erasure, kv_module_names, no_erasure, save_erasure
 from resurgence.models.pipeline import build_random_pipeline
 
 

@@ -209,7 +209,10 @@ def test_identity_presence_is_the_true_identitys_probability_and_rank():
     rows = IdentityAccuracy(StubScoringDetector()).evaluate(
         [solid((0, 0, 0))] * 3, [{"concept": "Alice"}, {"concept": "bob"}, {"concept": "carl"}]
     )
-    by = {m: [r["value"] for r in rows if r["metric"] == m] for m in ("identity_acc", "identity_prob", "identity_rank")}
+    by = {
+        m: [r["value"] for r in rows if r["metric"] == m]
+        for m in ("identity_acc", "identity_prob", "identity_rank")
+    }
     assert by["identity_acc"] == [1.0, 0.0, 0.0]
     assert by["identity_prob"][:2] == pytest.approx([0.7, 0.1]) and np.isnan(by["identity_prob"][2])
     assert by["identity_rank"][:2] == [1.0, 3.0] and np.isnan(by["identity_rank"][2])  # carl: no such class

@@ -80,6 +80,8 @@ def make_summary() -> pd.DataFrame:
         ):
             rows += _rows(task, erase, "none", "none", "erased", 0, False, 0.05 + 0.02 * i)
             rows += _rows(task, erase, IN_DOMAIN[domain], "lora", "finetuned", 200, True, 0.3 + 0.05 * i)
+        rows += _rows(task, "uce", "none", "none", "erased", 0, False, 0.02)
+        rows += _rows(task, "uce", IN_DOMAIN[domain], "lora", "finetuned", 200, True, 0.6)
         rows += _rows(task, "default", IN_DOMAIN[domain], "full", "finetuned", 200, True, 0.4)
         rows += _rows(task, "default", OUT_DOMAIN[domain], "lora", "finetuned", 200, True, 0.1)
         for k in (1, 2, 3):
@@ -109,15 +111,43 @@ def _check_outputs(png) -> None:
 
 # What `study.figure_tasks` gives the control figures: identity_1 plays the never-trained control model.
 TASKS = {
-    "identity_1": {"erasure": "none", "variant": "exact", "shared": 0.0},
-    "identity_10": {"erasure": "mace", "variant": None, "shared": 0.83},
-    "object_ship": {"erasure": "mace", "variant": None, "shared": 0.83},
+    "identity_1": {"erasure": "none", "variant": "exact", "shared": 0.0, "methods": {"default": "none"}},
+    "identity_10": {
+        "erasure": "mace",
+        "variant": None,
+        "shared": 0.83,
+        "methods": {"default": "mace", "uce": "uce"},
+    },
+    "object_ship": {
+        "erasure": "mace",
+        "variant": None,
+        "shared": 0.83,
+        "methods": {"default": "mace", "uce": "uce"},
+    },
 }
 
 
 def test_dispatcher_covers_every_paper_figure() -> None:
-    assert set(FIGURES) == {f"fig{i}" for i in range(5, 15)} | {"trajectory", "control"}
-    assert set(figures.TASK_FIGURES) == {"fig14", "control"}
+    assert set(FIGURES) == {f"fig{i}" for i in range(5, 15)} | {"trajectory", "control", "methods"}
+    assert set(figures.TASK_FIGURES) == {"fig14", "control", "methods"}
+
+
+def test_methods_figure_draws_each_task_once_per_method(summary: pd.DataFrame, tmp_path, monkeypatch) -> None:
+    drawn = []
+    monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
+    figures.fig_methods(summary, tmp_path / "m.png", tasks=TASKS)
+    (fig,) = drawn
+    labels = {
+        ax.get_title(): [t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes if ax.get_title()
+    }
+    ident = next(v for k, v in labels.items() if "Identity" in k)
+    # identity_1 (no edit) first, then identity_10 by MACE and by UCE; the lambda1 variants are not methods
+    assert [x.split("\n")[-1] for x in ident] == ["No edit", "MACE", "UCE"]
+    obj = next(v for k, v in labels.items() if "Object" in k)
+    assert [x.split("\n")[-1] for x in obj] == ["MACE", "UCE"]
+    # the UCE bars are the uce rows' values: erased 0.02 and fine-tuned 0.6 (seed mean)
+    heights = sorted(round(b.get_height(), 3) for ax in fig.axes for b in ax.patches if b.get_height() > 0)
+    assert 0.02 in heights and 0.6 in heights
 
 
 @pytest.mark.parametrize("name", sorted(FIGURES))

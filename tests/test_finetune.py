@@ -272,7 +272,9 @@ def test_checkpoints_of_other_inputs_are_discarded(base_pipe, ft_set, other_set,
     """A rerun after a change upstream (erased model, fine-tune set) or of the config retrains from step 0
     and ends where a clean run ends, never where the stale checkpoints lead."""
     cfg = _cfg(steps=4, checkpoint_every=2)
-    old = finetune(copy.deepcopy(base_pipe), ft_set, cfg, tmp_path / "run", progress=False, model_key="erased v1")
+    old = finetune(
+        copy.deepcopy(base_pipe), ft_set, cfg, tmp_path / "run", progress=False, model_key="erased v1"
+    )
     new_cfg = _cfg(steps=4, checkpoint_every=2, learning_rate=5e-4) if change == "learning_rate" else cfg
     new_pipe, new_key = (_edited(base_pipe), "erased v2") if change == "model" else (base_pipe, "erased v1")
     new_set = other_set if change == "data" else ft_set
@@ -293,7 +295,9 @@ def test_checkpoints_of_other_inputs_are_discarded(base_pipe, ft_set, other_set,
 def test_checkpoints_without_a_key_are_discarded(base_pipe, ft_set, tmp_path):
     finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=2, checkpoint_every=2), tmp_path, progress=False)
     (tmp_path / train.CHECKPOINTS / "resume_key.json").unlink()  # state written before checkpoints had keys
-    log = finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=4, checkpoint_every=2), tmp_path, progress=False)
+    log = finetune(
+        copy.deepcopy(base_pipe), ft_set, _cfg(steps=4, checkpoint_every=2), tmp_path, progress=False
+    )
     assert log["resumed_from"] is None
 
 

@@ -50,8 +50,14 @@ def test_image_depends_only_on_prompt_and_seed_not_batch(pipe):
     big = generate(pipe, prompts, seeds, GenerationConfig(steps=2, batch_size=5), progress=False)
     assert max(np.abs(_arr(a) - _arr(b)).max() for a, b in zip(big, batched, strict=True)) <= 2
     # Unpadded small requests: same images as a batch of that size, never the padding's cost.
-    small = generate(pipe, prompts[:1], seeds[:1], GenerationConfig(steps=2, batch_size=4), progress=False,
-                     pad_to_batch=False)
+    small = generate(
+        pipe,
+        prompts[:1],
+        seeds[:1],
+        GenerationConfig(steps=2, batch_size=4),
+        progress=False,
+        pad_to_batch=False,
+    )
     one = generate(pipe, prompts[:1], seeds[:1], GenerationConfig(steps=2, batch_size=1), progress=False)
     assert np.array_equal(_arr(small[0]), _arr(one[0]))
 
@@ -165,15 +171,26 @@ def test_stale_images_are_not_reused_after_a_model_or_record_change(pipe, tmp_pa
     generate_to_dir(pipe, records, CFG, tmp_path, progress=False, model_key="erasure v2")
     assert [p for c in calls for p in c] == ["a cat", "a dog"]  # new weights: nothing reused
     calls.clear()
-    generate_to_dir(pipe, [*records, {"prompt": "a cow", "seed": 3}][::-1], CFG, tmp_path, progress=False, model_key="erasure v2")
-    assert sorted(p for c in calls for p in c) == ["a cat", "a cow", "a dog"]  # new records: file names mean other images
+    generate_to_dir(
+        pipe,
+        [*records, {"prompt": "a cow", "seed": 3}][::-1],
+        CFG,
+        tmp_path,
+        progress=False,
+        model_key="erasure v2",
+    )
+    assert sorted(p for c in calls for p in c) == [
+        "a cat",
+        "a cow",
+        "a dog",
+    ]  # new records: file names mean other images
 
 
 def test_weights_key_follows_the_weights_content(tmp_path):
     """The fine-tune-set, fine-tune and generation stages key their images and checkpoints on this."""
     import os
 
-    from resurgence.mace.erase import LORA_FILE
+    from resurgence.erasure.artifact import LORA_FILE
     from resurgence.stages import weights_key
 
     pipeline, erasure = tmp_path / "t2i", tmp_path / "erase"
@@ -195,7 +212,9 @@ def test_weights_key_follows_the_weights_content(tmp_path):
     key = weights_key(models)
     (pipeline / "w.safetensors").write_bytes(b"12345")
     assert weights_key(models) != key
-    assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == {"pipeline": None}  # a hub id not in the cache
+    assert json.loads(weights_key({"pipeline": "CompVis/stable-diffusion-v1-4"}))[2] == {
+        "pipeline": None
+    }  # a hub id not in the cache
 
 
 def test_weights_key_of_a_finetune_step_is_that_checkpoint(tmp_path):
@@ -208,7 +227,10 @@ def test_weights_key_of_a_finetune_step_is_that_checkpoint(tmp_path):
         (d / "pytorch_lora_weights.safetensors").write_bytes(d.name.encode())
     (run / TRAIN_LOG).write_text(json.dumps({"config": {"steps": 4}}))
     models = {"pipeline": str(tmp_path / "absent")}
-    at2, final = weights_key(models, finetune=str(run), step=2), weights_key(models, finetune=str(run), step=4)
+    at2, final = (
+        weights_key(models, finetune=str(run), step=2),
+        weights_key(models, finetune=str(run), step=4),
+    )
     assert at2 != final
     (checkpoint_path(run, 2) / TRAINING_STATE).write_bytes(b"optimizer")  # resuming state, not weights
     assert weights_key(models, finetune=str(run), step=2) == at2
@@ -234,7 +256,9 @@ def test_auto_dtype_is_bf16_only_where_it_runs_natively(monkeypatch):
         GenerationConfig(dtype="bfloat15")
 
 
-def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_differently(pipe, tmp_path, monkeypatch):
+def test_images_drawn_under_auto_are_redrawn_on_a_machine_that_resolves_it_differently(
+    pipe, tmp_path, monkeypatch
+):
     """Same records, config and weights, but "auto" meant fp32 before and bf16 now: nothing is reused."""
     cfg = GenerationConfig(steps=2, batch_size=2, dtype="auto")
     records = [{"prompt": "a cat", "seed": 1}]
@@ -255,11 +279,15 @@ def test_attention_backend_is_preferred_with_fallback(pipe):
     default_order = torch._C._get_sdp_priority_order()
     with engine.attention_backend("cudnn"):
         order = torch._C._get_sdp_priority_order()
-    assert order[0] == int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION) and sorted(order) == sorted(default_order)
+    assert order[0] == int(torch.nn.attention.SDPBackend.CUDNN_ATTENTION) and sorted(order) == sorted(
+        default_order
+    )
     assert torch._C._get_sdp_priority_order() == default_order  # restored
     a = generate(pipe, ["a cat"], [1], CFG, progress=False)
     for name in ("math", "cudnn"):
-        b = generate(pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention=name), progress=False)
+        b = generate(
+            pipe, ["a cat"], [1], GenerationConfig(steps=2, batch_size=2, attention=name), progress=False
+        )
         assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2, name
     with pytest.raises(ValueError, match="attention must be one of"):
         GenerationConfig(attention="fast")

@@ -101,7 +101,9 @@ def test_concept_differences_on_a_tiny_pipeline(tmp_path):
 def test_principal_dims_count_the_directions_by_variance():
     """Rows +-a_k e_k (mean zero): direction k holds a_k^2 / sum a^2 of the variance, in a random rotation."""
     a = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)  # variance shares .753, .188, .047, .012
-    Q = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    Q = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[
+        0
+    ]
     rows = torch.cat([torch.diag(a), -torch.diag(a)]) @ Q[:4]
     assert principal_dims(rows, (0.5, 0.9, 0.96, 0.99, 1.0)) == {0.5: 1, 0.9: 2, 0.96: 3, 0.99: 4, 1.0: 4}
     with pytest.raises(ValueError, match="rows >= 2"):

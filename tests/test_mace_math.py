@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from resurgence.erasure.artifact import deltas_to_lora, lora_deltas, slug
 from resurgence.mace.attention import find_phrase_positions, masked_attention_terms
 from resurgence.mace.config import EraseConfig
-from resurgence.mace.erase import deltas_to_lora, mapping_prompts, slug
+from resurgence.mace.erase import mapping_prompts
 from resurgence.mace.fusion import fuse_weights
-from resurgence.mace.lora import importance_weights, lora_deltas
+from resurgence.mace.lora import importance_weights
 from resurgence.mace.refine import SingularSystemError, align_token_indices, refine_weights
 
 D = torch.float64

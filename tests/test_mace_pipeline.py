@@ -10,19 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from resurgence.mace.attention import AttentionProbe, probing_cross_attention
-from resurgence.mace.config import EraseConfig
-from resurgence.mace.erase import (
+from resurgence.erasure.artifact import (
     LORA_FILE,
     ConceptSpec,
     apply_deltas,
     apply_erasure,
-    erase_concepts,
     kv_module_names,
-    mapping_prompts,
+    lora_deltas,
     save_erasure,
 )
-from resurgence.mace.lora import lora_deltas, measure_attention, train_concept_lora
+from resurgence.mace.attention import AttentionProbe, probing_cross_attention
+from resurgence.mace.config import EraseConfig
+from resurgence.mace.erase import erase_concepts, mapping_prompts
+from resurgence.mace.lora import measure_attention, train_concept_lora
 from resurgence.mace.refine import collect_coexisting_embeddings
 from resurgence.models.pipeline import build_random_pipeline
 

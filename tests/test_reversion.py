@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from resurgence.mace.erase import apply_deltas, kv_weights
+from resurgence.erasure.artifact import apply_deltas, kv_weights
 from resurgence.metrics.reversion import MEASURES, TOTAL, reversion, reversion_table
 from resurgence.models.pipeline import build_random_pipeline
 

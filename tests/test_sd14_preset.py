@@ -148,7 +148,10 @@ def test_erase_specs_keep_maces_published_settings(config, tmp_path):
         names = config["tasks"][task]["erase"]
         published = EraseConfig.objects(names)
         assert (mace["lambda1"], mace["fusion_lambda"], mace["domain_weight"], mace["ridge"]) == (
-            published.lambda1, published.fusion_lambda, published.domain_weight, published.ridge
+            published.lambda1,
+            published.fusion_lambda,
+            published.domain_weight,
+            published.ridge,
         ), task
         assert mace["domain_preserve"] == [] and mace["preserve"] == []
     for task, n in (("identity_1", 1), ("identity_5", 5), ("identity_10", 10), ("identity_100", 100)):
@@ -168,7 +171,11 @@ def test_maces_training_images_are_sampled_uncompiled_in_the_erased_models_dtype
     assert preset.compile != "none"  # else this test checks nothing
     cfg = erase_generation_config(config["generation"], config["models"]["dtype"])
     assert (cfg.compile, cfg.dtype) == ("none", "float32")
-    assert (cfg.steps, cfg.guidance_scale, cfg.batch_size) == (preset.steps, preset.guidance_scale, preset.batch_size)
+    assert (cfg.steps, cfg.guidance_scale, cfg.batch_size) == (
+        preset.steps,
+        preset.guidance_scale,
+        preset.batch_size,
+    )
 
 
 def test_world_carries_object_synonyms(config):
@@ -300,7 +307,15 @@ def test_dry_run_stops_with_one_message_naming_every_missing_model(tmp_path):
 def test_dry_run_with_local_models_lists_the_full_dag(config, tmp_path):
     overlay = tmp_path / "local_models.yaml"
     overlay.write_text(yaml.safe_dump(fake_models(tmp_path)))
-    out = snakemake("-n", "--forceall", "--rerun-incomplete", "--configfile", "config.sd14.yaml", str(overlay), check=False)
+    out = snakemake(
+        "-n",
+        "--forceall",
+        "--rerun-incomplete",
+        "--configfile",
+        "config.sd14.yaml",
+        str(overlay),
+        check=False,
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     counts = job_counts(out.stdout)

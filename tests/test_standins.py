@@ -43,7 +43,9 @@ def test_standins_load_through_the_study_loaders(standins):
     img = Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8))
     assert clip.encode_images([img]).shape == (1, clip.embed_dim)
     assert clip.similarity(["ship"], ["boat", "oak tree"]).shape == (1, 2)
-    seg = GroundedSAMSegmenter(m["segmenter"]["dino_id_or_path"], m["segmenter"]["sam_id_or_path"], box_threshold=0.0)
+    seg = GroundedSAMSegmenter(
+        m["segmenter"]["dino_id_or_path"], m["segmenter"]["sam_id_or_path"], box_threshold=0.0
+    )
     masks = seg.segment([img], "ship")
     assert len(masks) == 1 and masks[0].shape == (32, 32)
 

@@ -26,7 +26,11 @@ def test_state_ids_round_trip(config):
     assert (erased["erase"], erased["state"]) == ("lambda1_0.001", "erased")
     ft = study.parse_state("identity_10", study.state_id(run, "finetuned", 150))
     assert (ft["erase"], ft["ftset"], ft["ftmethod"], ft["state"], ft["step"]) == (
-        "lambda1_0.001", "tercile_2", "full", "finetuned", 150
+        "lambda1_0.001",
+        "tercile_2",
+        "full",
+        "finetuned",
+        150,
     )
     with pytest.raises(ValueError):
         study.parse_state("identity_10", "nonsense/state")
@@ -61,7 +65,9 @@ def test_domain_cache_holds_retained_and_unused_concepts_not_erased_or_finetuned
         assert set(world.eval_prompts(world.concept(name))) <= cache  # every template of a retained concept
     for name in erased_anywhere | ftsets:
         assert not set(world.eval_prompts(world.concept(name))) & cache
-    unused = [c for c in world.by_domain("identity") if c.name not in erased_anywhere | ftsets | set(task["retain"])]
+    unused = [
+        c for c in world.by_domain("identity") if c.name not in erased_anywhere | ftsets | set(task["retain"])
+    ]
     assert unused and len(cache) == 5 * (len(task["retain"]) + len(unused))
 
 
@@ -76,7 +82,10 @@ def test_finetune_in_cache_ablation_adds_exactly_the_finetune_concepts(config):
     ft_identities = [n for n in ft if world.concept(n).domain == "identity"]
     assert ft_identities and plain < ablated
     assert ablated - plain == {p for n in ft_identities for p in world.eval_prompts(world.concept(n))}
-    assert spec["mace"]["domain_weight"] == study.erase_spec(config, "identity_10", "default", world)["mace"]["domain_weight"]
+    assert (
+        spec["mace"]["domain_weight"]
+        == study.erase_spec(config, "identity_10", "default", world)["mace"]["domain_weight"]
+    )
 
 
 def test_domain_weight_scale_multiplies_the_published_weight_per_task_size(config):
@@ -87,7 +96,9 @@ def test_domain_weight_scale_multiplies_the_published_weight_per_task_size(confi
         return study.erase_spec(cfg, task, "default")["mace"]["domain_weight"]
 
     assert weight("identity_1") == EraseConfig.celebrity(1).domain_weight
-    assert weight("identity_1", domain_weight_scale=0.1) == pytest.approx(0.1 * EraseConfig.celebrity(1).domain_weight)
+    assert weight("identity_1", domain_weight_scale=0.1) == pytest.approx(
+        0.1 * EraseConfig.celebrity(1).domain_weight
+    )
     assert weight("identity_5", domain_weight_scale=0.1) == pytest.approx(5e3)  # 0.1 x MACE's 5e4 for 5
     assert weight("identity_5", domain_weight_scale=0.1, domain_weight=7.0) == 7.0  # explicit wins
 
@@ -110,8 +121,14 @@ def test_task_mace_settings_sit_between_domain_defaults_and_variants(config):
     assert "identity_10_exact" not in mace_tasks  # the exact-unlearning control erases nothing
     weights = {t: study.erase_spec(config, t, "default")["mace"]["domain_weight"] for t in mace_tasks}
     assert (weights["object_ship"], weights["object_5"]) == (50, 400)
-    assert weights["object_automobile"] == weights["object_bird"] == config["erase_defaults"]["object"]["domain_weight"]
-    assert study.erase_spec(config, "object_ship", "lambda1_0")["mace"]["domain_weight"] == 50  # variants keep it
+    assert (
+        weights["object_automobile"]
+        == weights["object_bird"]
+        == config["erase_defaults"]["object"]["domain_weight"]
+    )
+    assert (
+        study.erase_spec(config, "object_ship", "lambda1_0")["mace"]["domain_weight"] == 50
+    )  # variants keep it
 
 
 def test_runs_fill_defaults(config):
@@ -135,7 +152,10 @@ def test_expand_records_counts(config):
     assert roles.count("caption") == n_captions
     # object tasks are not scored on captions (as in the paper), and prompts include synonyms
     obj = study.expand_records(study.generation_spec(config, "object_ship"))
-    assert {r["prompt"] for r in obj if r["role"] == "erased"} == {"a photo of the ship", "a photo of the boat"}
+    assert {r["prompt"] for r in obj if r["role"] == "erased"} == {
+        "a photo of the ship",
+        "a photo of the boat",
+    }
     assert not [r for r in obj if r["role"] == "caption"]
     # trajectory checkpoints are scored on erased concepts only
     traj = study.expand_records(study.generation_spec(config, "identity_10", ("erased",)))
@@ -165,7 +185,9 @@ def test_tercile_spec_excludes_task_concepts(config):
     task = config["tasks"]["identity_10"]
     assert not set(spec["candidates"]) & (set(task["erase"]) | set(task["retain"]))
     assert spec["erased"] == task["erase"]
-    assert study.ftset_dir(config, "tercile_1", "identity_10") == "results/ftdata/tercile/identity_10/tercile_1"
+    assert (
+        study.ftset_dir(config, "tercile_1", "identity_10") == "results/ftdata/tercile/identity_10/tercile_1"
+    )
     assert study.ftset_dir(config, "random_object", "identity_10") == "results/ftdata/random/random_object"
 
 

@@ -229,7 +229,11 @@ def test_compile_failure_falls_back_to_eager_training(tmp_path, monkeypatch):
     monkeypatch.setattr(t2i, "_compiled", broken)
     with pytest.warns(UserWarning, match="inductor exploded"):
         m = train_text_to_image(
-            micro_cfg(compile=True, unet_steps=6, n_samples=0), FakeWorld(), tmp_path, device="cpu", arch=MICRO,
+            micro_cfg(compile=True, unet_steps=6, n_samples=0),
+            FakeWorld(),
+            tmp_path,
+            device="cpu",
+            arch=MICRO,
             data=fake_data(64, 16),
         )
     assert m["unet"]["finished"] and m["unet"]["compiled"] is False
@@ -312,7 +316,11 @@ def test_knowledge_loss_trains_the_text_encoder_and_resumes_exactly(tmp_path):
     assert ref["knowledge_captions_frac"] == pytest.approx(0.75)
     part = train_text_to_image(
         micro_cfg(knowledge_weight=1.0, n_samples=0, unet_steps=60, stop_at_unet_step=30),
-        FakeWorld(), tmp_path / "res", device="cpu", arch=MICRO, data=data,
+        FakeWorld(),
+        tmp_path / "res",
+        device="cpu",
+        arch=MICRO,
+        data=data,
     )
     assert not part["unet"]["finished"]
     full = train_text_to_image(cfg, FakeWorld(), tmp_path / "res", device="cpu", arch=MICRO, data=data)
@@ -329,7 +337,11 @@ def test_without_knowledge_weight_or_named_captions_there_is_no_probe(trained, t
     torch.set_num_threads(2)
     quick = dict(n_samples=0, unet_steps=10, vae_steps=5)
     off = train_text_to_image(
-        micro_cfg(knowledge_weight=0.0, **quick), FakeWorld(), tmp_path / "off", device="cpu", arch=MICRO,
+        micro_cfg(knowledge_weight=0.0, **quick),
+        FakeWorld(),
+        tmp_path / "off",
+        device="cpu",
+        arch=MICRO,
         data=fake_data(64, 16),
     )
     blank = fake_data(64, 16)

@@ -10,9 +10,21 @@ import pytest
 from snakemake_helpers import job_counts, run, snakemake, study_dir
 
 STAGES = {
-    "toyworld_quality", "erase", "ftdata_random", "ftdata_tercile", "finetune", "generate_base",
-    "generate_erased", "generate_finetuned", "evaluate", "tables", "figure", "trajectory_figure", "grids_figure",
-    "reversion", "reversion_summary",
+    "toyworld_quality",
+    "erase",
+    "ftdata_random",
+    "ftdata_tercile",
+    "finetune",
+    "generate_base",
+    "generate_erased",
+    "generate_finetuned",
+    "evaluate",
+    "tables",
+    "figure",
+    "trajectory_figure",
+    "grids_figure",
+    "reversion",
+    "reversion_summary",
 }
 
 
@@ -68,7 +80,9 @@ def test_unreadable_study_config_is_named_before_any_job(tmp_path):
     (work / "config.yaml").write_text("world: toy\ntasks: [identity_1\n")
     out = snakemake("-n", cwd=work, check=False)
     text = out.stdout + out.stderr
-    assert out.returncode != 0 and "config file 'config.yaml' is not valid YAML at line 3" in text, text[-2000:]
+    assert out.returncode != 0 and "config file 'config.yaml' is not valid YAML at line 3" in text, text[
+        -2000:
+    ]
     assert "Job stats" not in text
 
 
@@ -96,7 +110,9 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     reversion = pd.read_csv(smoke_dir / "results" / "tables" / "reversion" / "reversion.csv")
     assert set(reversion["task"]) == {"identity_1", "object_ship"} and set(reversion["step"]) == {2, 4}
     final = reversion[reversion["is_final"]]
-    assert final[["erase_rel_norm", "finetune_rel_norm", "reversion_cosine", "resurgence"]].notna().all().all()
+    assert (
+        final[["erase_rel_norm", "finetune_rel_norm", "reversion_cosine", "resurgence"]].notna().all().all()
+    )
     erasure = smoke_dir / "results" / "erase" / "identity_1" / "default" / "erased_lora.safetensors"
     assert erasure.stat().st_size > 0
     assert not list((smoke_dir / "results").rglob("*.tmp")), "half-written artifacts left behind"
@@ -119,7 +135,9 @@ def test_changing_a_learning_rate_reruns_exactly_downstream(smoke_dir):
     assert counts.get("finetune") == 2
     assert counts.get("generate_finetuned") == 4
     assert counts.get("evaluate") == 4
-    assert not {"erase", "ftdata_random", "generate_base", "generate_erased", "toyworld_quality"} & set(counts), counts
+    assert not {"erase", "ftdata_random", "generate_base", "generate_erased", "toyworld_quality"} & set(
+        counts
+    ), counts
     shutil.rmtree(smoke_dir / ".snakemake" / "locks", ignore_errors=True)
 
 

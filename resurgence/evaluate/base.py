@@ -71,8 +71,13 @@ def true_class_presence(
     return true, rank
 
 
-def presence_rows(metric: str, records: Sequence[Mapping[str, Any]], probs: np.ndarray,
-                  class_names: Sequence[str], predicted: Sequence[Any]) -> list[dict]:
+def presence_rows(
+    metric: str,
+    records: Sequence[Mapping[str, Any]],
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    predicted: Sequence[Any],
+) -> list[dict]:
     """The `PRESENCE_METRICS` rows of an accuracy ``metric`` (probability, then rank, per image)."""
     prob_metric, rank_metric = PRESENCE_METRICS[metric]
     true, rank = true_class_presence(probs, class_names, [r[CONCEPT_KEY] for r in records])

@@ -183,7 +183,9 @@ def resume_point(checkpoints: list[tuple[int, Path]], cfg: FinetuneConfig) -> Pa
     """The latest checkpoint a run of ``cfg`` can resume from: at most ``cfg.steps``, with every
     checkpoint ``cfg.checkpoint_every`` asks for before it present (the trajectory reads them)."""
     have = {s: p for s, p in checkpoints if s <= cfg.steps}
-    usable = [s for s in have if all(k in have for k in range(cfg.checkpoint_every, s + 1, cfg.checkpoint_every))]
+    usable = [
+        s for s in have if all(k in have for k in range(cfg.checkpoint_every, s + 1, cfg.checkpoint_every))
+    ]
     return have[max(usable)] if usable else None
 
 
@@ -324,7 +326,9 @@ def finetune(
         pipe.text_encoder.train()
     perm_cache: dict[int, torch.Tensor] = {}
     t0 = time.perf_counter()
-    bar = progress_bar(range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps)
+    bar = progress_bar(
+        range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps
+    )
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from resurgence.erasure.artifact import cross_attention_names
+
 
 def find_phrase_positions(ids: Sequence[int], phrase_ids: Sequence[int]) -> list[int]:
     """Every position covered by an occurrence of ``phrase_ids`` inside ``ids``."""
@@ -183,13 +185,6 @@ class ProbeAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
-
-
-def cross_attention_names(unet) -> list[str]:
-    """Module names of the UNet's cross-attention blocks (`...attn2`), in module order."""
-    return [
-        n for n, m in unet.named_modules() if n.endswith("attn2") and getattr(m, "is_cross_attention", False)
-    ]
 
 
 @contextmanager

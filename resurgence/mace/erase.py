@@ -1,80 +1,38 @@
-"""MACE end to end: refinement -> per-concept LoRAs -> fusion, and the erasure as a portable LoRA.
+"""MACE end to end: refinement -> per-concept LoRAs -> fusion.
 
 `erase_concepts` never leaves the pipeline modified: it returns the change of every cross-attention
-`to_k`/`to_v` weight (final - base). `save_erasure` writes that change as an exact diffusers LoRA
-(SVD of each delta), so `apply_erasure` can fuse it into any copy of the base model and later
-fine-tuning starts from plain erased weights.
+`to_k`/`to_v` weight (final - base) as an `Erasure`, which `resurgence.erasure.artifact` writes and
+fuses like every method's.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import resource
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from resurgence.io import read_json, save_safetensors, write_json
-from resurgence.mace.attention import cross_attention_names
+from resurgence.erasure.artifact import (
+    ConceptSpec,
+    Erasure,
+    base_linear,
+    kv_module_names,
+    lora_deltas,
+    peak_memory,
+    set_weights,
+)
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.fusion import fuse_weights
-from resurgence.mace.lora import lora_deltas, train_concept_lora
+from resurgence.mace.lora import train_concept_lora
 from resurgence.mace.refine import collect_coexisting_embeddings, collect_token_embeddings, refine_weights
 from resurgence.progress import progress_bar
 
-LORA_FILE = "erased_lora.safetensors"
-REPORT_FILE = "report.json"
-ADAPTER_NAME = "mace_erasure"
-
 ImageSource = Callable[[str, int, int], tuple[list[Image.Image], np.ndarray]]
-
-
-@dataclass(frozen=True)
-class ConceptSpec:
-    """One concept to erase: its name, the prompts MACE trains on, and the phrases naming it."""
-
-    name: str
-    prompts: tuple[str, ...]
-    phrases: tuple[str, ...] = ()  # name + synonyms; defaults to (name,)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-        object.__setattr__(self, "phrases", tuple(self.phrases) or (self.name,))
-        if not self.prompts:
-            raise ValueError(f"concept {self.name!r} has no prompts")
-
-
-@dataclass
-class Erasure:
-    """The result of MACE: weight deltas on the base model, the per-concept LoRAs, and a report."""
-
-    deltas: dict[str, torch.Tensor]
-    concept_loras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def kv_module_names(unet) -> list[str]:
-    """`<attn2>.to_k` and `<attn2>.to_v` for every cross-attention block, in module order."""
-    return [f"{a}.{p}" for a in cross_attention_names(unet) for p in ("to_k", "to_v")]
-
-
-def _linear(unet, name: str) -> torch.nn.Linear:
-    m = unet.get_submodule(name)
-    return getattr(m, "base_layer", m)
-
-
-def kv_weights(unet, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """Copies (float64, CPU) of the cross-attention key/value weights MACE edits (`kv_module_names`, or
-    just ``names``)."""
-    names = kv_module_names(unet) if names is None else names
-    return {n: _linear(unet, n).weight.detach().to("cpu", torch.float64).clone() for n in names}
 
 
 def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str) -> list[str]:
@@ -90,19 +48,6 @@ def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str
             raise ValueError(f"prompt {p!r} contains none of the phrases {list(phrases)}")
         out.append(q)
     return out
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "concept"
-
-
-def _peak_memory(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
-    return {
-        "kind": "process_max_rss",
-        "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-    }
 
 
 def _prior_embeddings(pipe, cfg: EraseConfig) -> torch.Tensor:
@@ -138,7 +83,7 @@ def erase_concepts(
     pipe.to(device)
     unet = pipe.unet
     names = kv_module_names(unet)
-    base = [_linear(unet, n).weight.detach().clone() for n in names]
+    base = [base_linear(unet, n).weight.detach().clone() for n in names]
     report: dict[str, Any] = {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -187,7 +132,7 @@ def erase_concepts(
                 n: _residual(w0, w1, E_co, E_gen) for n, w0, w1 in zip(names, base, refined, strict=True)
             },
         }
-        _set_weights(unet, names, refined)
+        set_weights(unet, names, refined)
         phase_s["refine"] = time.perf_counter() - t_phase
 
         final = refined
@@ -239,7 +184,7 @@ def erase_concepts(
             for n, w0, w1 in zip(names, base, final, strict=True)
         }
     finally:
-        _set_weights(unet, names, base)
+        set_weights(unet, names, base)
 
     report["delta_rel_norm"] = {
         n: float(deltas[n].norm() / w.float().cpu().norm().clamp_min(1e-30))
@@ -247,7 +192,7 @@ def erase_concepts(
     }
     report["wall_time_s"] = time.perf_counter() - t0
     report["phase_s"] = phase_s
-    report["peak_memory"] = _peak_memory(device)
+    report["peak_memory"] = peak_memory(device)
     return Erasure(deltas=deltas, concept_loras=loras, report=report)
 
 
@@ -263,115 +208,3 @@ def _residual(
         "before": float((c @ a.T - target).norm()) / scale,
         "after": float((c @ w1.to(torch.float64).T - target).norm()) / scale,
     }
-
-
-@torch.no_grad()
-def _set_weights(unet, names: Sequence[str], weights: Sequence[torch.Tensor]) -> None:
-    for n, w in zip(names, weights, strict=True):
-        lin = _linear(unet, n)
-        lin.weight.copy_(w.to(lin.weight.device, lin.weight.dtype))
-
-
-@torch.no_grad()
-def apply_deltas(unet, deltas: dict[str, torch.Tensor]) -> None:
-    """Add ``deltas`` to the named Linear weights in place (in memory, no LoRA machinery)."""
-    for n, d in deltas.items():
-        lin = _linear(unet, n)
-        lin.weight.add_(d.to(lin.weight.device, lin.weight.dtype))
-
-
-# ----------------------------------------------------------------------------- persistence
-
-
-def deltas_to_lora(
-    deltas: dict[str, torch.Tensor], rtol: float = 1e-6, prefix: str = "unet."
-) -> dict[str, torch.Tensor]:
-    """Exact low-rank factors of each delta: B = U sqrt(S), A = sqrt(S) V^T, dropping singular values
-    below ``rtol`` x the largest. No alphas are stored, so diffusers uses alpha = rank (scale 1)."""
-    out: dict[str, torch.Tensor] = {}
-    for n, d in deltas.items():
-        U, S, Vh = torch.linalg.svd(d.to(torch.float64), full_matrices=False)
-        tol = rtol * float(S[0]) if S.numel() else 0.0
-        r = max(1, int((tol < S).sum())) if tol > 0 else 1
-        s = S[:r].sqrt()
-        out[f"{prefix}{n}.lora_A.weight"] = (s[:, None] * Vh[:r]).to(torch.float32)
-        out[f"{prefix}{n}.lora_B.weight"] = (U[:, :r] * s[None, :]).to(torch.float32)
-    return out
-
-
-def lora_file_deltas(path: str | Path, prefix: str = "unet.") -> dict[str, torch.Tensor]:
-    """Dense deltas (float64) stored in a LoRA file written by `save_erasure`."""
-    from safetensors.torch import load_file
-
-    sd = load_file(str(path))
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in lora_deltas(sd).items()}
-
-
-def no_erasure(unet, spec: dict[str, Any]) -> Erasure:
-    """A zero edit of every key/value map: the erased state of a model that never learned the concepts
-    (the exact-unlearning control), written like any erasure so the stages after it run unchanged."""
-    deltas = {n: torch.zeros_like(w) for n, w in kv_weights(unet).items()}
-    return Erasure(deltas=deltas, report={"method": "none", "spec": spec, "concepts": [c["name"] for c in spec["concepts"]]})
-
-
-def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
-    """Write `erased_lora.safetensors`, `concepts/<slug>.safetensors` and `report.json` (last)."""
-    out = Path(out_dir)
-    lora = deltas_to_lora(erasure.deltas)
-    meta = {
-        "format": "pt",
-        "producer": "resurgence.mace",
-        "note": "MACE erasure: fuse at scale 1 into the base model",
-    }
-    save_safetensors(lora, out / LORA_FILE, metadata=meta)
-    concept_files = {}
-    for name, sd in erasure.concept_loras.items():
-        path = out / "concepts" / f"{slug(name)}.safetensors"
-        # Per-concept LoRAs are relative to the *refined* weights, not the base model.
-        save_safetensors(
-            {f"unet.{k}": v for k, v in sd.items()},
-            path,
-            metadata={"format": "pt", "concept": name, "relative_to": "refined"},
-        )
-        concept_files[name] = str(path.relative_to(out))
-    report = dict(erasure.report)
-    report["lora_file"] = LORA_FILE
-    report["lora_ranks"] = {
-        k[len("unet.") : -len(".lora_A.weight")]: int(v.shape[0])
-        for k, v in lora.items()
-        if k.endswith("lora_A.weight")
-    }
-    report["concept_lora_files"] = concept_files
-    write_json(out / REPORT_FILE, report)
-    return out
-
-
-def load_report(out_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(out_dir) / REPORT_FILE)
-
-
-def apply_erasure(
-    pipe, out_dir: str | Path, weight_name: str = LORA_FILE, rtol: float = 1e-5
-) -> dict[str, torch.Tensor]:
-    """Load the erasure LoRA, fuse it and unload the adapter; check to_k/to_v == base + delta.
-
-    Returns the applied deltas. Raises RuntimeError when the fused weights do not match.
-    """
-    out = Path(out_dir)
-    deltas = lora_file_deltas(out / weight_name)
-    unet = pipe.unet
-    before = kv_weights(unet, deltas)
-    pipe.load_lora_weights(str(out), weight_name=weight_name, adapter_name=ADAPTER_NAME)
-    pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
-    pipe.unload_lora_weights()
-    after = kv_weights(unet, deltas)
-    bad = []
-    for n, d in deltas.items():
-        w = after[n]
-        expected = before[n] + d
-        err = float((w - expected).norm() / expected.norm().clamp_min(1e-30))
-        if not err <= rtol:
-            bad.append(f"{n}: rel err {err:.2e}")
-    if bad:
-        raise RuntimeError(f"fused erasure does not match base + delta (rtol {rtol:g}): {bad[:5]}")
-    return {n: d.to(torch.float32) for n, d in deltas.items()}

@@ -65,18 +65,6 @@ def masks_to_tensor(masks: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(m.astype(np.float32))[:, None]
 
 
-def lora_deltas(state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """Per-module dense update dW = scale * B @ A from a peft LoRA state dict (keys `<module>.lora_A.weight`)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, A in state_dict.items():
-        if ".lora_A." not in k:
-            continue
-        module = k.split(".lora_A.")[0]
-        B = state_dict[k.replace(".lora_A.", ".lora_B.")]
-        out[module] = scale * (B.to(torch.float64) @ A.to(torch.float64))
-    return out
-
-
 def _check_plain_unet(unet) -> None:
     if getattr(unet, "peft_config", None):
         raise RuntimeError(

@@ -565,7 +565,11 @@ def image_grid_figure(
 
 
 def fig_control(
-    summary: pd.DataFrame, out_path: PathLike, *, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
+    summary: pd.DataFrame,
+    out_path: PathLike,
+    *,
+    tasks: Mapping[str, Mapping[str, Any]],
+    baseline: Baseline = BASELINE,
 ) -> None:
     """The exact-unlearning control: erased concepts before and after the same fine-tune, MACE-erased vs in
     a model that never learned them (tasks with ``erasure: none``)."""
@@ -578,6 +582,42 @@ def fig_control(
         return ((0, row["task"]), "MACE")
 
     spec = _acc_spec("control", "Exact-unlearning control", "Erasure", x, ("identity", "object"))
+    _bar_figure(summary, out_path, spec, baseline)
+
+
+# Display names of the erasure methods (`study.ERASE_METHODS`), in the order figures draw them.
+METHOD_LABELS = {"mace": "MACE", "uce": "UCE", "none": "No edit"}
+
+
+def fig_methods(
+    summary: pd.DataFrame,
+    out_path: PathLike,
+    *,
+    tasks: Mapping[str, Mapping[str, Any]],
+    baseline: Baseline = BASELINE,
+) -> None:
+    """Resurgence by erasure method (Fig. 5's layout): each task's erased concepts after erasure and after
+    the same in-domain fine-tune, one bar group per task and method (``tasks[t]["methods"]``: erase -> method)."""
+    order = list(METHOD_LABELS)
+
+    def x(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
+        method = tasks.get(row["task"], {}).get("methods", {}).get(row["erase"])
+        if method is None or not _is_baseline(row, b, erase=False):
+            return None
+        rank = order.index(method) if method in order else len(order)
+        return (
+            (task_sort_key(row["task"]), rank),
+            f"{task_label(row['task'])}\n{METHOD_LABELS.get(method, method)}",
+        )
+
+    spec = _acc_spec(
+        "methods",
+        "Concept resurgence by erasure method",
+        "Task and method",
+        x,
+        ("identity", "object"),
+        x_is_task=True,
+    )
     _bar_figure(summary, out_path, spec, baseline)
 
 
@@ -602,7 +642,11 @@ def geometry_points(
 
 
 def fig14_geometry(
-    summary: pd.DataFrame, out_path: PathLike, *, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
+    summary: pd.DataFrame,
+    out_path: PathLike,
+    *,
+    tasks: Mapping[str, Mapping[str, Any]],
+    baseline: Baseline = BASELINE,
 ) -> None:
     """Fig. 14: erased concepts' top-1 and true-concept probability, erased vs fine-tuned, against the
     world's shared-structure knob (``tasks[task]["shared"]``), one column per domain."""
@@ -654,9 +698,10 @@ FIGURES: dict[str, Callable[..., None]] = {
     "trajectory": fig_trajectory,
     "control": fig_control,
     "fig14": fig14_geometry,
+    "methods": fig_methods,
 }
 # Figures that also read the study's task facts (`study.figure_tasks`).
-TASK_FIGURES = ("control", "fig14")
+TASK_FIGURES = ("control", "fig14", "methods")
 
 __all__ = [
     "BASELINE",
@@ -675,6 +720,7 @@ __all__ = [
     "fig13_fid",
     "fig14_geometry",
     "fig_control",
+    "fig_methods",
     "geometry_points",
     "fig_reversion",
     "fig_trajectory",

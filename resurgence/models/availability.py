@@ -36,7 +36,10 @@ PIPELINE_FILES: tuple[str | tuple[str, ...], ...] = (
 # Files a transformers model folder needs (Grounding DINO, SAM).
 TRANSFORMERS_FILES: tuple[str | tuple[str, ...], ...] = (
     "config.json",
-    ("preprocessor_config.json", "processor_config.json"),  # the hub's layout; transformers >= 5 saves the second
+    (
+        "preprocessor_config.json",
+        "processor_config.json",
+    ),  # the hub's layout; transformers >= 5 saves the second
     (
         "model.safetensors",
         "pytorch_model.bin",

@@ -22,7 +22,11 @@ from resurgence.io import atomic_path
 @lru_cache
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP reversible byte -> unicode map (same construction as open_clip and transformers)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -76,7 +80,9 @@ def write_clip_tokenizer(
     return CLIPTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
-def openai_clip_tokenizer(model_max_length: int = 77, out_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
+def openai_clip_tokenizer(
+    model_max_length: int = 77, out_dir: str | os.PathLike | None = None
+) -> CLIPTokenizer:
     """OpenAI CLIP's tokenizer, written to ``out_dir`` and loaded offline; without ``out_dir`` through a
     folder that is removed again (the loaded tokenizer lives in memory)."""
     if out_dir is not None:

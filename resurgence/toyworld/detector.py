@@ -119,7 +119,9 @@ def resume_train_state(
     """Restore model, optimiser and generator from a `save_train_state` checkpoint made under the same
     config ``cfg`` (any other is discarded, `resurgence.state.claim_state_dir`); the step to resume at
     (0 if none)."""
-    claim_state_dir(Path(path).parent, config_key(cfg, RESUME_FREE), what=f"{type(cfg).__name__} training state")
+    claim_state_dir(
+        Path(path).parent, config_key(cfg, RESUME_FREE), what=f"{type(cfg).__name__} training state"
+    )
     state = load_train_state(path)
     if state is None:
         return 0

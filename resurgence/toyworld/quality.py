@@ -18,7 +18,12 @@ import torch
 
 from resurgence.io import write_json
 
-GATES = {"detector_top1": 0.99, "clip_zero_shot_top1": 0.95, "t2i_identity_top1": 0.90, "t2i_object_top1": 0.90}
+GATES = {
+    "detector_top1": 0.99,
+    "clip_zero_shot_top1": 0.95,
+    "t2i_identity_top1": 0.90,
+    "t2i_object_top1": 0.90,
+}
 HELD_OUT_SEED = 10_000_019  # far from every training seed; renders are a pure function of (seed, index)
 
 
@@ -86,7 +91,9 @@ def measure_quality(
     result["generation"] = dict(generation)
     result["generation_images_per_s"] = n_generated / elapsed
     result["generation_threads"] = torch.get_num_threads()
-    result["gates"] = {k: {"threshold": v, "value": result[k], "pass": result[k] >= v} for k, v in GATES.items()}
+    result["gates"] = {
+        k: {"threshold": v, "value": result[k], "pass": result[k] >= v} for k, v in GATES.items()
+    }
     result["all_pass"] = all(g["pass"] for g in result["gates"].values())
     write_json(out, result)
     return result

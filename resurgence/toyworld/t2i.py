@@ -48,7 +48,14 @@ from resurgence.toyworld.knowledge import KNOWLEDGE_DIM, KnowledgeConfig, knowle
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Config fields a resumed run may change without changing what it computes (how often it checkpoints,
 # logs or samples, how many processes render, where a time-limited job stops).
-RESUME_FREE = ("checkpoint_every", "keep_checkpoints", "log_every", "render_workers", "n_samples", "stop_at_unet_step")
+RESUME_FREE = (
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "render_workers",
+    "n_samples",
+    "stop_at_unet_step",
+)
 _CKPT_RE = re.compile(r"^(vae|unet)-(\d+)\.pt$")
 
 
@@ -236,7 +243,9 @@ def knowledge_spans(
     return index, start
 
 
-def knowledge_targets(world: Any, tokenizer: Any, cfg: KnowledgeConfig) -> tuple[torch.Tensor, list[list[int]], list[int]]:
+def knowledge_targets(
+    world: Any, tokenizer: Any, cfg: KnowledgeConfig
+) -> tuple[torch.Tensor, list[list[int]], list[int]]:
     """(knowledge vectors of identities then objects, every name and synonym as token ids, its row)."""
     vectors = knowledge_vectors(world, cfg)
     concepts = [*getattr(world, "identities", ()), *getattr(world, "objects", ())]
@@ -245,12 +254,18 @@ def knowledge_targets(world: Any, tokenizer: Any, cfg: KnowledgeConfig) -> tuple
         for n in c.names:
             names.append(tokenizer(n, add_special_tokens=False).input_ids)
             groups.append(row)
-    targets = torch.cat([vectors["identity"], vectors["object"]]) if concepts else torch.zeros(0, KNOWLEDGE_DIM)
+    targets = (
+        torch.cat([vectors["identity"], vectors["object"]]) if concepts else torch.zeros(0, KNOWLEDGE_DIM)
+    )
     return targets, names, groups
 
 
 def knowledge_loss(
-    hidden: torch.Tensor, probe: torch.nn.Module, targets: torch.Tensor, index: torch.Tensor, start: torch.Tensor
+    hidden: torch.Tensor,
+    probe: torch.nn.Module,
+    targets: torch.Tensor,
+    index: torch.Tensor,
+    start: torch.Tensor,
 ) -> torch.Tensor:
     """Mean (1 - cosine) between ``probe(hidden)`` and the caption's knowledge vector, over the
     positions from the name on of captions with ``index >= 0``; 0 when there are none."""
@@ -523,6 +538,7 @@ def _train_unet(
         gen.set_state(st["gen"])
         start, losses, elapsed = st["step"], st["losses"], st["elapsed"]
         knowledge_losses = st.get("knowledge_losses", [])
+
     def plan(steps: int) -> tuple[int, int]:
         """Fix the run's length: the cosine schedule's total, and the step this call stops at."""
         sched.lr_lambdas = [_lr_lambda(cfg.warmup_steps, steps, cfg.min_lr_ratio)] * len(opt.param_groups)
@@ -535,7 +551,9 @@ def _train_unet(
 
     planned, total = plan(int(st["planned_steps"]) if ckpts and "planned_steps" in st else cfg.unet_steps)
     compiled = cfg.compile
-    fwd_unet, fwd_text = (_compiled(unet, cfg.compile_mode), _compiled(text, cfg.compile_mode)) if compiled else (unet, text)
+    fwd_unet, fwd_text = (
+        (_compiled(unet, cfg.compile_mode), _compiled(text, cfg.compile_mode)) if compiled else (unet, text)
+    )
     n = latents.shape[0]
     unet.train()
     text.train()
@@ -563,7 +581,9 @@ def _train_unet(
         except Exception as err:  # a compiler failure on the first step: train eagerly instead
             if fwd_unet is unet or compile_s is not None:
                 raise
-            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly", stacklevel=2)
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {err}); training eagerly", stacklevel=2
+            )
             fwd_unet, fwd_text, compiled = unet, text, False
             pred, hidden = forward(tok, zt, t)
         per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
@@ -685,9 +705,13 @@ def train_text_to_image(
     if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     # Given data (tests, caches) is keyed by its content; rendered data is a function of the config.
-    data_key = None if data is None else hashlib.sha256(
-        np.ascontiguousarray(data["images"]).tobytes() + "\n".join(data["captions"]).encode()
-    ).hexdigest()
+    data_key = (
+        None
+        if data is None
+        else hashlib.sha256(
+            np.ascontiguousarray(data["images"]).tobytes() + "\n".join(data["captions"]).encode()
+        ).hexdigest()
+    )
     key = {"config": config_key(cfg, RESUME_FREE), "arch": asdict(arch), "data": data_key}
     claim_state_dir(ckpt_dir, key, what="text-to-image training checkpoints")
     t_start = time.perf_counter()

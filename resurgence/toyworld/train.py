@@ -31,23 +31,74 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # A 2-core CPU budget (minutes for the small models); the text-to-image model needs a GPU to
     # reach the quality gates and its CPU budget here only makes it runnable.
     "cpu": {
-        "t2i": dict(n_train_images=30_000, render_workers=2, vae_steps=600, vae_batch_size=16, unet_steps=3_000,
-                    unet_batch_size=64, checkpoint_every=250, log_every=50, warmup_steps=100, compile=False,
-                    unet_time_budget_s=None),
-        "clip": dict(n_train=20_000, steps=800, batch_size=128, render_workers=2, bf16=False, checkpoint_every=200),
-        "detector": dict(n_identity=12_000, n_other=6_000, steps=1_000, batch_size=128, render_workers=2, bf16=False,
-                         checkpoint_every=250),
-        "segmenter": dict(n_train=12_000, steps=800, batch_size=64, render_workers=2, bf16=False, checkpoint_every=200),
+        "t2i": dict(
+            n_train_images=30_000,
+            render_workers=2,
+            vae_steps=600,
+            vae_batch_size=16,
+            unet_steps=3_000,
+            unet_batch_size=64,
+            checkpoint_every=250,
+            log_every=50,
+            warmup_steps=100,
+            compile=False,
+            unet_time_budget_s=None,
+        ),
+        "clip": dict(
+            n_train=20_000, steps=800, batch_size=128, render_workers=2, bf16=False, checkpoint_every=200
+        ),
+        "detector": dict(
+            n_identity=12_000,
+            n_other=6_000,
+            steps=1_000,
+            batch_size=128,
+            render_workers=2,
+            bf16=False,
+            checkpoint_every=250,
+        ),
+        "segmenter": dict(
+            n_train=12_000, steps=800, batch_size=64, render_workers=2, bf16=False, checkpoint_every=200
+        ),
     },
     "smoke": {
-        "t2i": dict(n_train_images=256, render_workers=1, tokenizer_captions=500, vae_steps=4, vae_batch_size=8,
-                    unet_steps=4, unet_batch_size=8, checkpoint_every=2, log_every=1, n_samples=0, warmup_steps=1,
-                    compile=False, unet_time_budget_s=None),
-        "clip": dict(n_train=512, n_val_objects=64, n_val_identities=64, steps=3, batch_size=32, render_workers=1,
-                     bf16=False, warmup=1),
-        "detector": dict(n_identity=512, n_other=256, n_val=64, steps=3, batch_size=32, render_workers=1, bf16=False,
-                         warmup=1),
-        "segmenter": dict(n_train=256, n_val=32, steps=3, batch_size=16, render_workers=1, bf16=False, warmup=1),
+        "t2i": dict(
+            n_train_images=256,
+            render_workers=1,
+            tokenizer_captions=500,
+            vae_steps=4,
+            vae_batch_size=8,
+            unet_steps=4,
+            unet_batch_size=8,
+            checkpoint_every=2,
+            log_every=1,
+            n_samples=0,
+            warmup_steps=1,
+            compile=False,
+            unet_time_budget_s=None,
+        ),
+        "clip": dict(
+            n_train=512,
+            n_val_objects=64,
+            n_val_identities=64,
+            steps=3,
+            batch_size=32,
+            render_workers=1,
+            bf16=False,
+            warmup=1,
+        ),
+        "detector": dict(
+            n_identity=512,
+            n_other=256,
+            n_val=64,
+            steps=3,
+            batch_size=32,
+            render_workers=1,
+            bf16=False,
+            warmup=1,
+        ),
+        "segmenter": dict(
+            n_train=256, n_val=32, steps=3, batch_size=16, render_workers=1, bf16=False, warmup=1
+        ),
     },
 }
 
@@ -59,11 +110,17 @@ def _configs(profile: str, seed: int, knowledge: Any = None) -> dict[str, Any]:
 
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    classes = {"t2i": T2ITrainConfig, "clip": ToyClipTrainConfig, "detector": DetectorTrainConfig,
-               "segmenter": SegmenterTrainConfig}
+    classes = {
+        "t2i": T2ITrainConfig,
+        "clip": ToyClipTrainConfig,
+        "detector": DetectorTrainConfig,
+        "segmenter": SegmenterTrainConfig,
+    }
     out = {}
     for name, cls in classes.items():
-        overrides = {k: v for k, v in PROFILES[profile][name].items() if k in {f.name for f in dataclasses.fields(cls)}}
+        overrides = {
+            k: v for k, v in PROFILES[profile][name].items() if k in {f.name for f in dataclasses.fields(cls)}
+        }
         fields = {f.name for f in dataclasses.fields(cls)}
         shared = {"knowledge": knowledge} if knowledge is not None and "knowledge" in fields else {}
         out[name] = cls(**{**overrides, **shared, "seed": seed})
@@ -124,12 +181,19 @@ def train_all(
     cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], exclude=tuple(exclude))
     if unet_steps is not None:
         cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], unet_steps=unet_steps, unet_time_budget_s=None)
-    trainers = {"t2i": train_text_to_image, "clip": train_clip, "detector": train_detector, "segmenter": train_segmenter}
+    trainers = {
+        "t2i": train_text_to_image,
+        "clip": train_clip,
+        "detector": train_detector,
+        "segmenter": train_segmenter,
+    }
     for name in only or MODELS:
         t0 = time.time()
         log.info("training %s (profile %s, seed %d) on %s", name, profile, seed, device)
         metrics = trainers[name](cfgs[name], world, out, device=device)
-        record_model(out, name, dataclasses.asdict(cfgs[name]), metrics, profile, str(device), time.time() - t0)
+        record_model(
+            out, name, dataclasses.asdict(cfgs[name]), metrics, profile, str(device), time.time() - t0
+        )
     if calibration_sets and all((out / m).is_dir() for m in ("t2i", "clip")):
         record_geometry(out, calibration_sets, device)
     return read_manifest(out)
@@ -141,7 +205,9 @@ def trained_knowledge(out_dir: str | os.PathLike) -> dict[str, Any]:
     return {m: models[m]["config"].get("knowledge") for m in ("t2i", "clip") if m in models}
 
 
-def record_geometry(out_dir: str | os.PathLike, erase_sets: dict[str, list[str]], device: str = "cpu") -> dict[str, Any]:
+def record_geometry(
+    out_dir: str | os.PathLike, erase_sets: dict[str, list[str]], device: str = "cpu"
+) -> dict[str, Any]:
     """Measure the calibration statistics of the trained text encoder and CLIP in ``out_dir`` and store
     them in its manifest under ``geometry`` (`knowledge.geometry_report`)."""
     from resurgence.models.clip import load_clip
@@ -153,7 +219,9 @@ def record_geometry(out_dir: str | os.PathLike, erase_sets: dict[str, list[str]]
     manifest = read_manifest(out)
     learned = trained_knowledge(out)
     if len(learned) < 2 or learned["t2i"] != learned["clip"]:
-        raise ValueError(f"{out}: the text encoder and CLIP were trained on different knowledge geometries: {learned}")
+        raise ValueError(
+            f"{out}: the text encoder and CLIP were trained on different knowledge geometries: {learned}"
+        )
     cfg = KnowledgeConfig.from_dict(learned["t2i"])
     pipe = load_pipeline(out / "t2i", device=device)
     clip = load_clip({"kind": "toy", "path": str(out / "clip")}, device=device)
@@ -200,7 +268,9 @@ def record_model(
     write_json(out / "manifest.json", manifest)
 
 
-def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names: list[str] | None = None) -> list[str]:
+def import_models(
+    src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names: list[str] | None = None
+) -> list[str]:
     """Copy trained models (e.g. from a GPU machine's run) into ``dst_dir`` with their manifest entries.
 
     Each model folder is replaced whole (written beside, then renamed); the manifest keeps the
@@ -230,7 +300,16 @@ def import_models(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, names:
 def record_quality(out_dir: str | os.PathLike, quality: dict[str, Any]) -> None:
     """Store the quality gates measured on the shipped models (``quality.json``) in the manifest."""
     manifest = read_manifest(out_dir)
-    keep = ("gates", "all_pass", "t2i_identity_by_template", "t2i_object_by_template", "t2i_identity_images",
-            "t2i_object_images", "generation", "device", "host")
+    keep = (
+        "gates",
+        "all_pass",
+        "t2i_identity_by_template",
+        "t2i_object_by_template",
+        "t2i_identity_images",
+        "t2i_object_images",
+        "generation",
+        "device",
+        "host",
+    )
     manifest["quality"] = {k: quality[k] for k in keep if k in quality}
     write_json(Path(out_dir) / "manifest.json", manifest)

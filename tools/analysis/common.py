@@ -34,7 +34,9 @@ def main_mapping(mapping: dict[str, str]) -> str:
     return Counter(mapping.values()).most_common(1)[0][0]
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], comment: str = "") -> None:
+def write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], comment: str = ""
+) -> None:
     """A CSV written to a temporary path and renamed (no half-written file); ``comment`` lines first, as "# ..."."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         for line in comment.splitlines():

@@ -17,12 +17,24 @@ from common import write_csv
 
 from resurgence.metrics.tables import ACCURACY_METRIC, read_tidy, summarize
 
-HEADER = ("task", "erase", "seed", "metric", "erased", "retained", "n_erased_images", "n_retained_images", "run")
+HEADER = (
+    "task",
+    "erase",
+    "seed",
+    "metric",
+    "erased",
+    "retained",
+    "n_erased_images",
+    "n_retained_images",
+    "run",
+)
 
 
 def efficacy_rows(results: str | Path, run: str) -> pd.DataFrame:
     """One row per (task, erasure, seed) of a result folder's base and erased states."""
-    paths = sorted(glob.glob(f"{results}/metrics/*/base/tidy.csv") + glob.glob(f"{results}/metrics/*/*/erased/tidy.csv"))
+    paths = sorted(
+        glob.glob(f"{results}/metrics/*/base/tidy.csv") + glob.glob(f"{results}/metrics/*/*/erased/tidy.csv")
+    )
     if not paths:
         raise SystemExit(f"no base or erased metric files under {results}/metrics")
     s = summarize(read_tidy(paths))
@@ -43,7 +55,9 @@ def efficacy_rows(results: str | Path, run: str) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", nargs="+", required=True, help="result folders, each as PATH or PATH=RUN_LABEL")
+    ap.add_argument(
+        "--results", nargs="+", required=True, help="result folders, each as PATH or PATH=RUN_LABEL"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument("--comment", default="", help="lines written above the header, as '# ...'")
     args = ap.parse_args()

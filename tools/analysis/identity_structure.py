@@ -57,8 +57,10 @@ def main() -> None:
     rows += [(f"principal_dims_{int(share * 100)}pct", n) for share, n in principal_dims(D).items()]
     if all(c.traits for c in identities):
         T = trait_design(identities)
-        rows += [("trait_design_rank", int(torch.linalg.matrix_rank(T))),
-                 ("trait_r2_in_sample", round(r2(D, T @ torch.linalg.lstsq(T, D).solution), 4))]
+        rows += [
+            ("trait_design_rank", int(torch.linalg.matrix_rank(T))),
+            ("trait_r2_in_sample", round(r2(D, T @ torch.linalg.lstsq(T, D).solution), 4)),
+        ]
         g = torch.Generator().manual_seed(0)
         for n_fit in (40, 100):
             scores = []

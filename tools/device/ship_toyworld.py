@@ -1,6 +1,6 @@
 """Copy toy models trained on the GPU machine (unpacked from toyworld.tar.part-*) into resources/toyworld.
 
-    python tools/device/ship_toyworld.py /tmp/toyworld [t2i clip ...]
+python tools/device/ship_toyworld.py /tmp/toyworld [t2i clip ...]
 """
 
 import sys

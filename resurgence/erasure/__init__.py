@@ -1,0 +1,1 @@
+"""Concept erasure methods behind one artifact (`artifact`): MACE (`resurgence.mace`), UCE (`uce`)."""
