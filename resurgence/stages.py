@@ -126,6 +126,20 @@ def run_erase(args: Namespace) -> None:
                 name=concept.name, prompts=tuple(world.eval_prompts(concept)), phrases=tuple(concept.names)
             )
         )
+    if method == "esd":
+        import shutil
+
+        from resurgence.erasure import esd
+
+        state = Path(args.out_dir) / "checkpoints"
+        cfg = esd.ESDConfig.from_dict(spec["esd"])
+        erasure = esd.erase_concepts(
+            pipe, concepts, cfg, device, state_dir=state, model_key=weights_key(args.models)
+        )
+        erasure.report["spec"] = spec
+        save_erasure(erasure, args.out_dir)
+        shutil.rmtree(state, ignore_errors=True)  # the erasure is written: its training state is spent
+        return
     if method == "uce":
         from resurgence.erasure import uce
 
@@ -250,7 +264,7 @@ def weights_key(
     """The identity of the weights a job starts from (`generate_to_dir`'s ``model_key``, `finetune`'s
     ``model_key``): the model specs, and the content digests of the base pipeline, of the erased LoRA and
     of the fine-tuned weights at ``step``, so that images and checkpoints of other weights are never reused."""
-    from resurgence.erasure.artifact import LORA_FILE
+    from resurgence.erasure.artifact import DENSE_FILE, LORA_FILE
     from resurgence.finetune.train import TRAINING_STATE
     from resurgence.state import content_digest
 
@@ -258,6 +272,8 @@ def weights_key(
     digests = {"pipeline": content_digest(base) if base else None}
     if erasure:
         digests["erasure"] = content_digest(Path(erasure) / LORA_FILE)
+        if (Path(erasure) / DENSE_FILE).is_file():  # a dense edit (ESD): the LoRA alone is empty
+            digests["erasure_dense"] = content_digest(Path(erasure) / DENSE_FILE)
     if finetune:
         digests["finetune"] = content_digest(checkpoint_dir(finetune, step), ignore=(TRAINING_STATE,))
     return json.dumps([models, step, digests], sort_keys=True, default=str)

@@ -243,7 +243,7 @@ def model_specs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # Erasure methods (`resurgence.erasure`); "none" is the exact-unlearning control's (the model never learned them).
-ERASE_METHODS = ("mace", "uce", "none")
+ERASE_METHODS = ("mace", "uce", "esd", "none")
 
 
 def erase_method(config: dict[str, Any], task: str, erase: str) -> str:
@@ -267,15 +267,14 @@ def erase_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, A
     return deep_merge(settings, variant)
 
 
-def uce_settings(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
-    """UCE settings of one erasure: `erase_methods.uce` < the task's `uce` < the variant (but its mapping)."""
+def method_settings(config: dict[str, Any], task: str, erase: str, method: str) -> dict[str, Any]:
+    """Settings of a method other than MACE: `erase_methods.<method>` < the task's `<method>` < the variant
+    (less its `method` and `mapping`: the guide is the task's mapping, `_mapped_concepts`)."""
     settings = deep_merge(
-        config.get("erase_methods", {}).get("uce", {}), config["tasks"][task].get("uce", {})
+        config.get("erase_methods", {}).get(method, {}), config["tasks"][task].get(method, {})
     )
     settings = deep_merge(settings, config["erase_variants"][erase])
-    return {
-        k: v for k, v in settings.items() if k not in ("method", "mapping")
-    }  # mapping: `_mapped_concepts`
+    return {k: v for k, v in settings.items() if k not in ("method", "mapping")}
 
 
 def _mapping_for(world: World, name: str, mapping: Any) -> str:
@@ -378,6 +377,8 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     method = erase_method(config, task, erase)
     if method == "uce":
         return _uce_spec(config, world, task, erase)
+    if method == "esd":
+        return _esd_spec(config, task, erase)
     if method == "none":  # the exact-unlearning control: the model never learned them
         concepts = [dict(name=n) for n in names]
         return dict(
@@ -455,7 +456,7 @@ def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> di
     from resurgence.erasure.uce import UCEConfig
 
     where = f"erase_methods.uce, tasks.{task}.uce, erase_variants.{erase}"
-    settings = uce_settings(config, task, erase)
+    settings = method_settings(config, task, erase, "uce")
     preserve = settings.pop("preserve", "auto")
     if preserve in ("auto", "auto_with_finetune"):
         keep = _domain_retained(config, world, task, with_finetune=preserve == "auto_with_finetune")
@@ -481,6 +482,29 @@ def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> di
         concepts=concepts,
         method="uce",
         uce=uce,
+    )
+
+
+def _esd_spec(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
+    """What an ESD erase job runs with: the concepts (every name of each is a training phrase) and every
+    ESD setting."""
+    from resurgence.erasure.esd import ESDConfig
+
+    where = f"erase_methods.esd, tasks.{task}.esd, erase_variants.{erase}"
+    try:
+        esd = ESDConfig.from_dict(method_settings(config, task, erase, "esd")).to_dict()
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"ESD settings of task {task!r}, erase {erase!r} ({where}): {err}") from None
+    t = config["tasks"][task]
+    concepts = [dict(name=n) for n in t["erase"]]
+    return dict(
+        world=world_ref(config),
+        task=task,
+        erase=erase,
+        domain=t["domain"],
+        concepts=concepts,
+        method="esd",
+        esd=esd,
     )
 
 

@@ -167,8 +167,8 @@ def test_runs_name_methods_and_bad_methods_are_named(config):
     }
     with pytest.raises(ConfigError, match=r"experiments.methods.runs\[0\].method.*'lambda1_0'.*'mace'"):
         study.experiment_runs(bad, "methods")
-    bad = {**config, "erase_variants": {**config["erase_variants"], "x": {"method": "esd"}}}
-    with pytest.raises(ConfigError, match=r"erase_variants.x.method.*'esd'.*allowed values.*uce"):
+    bad = {**config, "erase_variants": {**config["erase_variants"], "x": {"method": "salun"}}}
+    with pytest.raises(ConfigError, match=r"erase_variants.x.method.*'salun'.*allowed values.*uce.*esd"):
         study.erase_spec(bad, "identity_10", "x")
     bad = {
         **config,

@@ -21,6 +21,9 @@ import torch
 from resurgence.io import read_json, save_safetensors, write_json
 
 LORA_FILE = "erased_lora.safetensors"
+# Dense changes of parameters a LoRA cannot carry exactly or cheaply (full-rank weights, convolutions,
+# biases: ESD's fine-tuned layers), keyed by parameter name; written only by methods that make them.
+DENSE_FILE = "erased_dense.safetensors"
 REPORT_FILE = "report.json"
 ADAPTER_NAME = "erasure"  # the adapter name while an erasure is fused (unloaded after)
 
@@ -42,11 +45,14 @@ class ConceptSpec:
 
 @dataclass
 class Erasure:
-    """The result of MACE: weight deltas on the base model, the per-concept LoRAs, and a report."""
+    """The result of an erasure method: low-rank weight deltas on the base model (Linear module name ->
+    delta of its weight), dense parameter deltas (parameter name -> delta), MACE's per-concept LoRAs,
+    and a report."""
 
     deltas: dict[str, torch.Tensor]
     concept_loras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def cross_attention_names(unet) -> list[str]:
@@ -155,7 +161,9 @@ def no_erasure(unet, spec: dict[str, Any]) -> Erasure:
 
 
 def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
-    """Write `erased_lora.safetensors`, `concepts/<slug>.safetensors` and `report.json` (last)."""
+    """Write `erased_lora.safetensors` (empty when the method changed no weight at low rank), the dense
+    deltas (`erased_dense.safetensors`, when there are any), `concepts/<slug>.safetensors` and
+    `report.json` (last)."""
     out = Path(out_dir)
     lora = deltas_to_lora(erasure.deltas)
     method = erasure.report.get("method", "mace")
@@ -165,6 +173,10 @@ def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
         "note": f"{method.upper()} erasure: fuse at scale 1 into the base model",
     }
     save_safetensors(lora, out / LORA_FILE, metadata=meta)
+    if erasure.dense:
+        save_safetensors(
+            erasure.dense, out / DENSE_FILE, metadata={**meta, "note": "add to the named parameters"}
+        )
     concept_files = {}
     for name, sd in erasure.concept_loras.items():
         path = out / "concepts" / f"{slug(name)}.safetensors"
@@ -183,6 +195,9 @@ def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
         if k.endswith("lora_A.weight")
     }
     report["concept_lora_files"] = concept_files
+    if erasure.dense:
+        report["dense_file"] = DENSE_FILE
+        report["dense_parameters"] = len(erasure.dense)
     write_json(out / REPORT_FILE, report)
     return out
 
@@ -194,17 +209,21 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
 def apply_erasure(
     pipe, out_dir: str | Path, weight_name: str = LORA_FILE, rtol: float = 1e-5
 ) -> dict[str, torch.Tensor]:
-    """Load the erasure LoRA, fuse it and unload the adapter; check to_k/to_v == base + delta.
+    """Load the erasure LoRA, fuse it and unload the adapter, then add the dense deltas (if any); check
+    that every changed weight == base + delta.
 
-    Returns the applied deltas. Raises RuntimeError when the fused weights do not match.
+    Returns the applied low-rank deltas. Raises RuntimeError when the fused weights do not match.
     """
     out = Path(out_dir)
     deltas = lora_file_deltas(out / weight_name)
     unet = pipe.unet
     before = kv_weights(unet, deltas)
-    pipe.load_lora_weights(str(out), weight_name=weight_name, adapter_name=ADAPTER_NAME)
-    pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
-    pipe.unload_lora_weights()
+    if deltas:  # an empty LoRA (a method whose change is all dense) has nothing to load
+        pipe.load_lora_weights(str(out), weight_name=weight_name, adapter_name=ADAPTER_NAME)
+        pipe.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
+        pipe.unload_lora_weights()
+    if (out / DENSE_FILE).is_file():
+        _add_dense(unet, out / DENSE_FILE, rtol)
     after = kv_weights(unet, deltas)
     bad = []
     for n, d in deltas.items():
@@ -216,3 +235,23 @@ def apply_erasure(
     if bad:
         raise RuntimeError(f"fused erasure does not match base + delta (rtol {rtol:g}): {bad[:5]}")
     return {n: d.to(torch.float32) for n, d in deltas.items()}
+
+
+@torch.no_grad()
+def _add_dense(unet, path: Path, rtol: float) -> None:
+    """Add the dense deltas in ``path`` to the UNet's named parameters, checking each sum."""
+    from safetensors.torch import load_file
+
+    params = dict(unet.named_parameters())
+    bad = []
+    for name, d in load_file(str(path)).items():
+        if name not in params:
+            raise RuntimeError(f"{path} changes parameter {name!r}, which this UNet does not have")
+        p = params[name]
+        expected = p.detach().to(torch.float64) + d.to(p.device, torch.float64)
+        p.add_(d.to(p.device, p.dtype))
+        err = float((p.to(torch.float64) - expected).norm() / expected.norm().clamp_min(1e-30))
+        if not err <= max(rtol, torch.finfo(p.dtype).eps * 4):
+            bad.append(f"{name}: rel err {err:.2e}")
+    if bad:
+        raise RuntimeError(f"dense erasure does not match base + delta: {bad[:5]}")

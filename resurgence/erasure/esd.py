@@ -1,0 +1,268 @@
+"""ESD, Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023, arXiv 2303.07345): fine-tune
+a copy of the UNet so that, on the concept's prompt, it predicts the frozen model's noise guided *away*
+from the concept.
+
+Each iteration (the authors' maintained script, github.com/rohitgandikota/erasing, `esd_sd.py`):
+draw a concept phrase and a step k of an ``num_inference_steps`` schedule; sample x_k by running the
+frozen model from noise on the phrase (classifier-free guidance ``guidance_scale``) for k steps; then
+
+    target = e_p - eta (e_p - e_0),   loss = ||e_theta(x_k, t_k, c) - target||^2
+
+with e_p, e_0 the frozen model's noise predictions for the phrase and for the empty prompt, and
+eta = ``negative_guidance``. Several concepts share one run, a phrase drawn per iteration (as the
+original `train-esd.py` does with its comma-separated concepts). The published variants train
+different parameters: ESD-x every Linear/Conv2d parameter of the cross-attention blocks (`attn2`),
+ESD-u every one outside them. The change is dense, so it is saved as dense parameter deltas
+(`artifact.DENSE_FILE`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resurgence.erasure.artifact import ConceptSpec, Erasure, peak_memory
+from resurgence.io import atomic_path
+from resurgence.progress import progress_bar
+from resurgence.state import claim_state_dir, config_key
+
+logger = logging.getLogger(__name__)
+
+TRAIN_METHODS = ("esd-x", "esd-u")
+STATE_FILE = "esd_state.pt"
+# Fields a resumed run may change without changing what it computes.
+RESUME_FREE = ("checkpoint_every", "log_every")
+
+
+@dataclass(frozen=True)
+class ESDConfig:
+    """Settings of one ESD run; defaults are the maintained script's (`esd_sd.py` arguments)."""
+
+    train_method: str = "esd-x"  # --train_method: esd-x (cross-attention) | esd-u (all but cross-attention)
+    iterations: int = 200  # --iterations
+    lr: float = 5.0e-5  # --lr (Adam)
+    negative_guidance: float = 2.0  # --negative_guidance (eta)
+    num_inference_steps: int = 50  # --num_inference_steps: the schedule x_k is sampled on
+    guidance_scale: float = 3.0  # --guidance_scale of that sampling
+    seed: int = 0
+    checkpoint_every: int = 50  # training state kept every this many iterations (resume after a crash)
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.train_method not in TRAIN_METHODS:
+            raise ValueError(
+                f"esd train_method must be one of {list(TRAIN_METHODS)}, got {self.train_method!r}"
+            )
+        for name in ("iterations", "num_inference_steps", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"esd {name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"esd lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ESDConfig:
+        allowed = set(asdict(cls()))
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(f"unknown esd settings {unknown}; allowed: {sorted(allowed)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def esd_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, torch.nn.Parameter]:
+    """The parameters a variant trains: those of every Linear/Conv2d inside (esd-x) or outside (esd-u)
+    the cross-attention blocks (`attn2`), by parameter name."""
+    if train_method not in TRAIN_METHODS:
+        raise ValueError(f"train_method must be one of {list(TRAIN_METHODS)}, got {train_method!r}")
+    out: dict[str, torch.nn.Parameter] = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+            continue
+        if ("attn2" in name) == (train_method == "esd-x"):
+            for pname, p in module.named_parameters(recurse=False):
+                out[f"{name}.{pname}"] = p
+    return out
+
+
+def esd_target(e_concept: torch.Tensor, e_null: torch.Tensor, negative_guidance: float) -> torch.Tensor:
+    """The negatively guided noise the edited model must predict on the concept's prompt."""
+    return e_concept - negative_guidance * (e_concept - e_null)
+
+
+def esd_loss(
+    pred: torch.Tensor, e_concept: torch.Tensor, e_null: torch.Tensor, negative_guidance: float
+) -> torch.Tensor:
+    return F.mse_loss(pred.float(), esd_target(e_concept, e_null, negative_guidance).float())
+
+
+def esd_step_loss(
+    trained,
+    base,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    null: torch.Tensor,
+    negative_guidance: float,
+) -> torch.Tensor:
+    """One iteration's loss: the trained UNet on (x_k, t_k, c) against the frozen one's guided-away noise."""
+    with torch.no_grad():
+        e_p = base(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+        e_0 = base(x, t, encoder_hidden_states=null, return_dict=False)[0]
+    return esd_loss(
+        trained(x, t, encoder_hidden_states=cond, return_dict=False)[0], e_p, e_0, negative_guidance
+    )
+
+
+@torch.no_grad()
+def _text_states(pipe, texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    tok = pipe.tokenizer
+    ids = tok(
+        list(texts),
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return pipe.text_encoder(ids.input_ids.to(device))[0]
+
+
+@torch.no_grad()
+def partial_sample(
+    pipe, cond: torch.Tensor, null: torch.Tensor, k: int, cfg: ESDConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_k, t_k): the frozen pipeline's latents after k of ``num_inference_steps`` guided steps from
+    noise, and the timestep it would denoise next (diffusers' pipeline, interrupted after step k)."""
+    unet = pipe.unet
+    size = unet.config.sample_size
+    shape = (1, unet.config.in_channels, size, size)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.device, unet.dtype)
+    pipe.scheduler.set_timesteps(cfg.num_inference_steps, device=pipe.device)
+    t_k = pipe.scheduler.timesteps[k]
+    if k == 0:
+        return noise * pipe.scheduler.init_noise_sigma, t_k
+
+    def stop_after_k(p, i, t, kwargs):
+        if i == k - 1:
+            p._interrupt = True
+        return kwargs
+
+    latents = pipe(
+        prompt_embeds=cond,
+        negative_prompt_embeds=null,
+        num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale,
+        latents=noise,
+        output_type="latent",
+        callback_on_step_end=stop_after_k,
+    ).images
+    return latents, t_k
+
+
+def erase_concepts(
+    pipe,
+    concepts: Sequence[ConceptSpec],
+    cfg: ESDConfig,
+    device: str | torch.device,
+    state_dir: str | Path | None = None,
+    model_key: str | None = None,
+    progress: bool = True,
+) -> Erasure:
+    """ESD on ``pipe`` (left unchanged): the trained copy's change of every trained parameter, dense.
+
+    With ``state_dir`` the training state is kept there every ``cfg.checkpoint_every`` iterations and
+    a rerun under the same settings, concepts and model (``model_key``) resumes from it.
+    """
+    if not concepts:
+        raise ValueError("no concepts to erase")
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe.unet
+    base.requires_grad_(False)
+    trained = copy.deepcopy(base)
+    params = esd_parameters(trained, cfg.train_method)
+    for p in params.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
+    phrases = [(c.name, p) for c in concepts for p in c.phrases]
+    states = _text_states(pipe, [p for _, p in phrases], device)
+    null = _text_states(pipe, [""], device)
+    rng = np.random.default_rng(cfg.seed)
+    start, losses = 0, []
+    state_path = None
+    if state_dir is not None:
+        key = {"config": config_key(cfg, RESUME_FREE), "phrases": phrases, "model": model_key}
+        claim_state_dir(state_dir, key, what="ESD training state")
+        state_path = Path(state_dir) / STATE_FILE
+        if state_path.is_file():
+            st = torch.load(state_path, map_location="cpu", weights_only=False)
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(st["params"][n].to(p.device, p.dtype))
+            optimizer.load_state_dict(st["optimizer"])
+            rng.bit_generator.state = st["rng"]
+            start, losses = int(st["iteration"]), list(st["losses"])
+            logger.info("resuming ESD from iteration %d of %d (%s)", start, cfg.iterations, state_path)
+    bar = progress_bar(
+        range(start, cfg.iterations), desc="esd", enabled=progress, initial=start, total=cfg.iterations
+    )
+    for it in bar:
+        j = int(rng.integers(len(phrases)))
+        k = int(rng.integers(cfg.num_inference_steps))
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        cond = states[j : j + 1]
+        x, t = partial_sample(pipe, cond, null, k, cfg, gen)
+        loss = esd_step_loss(trained, base, x, t, cond, null, cfg.negative_guidance)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if (it + 1) % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every :]):.4f}")
+        if state_path is not None and (it + 1) % cfg.checkpoint_every == 0 and it + 1 < cfg.iterations:
+            with atomic_path(state_path) as tmp:
+                torch.save(
+                    {
+                        "params": {n: p.detach().cpu() for n, p in params.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng.bit_generator.state,
+                        "iteration": it + 1,
+                        "losses": losses,
+                    },
+                    tmp,
+                )
+    base_params = dict(base.named_parameters())
+    dense = {n: (p.detach().float() - base_params[n].detach().float()).cpu() for n, p in params.items()}
+    report: dict[str, Any] = {
+        "method": "esd",
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "concepts": [c.name for c in concepts],
+        "phrases": [p for _, p in phrases],
+        "trained_parameters": len(params),
+        "trained_numel": int(sum(p.numel() for p in params.values())),
+        "losses": losses,
+        "resumed_from": start or None,
+        "delta_rel_norm_total": float(
+            torch.sqrt(sum((d.double() ** 2).sum() for d in dense.values()))
+            / torch.sqrt(sum((base_params[n].detach().double() ** 2).sum() for n in dense)).clamp_min(1e-30)
+        ),
+        "wall_time_s": time.perf_counter() - t0,
+        "peak_memory": peak_memory(device),
+    }
+    del trained
+    return Erasure(deltas={}, report=report, dense=dense)

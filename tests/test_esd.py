@@ -1,0 +1,139 @@
+"""ESD: its two parameter sets, the loss against a direct computation on a tiny UNet, the partial sample
+against a hand-run guided loop, resume after a crash, and the dense erasure's round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resurgence import study
+from resurgence.config import ConfigError, load_config
+from resurgence.erasure import esd
+from resurgence.erasure.artifact import DENSE_FILE, ConceptSpec, apply_erasure, load_report, save_erasure
+from resurgence.models.pipeline import build_random_pipeline
+
+ANN = ConceptSpec("Ann X", ("a photo of Ann X",), ("Ann X", "Annie"))
+
+
+@pytest.fixture(scope="module")
+def tokdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tok")
+
+
+@pytest.fixture
+def pipe(tokdir):
+    p = build_random_pipeline("tiny", seed=0, tokenizer_dir=tokdir)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_the_two_variants_train_the_cross_attention_and_everything_else(pipe):
+    x = esd.esd_parameters(pipe.unet, "esd-x")
+    u = esd.esd_parameters(pipe.unet, "esd-u")
+    assert x and u and not set(x) & set(u)
+    assert all(".attn2." in n for n in x) and not any(".attn2." in n for n in u)
+    assert {n.rsplit(".", 2)[-2] for n in x} >= {"to_q", "to_k", "to_v", "0"}  # to_out.0 too
+    every = {
+        f"{m}.{p}"
+        for m, mod in pipe.unet.named_modules()
+        if isinstance(mod, torch.nn.Linear | torch.nn.Conv2d)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
+    assert set(x) | set(u) == every
+    assert any(n.endswith("conv_in.weight") for n in u) and any(n.endswith(".bias") for n in u)
+    with pytest.raises(ValueError, match="esd-x"):
+        esd.esd_parameters(pipe.unet, "esd-a")
+
+
+def test_step_loss_is_the_mse_to_the_negatively_guided_noise(pipe):
+    unet = pipe.unet
+    trained = build_random_pipeline("tiny", seed=1, tokenizer_dir=None).unet  # different weights
+    g = torch.Generator().manual_seed(0)
+    s = unet.config.sample_size
+    x = torch.randn(1, unet.config.in_channels, s, s, generator=g)
+    dim = unet.config.cross_attention_dim
+    cond, null = torch.randn(1, 7, dim, generator=g), torch.randn(1, 7, dim, generator=g)
+    t = torch.tensor(321)
+    eta = 2.0
+    got = esd.esd_step_loss(trained, unet, x, t, cond, null, eta)
+    with torch.no_grad():
+        e_p, e_0 = unet(x, t, cond).sample, unet(x, t, null).sample
+        pred = trained(x, t, cond).sample
+    # (1 - eta) e_p + eta e_0 is e_p - eta (e_p - e_0) written the other way round
+    direct = ((pred - ((1 - eta) * e_p + eta * e_0)) ** 2).sum() / pred.numel()
+    assert got.item() == pytest.approx(direct.item(), rel=1e-5)
+    assert got.requires_grad
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_partial_sample_is_k_guided_steps_of_the_pipelines_schedule(pipe, k):
+    cfg = esd.ESDConfig(num_inference_steps=6, guidance_scale=3.0)
+    cond = esd._text_states(pipe, ["Ann X"], pipe.device)
+    null = esd._text_states(pipe, [""], pipe.device)
+    x, t = esd.partial_sample(pipe, cond, null, k, cfg, torch.Generator().manual_seed(5))
+    sched = pipe.scheduler
+    sched.set_timesteps(6)
+    s = pipe.unet.config.sample_size
+    lat = torch.randn(1, pipe.unet.config.in_channels, s, s, generator=torch.Generator().manual_seed(5))
+    lat = lat * sched.init_noise_sigma
+    with torch.no_grad():
+        for step in sched.timesteps[:k]:
+            inp = sched.scale_model_input(torch.cat([lat, lat]), step)
+            e_u, e_c = pipe.unet(inp, step, torch.cat([null, cond])).sample.chunk(2)
+            lat = sched.step(e_u + 3.0 * (e_c - e_u), step, lat).prev_sample
+    assert t == sched.timesteps[k]
+    torch.testing.assert_close(x, lat, rtol=1e-4, atol=1e-5)
+
+
+def test_esd_trains_resumes_exactly_and_round_trips_as_a_dense_erasure(pipe, tokdir, tmp_path, monkeypatch):
+    torch.set_num_threads(2)
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    cfg = esd.ESDConfig(iterations=4, num_inference_steps=4, lr=1e-3, checkpoint_every=2)
+    ref = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "ref", model_key="m")
+    assert set(ref.dense) == set(esd.esd_parameters(pipe.unet, "esd-x")) and ref.deltas == {}
+    assert all(d.abs().max() > 0 for n, d in ref.dense.items() if n.endswith("weight"))
+    assert all(torch.equal(p, before[n]) for n, p in pipe.unet.named_parameters())  # left as it was
+    assert len(ref.report["losses"]) == 4 and ref.report["resumed_from"] is None
+
+    calls = {"n": 0}
+    real = esd.esd_step_loss
+
+    def crash_at_third(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(esd, "esd_step_loss", crash_at_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="m")
+    monkeypatch.setattr(esd, "esd_step_loss", real)
+    res = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="m")
+    assert res.report["resumed_from"] == 2 and res.report["losses"] == ref.report["losses"]
+    assert all(torch.equal(res.dense[n], ref.dense[n]) for n in ref.dense)
+    # another model key: the old state is not resumed
+    other = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="other")
+    assert other.report["resumed_from"] is None
+
+    out = save_erasure(ref, tmp_path / "erasure")
+    assert (out / DENSE_FILE).is_file() and load_report(out)["dense_file"] == DENSE_FILE
+    fresh = build_random_pipeline("tiny", seed=0, tokenizer_dir=tokdir)
+    assert apply_erasure(fresh, out) == {}
+    for n, p in fresh.unet.named_parameters():
+        expected = before[n] + ref.dense[n] if n in ref.dense else before[n]
+        torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_config_and_study_specs():
+    with pytest.raises(ValueError, match=r"unknown esd settings \['lamb'\].*allowed.*negative_guidance"):
+        esd.ESDConfig.from_dict({"lamb": 1})
+    with pytest.raises(ValueError, match=r"train_method must be one of \['esd-x', 'esd-u'\]"):
+        esd.ESDConfig(train_method="esd-all")
+    config = load_config(["config.yaml"])
+    for erase, method in (("esd_x", "esd-x"), ("esd_u", "esd-u")):
+        spec = study.erase_spec(config, "object_ship", erase)
+        assert spec["method"] == "esd" and spec["esd"]["train_method"] == method
+        assert spec["concepts"] == [{"name": "ship"}]
+    bad = {**config, "erase_variants": {**config["erase_variants"], "x": {"method": "esd", "iterations": 0}}}
+    with pytest.raises(ConfigError, match=r"ESD settings.*erase_variants.x.*iterations must be >= 1"):
+        study.erase_spec(bad, "identity_10", "x")
