@@ -387,7 +387,7 @@ def run_reversion(args: Namespace) -> None:
     """How far each kept checkpoint and the final weights of one fine-tune run undo its erasure (`reversion`)."""
     import pandas as pd
 
-    from resurgence.erasure.artifact import apply_erasure, kv_weights, load_report
+    from resurgence.erasure.artifact import DENSE_FILE, apply_erasure, kv_weights, load_report
     from resurgence.finetune.train import TRAIN_LOG, list_checkpoints, load_finetuned
     from resurgence.mace.capacity import concept_token_states, eval_prompt_sets
     from resurgence.metrics.reversion import reversion
@@ -396,9 +396,27 @@ def run_reversion(args: Namespace) -> None:
     device = pick_device(args.device)
     # Differences of weights are taken in float32 whatever the study samples in.
     pipe = load_study_pipeline({**args.models, "dtype": "float32"}, device)
-    base = kv_weights(pipe.unet)
+    kv = list(kv_weights(pipe.unet))
+    # Parameters a dense erasure (ESD) changed besides the key/value maps: measured too.
+    dense_file = Path(args.erasure) / DENSE_FILE
+    dense = []
+    if dense_file.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(dense_file), "pt") as f:
+            names = f.keys()
+        dense = [n for n in names if n.removesuffix(".weight") not in kv]
+
+    def weights_now() -> dict[str, torch.Tensor]:
+        params = dict(pipe.unet.named_parameters())
+        return {
+            **kv_weights(pipe.unet, kv),
+            **{n: params[n].detach().to("cpu", torch.float64).clone() for n in dense},
+        }
+
+    base = weights_now()
     apply_erasure(pipe, args.erasure)
-    erased, erased_unet = kv_weights(pipe.unet), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    erased, erased_unet = weights_now(), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     # The text states that carry each erased concept in its prompts: the rows MACE maps to the mapping concept.
     spec = load_report(args.erasure)["spec"]
     prompts = eval_prompt_sets(get_world(spec["world"]), [c["name"] for c in spec["concepts"]])
@@ -409,8 +427,8 @@ def run_reversion(args: Namespace) -> None:
     for step in steps:
         pipe.unet.load_state_dict(erased_unet)
         load_finetuned(pipe, checkpoint_dir(args.finetune, step))
-        ft = kv_weights(pipe.unet)
-        measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings)
+        ft = weights_now()
+        measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings, kv_layers=kv)
         for layer, values in measures.items():
             for measure, value in values.items():
                 rows.append(

@@ -58,6 +58,34 @@ def test_moving_halfway_back_returns_keys_halfway():
     )
 
 
+def test_layers_outside_the_key_value_maps_count_in_the_weight_measures_only():
+    rng = np.random.default_rng(1)
+    wb, de, df = (rng.normal(size=(6, 4)) for _ in range(3))
+    cb, ce, cf = (rng.normal(size=(3, 2, 3, 3)) for _ in range(3))  # a conv weight ESD-u changed
+    E = rng.normal(size=(5, 4))
+    weights = {
+        "attn2.to_k": tuple(torch.from_numpy(w) for w in (wb, wb + de, wb + de + df)),
+        "conv1.weight": tuple(torch.from_numpy(w) for w in (cb, cb + ce, cb + ce + cf)),
+    }
+    got = reversion(weights, torch.from_numpy(E), kv_layers=["attn2.to_k"])
+    flat = [
+        np.concatenate([a.ravel(), b.ravel()])
+        for a, b in ((wb, cb), (wb + de, cb + ce), (wb + de + df, cb + ce + cf))
+    ]
+    kv_ref = _reference(wb, wb + de, wb + de + df, E)
+    de_all, df_all = flat[1] - flat[0], flat[2] - flat[1]
+    assert got[TOTAL]["reversion_cosine"] == pytest.approx(
+        float(np.dot(df_all, -de_all) / (np.linalg.norm(df_all) * np.linalg.norm(de_all)))
+    )
+    assert got[TOTAL]["erase_rel_norm"] == pytest.approx(np.linalg.norm(de_all) / np.linalg.norm(flat[0]))
+    # the keys come from the key/value map alone; the conv layer has none
+    assert got[TOTAL]["kv_return"] == pytest.approx(kv_ref["kv_return"])
+    assert math.isnan(got["conv1.weight"]["kv_return"]) and math.isnan(got["conv1.weight"]["kv_remaining"])
+    assert got["conv1.weight"]["undone_fraction"] == pytest.approx(
+        float(np.dot(cf.ravel(), -ce.ravel()) / np.dot(ce.ravel(), ce.ravel()))
+    )
+
+
 def test_tiny_model_edits_measured_per_layer_and_in_total():
     """MACE's layers of a tiny SD: a hand-built erasure, then a hand-built fine-tune update."""
     pipe = build_random_pipeline("tiny", seed=0)

@@ -46,8 +46,9 @@ def test_default_study_dry_run_lists_every_stage():
     out = snakemake("-n", "--forceall", "--rerun-incomplete", "--config", "toyworld={retrain: true}")
     counts = job_counts(out.stdout)
     assert set(counts) >= STAGES | {"toyworld_train"}, f"missing stages: {STAGES - set(counts)}"
-    assert counts["figure"] == 9  # Figs. 5-13
-    assert counts["erase"] == 23 and counts["finetune"] == 33 and counts["reversion"] == 33
+    assert counts["figure"] == 10  # Figs. 5-13 and the methods figure
+    # 23 MACE erasures, 8 UCE (Fig. 5's tasks) and 4 ESD (two variants x identity_10, object_ship)
+    assert counts["erase"] == 35 and counts["finetune"] == 45 and counts["reversion"] == 45
 
 
 def test_missing_toy_weights_stop_before_any_job(tmp_path):
@@ -93,7 +94,7 @@ def test_unreadable_study_config_is_named_before_any_job(tmp_path):
 def test_smoke_study_produces_tables_and_figures(smoke_dir):
     import pandas as pd
 
-    for fig in ("fig5", "fig11", "fig12", "fig13", "trajectory", "grids", "reversion"):
+    for fig in ("fig5", "fig11", "fig12", "fig13", "methods", "trajectory", "grids", "reversion"):
         png = smoke_dir / "results" / "figures" / f"{fig}.png"
         assert png.stat().st_size > 10_000, fig
     summary = pd.read_csv(smoke_dir / "results" / "tables" / "fig5" / "summary.csv")
@@ -115,6 +116,16 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     )
     erasure = smoke_dir / "results" / "erase" / "identity_1" / "default" / "erased_lora.safetensors"
     assert erasure.stat().st_size > 0
+    # the methods experiment: every method erased, was fine-tuned and scored like MACE
+    methods = pd.read_csv(smoke_dir / "results" / "tables" / "methods" / "resurgence.csv")
+    assert set(zip(methods["task"], methods["erase"], strict=True)) == {
+        ("identity_1", "default"), ("identity_1", "uce"), ("object_ship", "uce"),
+        ("identity_1", "esd_x"), ("object_ship", "esd_u"),
+    }  # fmt: skip
+    assert (smoke_dir / "results" / "erase" / "object_ship" / "esd_u" / "erased_dense.safetensors").is_file()
+    assert not (smoke_dir / "results" / "erase" / "object_ship" / "esd_u" / "checkpoints").exists()
+    esd_u = final[(final["task"] == "object_ship") & (final["erase"] == "esd_u")]
+    assert len(esd_u) == 1 and esd_u["erase_rel_norm"].iloc[0] > 0  # measured over the layers ESD-u changed
     assert not list((smoke_dir / "results").rglob("*.tmp")), "half-written artifacts left behind"
 
 

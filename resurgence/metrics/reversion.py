@@ -16,13 +16,15 @@ much, in weight space and in the erased concepts' own keys and values:
   the base keys/values, 1 as erased, 0 fully back.
 
 Every measure is given per layer and for all layers together (``layer = "total"``: the layers'
-vectors concatenated, not an average of per-layer values).
+vectors concatenated, not an average of per-layer values). Methods that edit more than the key/value
+maps (ESD) are measured over every parameter they changed; the key/value measures then come from the
+key/value maps alone (NaN where the erasure did not move them).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import pandas as pd
 import torch
@@ -62,15 +64,19 @@ def _measures(
 
 
 def reversion(
-    weights: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], embeddings: torch.Tensor
+    weights: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    embeddings: torch.Tensor,
+    kv_layers: Collection[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per layer name (and `TOTAL`), the `MEASURES` of its (base, erased, fine-tuned) weights.
 
-    ``embeddings`` (tokens x text dim) are the erased concepts' text-encoder states; every layer maps
-    them to its keys or values. Computed in float64.
+    ``embeddings`` (tokens x text dim) are the erased concepts' text-encoder states; each of the
+    ``kv_layers`` (default: every layer) maps them to its keys or values. Other layers (parameters an
+    erasure changed outside the key/value maps) count in the weight measures only. Computed in float64.
     """
     if not weights:
         raise ValueError("no layers to measure")
+    kv = set(weights) if kv_layers is None else set(kv_layers)
     E = embeddings.to(torch.float64).cpu()
     w_parts: tuple[list[torch.Tensor], ...] = ([], [], [])
     k_parts: tuple[list[torch.Tensor], ...] = ([], [], [])
@@ -79,7 +85,7 @@ def reversion(
         ws = [w.detach().to(torch.float64).cpu() for w in triple]
         if not ws[0].shape == ws[1].shape == ws[2].shape:
             raise ValueError(f"{name}: base, erased and fine-tuned weights differ in shape")
-        ks = [(E @ w.T).flatten() for w in ws]
+        ks = [(E @ w.T).flatten() for w in ws] if name in kv else [torch.zeros(0, dtype=torch.float64)] * 3
         ws = [w.flatten() for w in ws]
         out[name] = _measures(*ws, torch.stack(ks))
         for i in range(3):
