@@ -30,6 +30,10 @@ def template_prompts(concept: Concept) -> list[str]:
     return [t.format(n) for n in concept.names for t in OBJECT_TEMPLATES]
 
 
+# Worlds of real models (their concepts listed in the config): SD v1.4's and SD v2.1's.
+REAL_WORLDS = ("sd14", "sd21")
+
+
 @dataclass
 class ListedWorld:
     """A world defined by explicit concept lists (the real-model presets)."""
@@ -74,4 +78,6 @@ def get_world(config: dict[str, Any]) -> World:
         for name in fs.get("concepts", []):
             domain = fs.get("domain", "identity")
             concepts.setdefault(name, Concept(name=name, domain=domain, synonyms=synonyms.get(name, ())))
-    return ListedWorld(concepts, caption_file=config["evaluation"]["captions"].get("file"))
+    return ListedWorld(
+        concepts, caption_file=config["evaluation"]["captions"].get("file"), name=config["world"]
+    )

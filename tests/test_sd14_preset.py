@@ -322,5 +322,5 @@ def test_dry_run_with_local_models_lists_the_full_dag(config, tmp_path):
     print("sd14 dry run job counts:", counts)
     expected = expected_counts(config)
     assert counts == {**expected, "total": sum(expected.values())}, (counts, expected)
-    assert counts["erase"] == 23 and counts["figure"] == 9
+    assert counts["erase"] == 35 and counts["figure"] == 10  # 23 MACE + 8 UCE + 4 ESD; Figs. 5-13 + methods
     assert "ftdata_tercile" not in counts and "toyworld_quality" not in counts

@@ -1,4 +1,4 @@
-"""Are the real (sd14) world's models and inputs on this machine? Checked without the network.
+"""Are a real (sd14, sd21) world's models and inputs on this machine? Checked without the network.
 
 A study never downloads behind the user's back (every loader passes ``local_files_only``), so a
 missing model would otherwise surface as a failed job hours into a run. `check_available` runs
@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from resurgence.config import ConfigError
+from resurgence.world import REAL_WORLDS
+
+# What to fetch for each real world's pipeline, named in the message when it is missing.
+PIPELINE_SOURCES = {
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd21": "stabilityai/stable-diffusion-2-1-base (512 px) or stabilityai/stable-diffusion-2-1 (768 px)",
+}
 
 # Files a diffusers Stable-Diffusion folder needs; a tuple is "any one of these".
 PIPELINE_FILES: tuple[str | tuple[str, ...], ...] = (
@@ -185,8 +192,8 @@ def _check_toy(key: str, spec: Mapping[str, Any], name: str) -> str | None:
 
 
 def missing_models(config: Mapping[str, Any]) -> list[str]:
-    """One human-readable line per configured model of the sd14 world that is not on this machine."""
-    if config.get("world") != "sd14":
+    """One human-readable line per configured model of a real world that is not on this machine."""
+    if config.get("world") not in REAL_WORLDS:
         return []
     models = config.get("models") or {}
     lines: list[str] = []
@@ -194,7 +201,7 @@ def missing_models(config: Mapping[str, Any]) -> list[str]:
     pipeline = models.get("pipeline")
     if not pipeline:
         lines.append(
-            "models.pipeline: not set; use CompVis/stable-diffusion-v1-4 (hub id) or a local diffusers folder"
+            f"models.pipeline: not set; use {PIPELINE_SOURCES[config['world']]} (hub id) or a local diffusers folder"
         )
     else:
         lines.append(_check_source("models.pipeline", str(pipeline), PIPELINE_FILES, "diffusers pipeline"))
@@ -255,7 +262,7 @@ def _needs_captions(config: Mapping[str, Any]) -> bool:
 
 def missing_inputs(config: Mapping[str, Any]) -> list[str]:
     """The user-supplied caption file (COCO captions, one per line) when the study reads captions."""
-    if config.get("world") != "sd14" or not _needs_captions(config):
+    if config.get("world") not in REAL_WORLDS or not _needs_captions(config):
         return []
     path = config["evaluation"]["captions"].get("file")
     fmt = "a UTF-8 text file with one caption per line (e.g. COCO captions; see config.sd14.yaml)"
@@ -267,10 +274,10 @@ def missing_inputs(config: Mapping[str, Any]) -> list[str]:
 
 
 def check_available(config: Mapping[str, Any]) -> None:
-    """Raise one `ConfigError` listing every missing model and input of an sd14 study (no-op otherwise)."""
+    """Raise one `ConfigError` listing every missing model and input of a real-world study (no-op otherwise)."""
     lines = missing_models(config) + missing_inputs(config)
     if lines:
         raise ConfigError(
-            f"the sd14 study cannot start: {len(lines)} model(s)/input(s) are not on this machine "
+            f"the {config['world']} study cannot start: {len(lines)} model(s)/input(s) are not on this machine "
             "(nothing is downloaded at run time):\n  - " + "\n  - ".join(lines)
         )

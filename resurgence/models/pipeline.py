@@ -47,6 +47,9 @@ class Architecture:
     resolution: int
     tokenizer_max_length: int = 77
     extra: dict[str, Any] = field(default_factory=dict)
+    # Changes to `SD_SCHEDULER_CONFIG` (SD v2.1 at 768 px predicts v, not the noise).
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    pad_token: str = "<|endoftext|>"
 
 
 # SD v1.4 (CompVis/stable-diffusion-v1-4): the public configs of its UNet, VAE and text encoder.
@@ -89,6 +92,40 @@ SD14 = Architecture(
         projection_dim=768,
     ),
     resolution=512,
+)
+
+# SD v2.1 (stabilityai/stable-diffusion-2-1-base, 512 px, epsilon): the public configs. Its text encoder is
+# OpenCLIP ViT-H/14's text tower as transformers' CLIPTextModel with the last of its 24 layers dropped
+# (23 layers, then the final LayerNorm): the penultimate-layer features SD 2 conditions on.
+SD21_BASE = Architecture(
+    unet=dict(
+        SD14.unet,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+    ),
+    vae=SD14.vae,
+    text=dict(
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=512,
+    ),
+    resolution=512,
+    pad_token="!",
+)
+# SD v2.1 (stabilityai/stable-diffusion-2-1): the same networks at 768 px, trained to predict v.
+SD21 = Architecture(
+    unet=dict(SD21_BASE.unet, sample_size=96),
+    vae=dict(SD14.vae, sample_size=768),
+    text=SD21_BASE.text,
+    resolution=768,
+    scheduler=dict(prediction_type="v_prediction"),
+    pad_token="!",
 )
 
 # A few-MB model of the same classes, for unit tests on CPU.
@@ -174,7 +211,13 @@ TOY = Architecture(
     tokenizer_max_length=32,
 )
 
-ARCHITECTURES: dict[str, Architecture] = {"sd14": SD14, "tiny": TINY, "toy": TOY}
+ARCHITECTURES: dict[str, Architecture] = {
+    "sd14": SD14,
+    "sd21_base": SD21_BASE,
+    "sd21": SD21,
+    "tiny": TINY,
+    "toy": TOY,
+}
 
 
 def make_scheduler(name: str = "ddim", config: dict[str, Any] | None = None):
@@ -199,13 +242,13 @@ def build_random_pipeline(
     unet = UNet2DConditionModel(**a.unet)
     vae = AutoencoderKL(**a.vae)
     text_encoder = CLIPTextModel(CLIPTextConfig(**a.text))
-    tokenizer = openai_clip_tokenizer(a.tokenizer_max_length, tokenizer_dir)
+    tokenizer = openai_clip_tokenizer(a.tokenizer_max_length, tokenizer_dir, pad_token=a.pad_token)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=make_scheduler(scheduler),
+        scheduler=make_scheduler(scheduler, a.scheduler),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

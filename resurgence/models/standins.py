@@ -33,13 +33,14 @@ def _check_scale(scale: str) -> None:
         raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
 
 
-def write_random_pipeline(out: str | Path, scale: str = "full", seed: int = 0) -> Path:
-    """SD v1.4's architecture ("tiny": the test architecture) as a diffusers folder."""
+def write_random_pipeline(out: str | Path, scale: str = "full", seed: int = 0, arch: str = "sd14") -> Path:
+    """A released pipeline's architecture (``arch``: sd14, sd21_base, sd21; "tiny" scale: the test
+    architecture) as a diffusers folder."""
     from resurgence.models.pipeline import build_random_pipeline
 
     _check_scale(scale)
     out = Path(out)
-    build_random_pipeline("sd14" if scale == "full" else "tiny", seed=seed).save_pretrained(out)
+    build_random_pipeline(arch if scale == "full" else "tiny", seed=seed).save_pretrained(out)
     return out
 
 
@@ -139,9 +140,15 @@ def write_random_grounded_sam(
 
 
 def write_random_models(
-    root: str | Path, words: Iterable[str], scale: str = "full", captions: int = 200, seed: int = 0
+    root: str | Path,
+    words: Iterable[str],
+    scale: str = "full",
+    captions: int = 200,
+    seed: int = 0,
+    arch: str = "sd14",
 ) -> dict[str, Any]:
-    """Every model of the sd14 world under ``root``; returns the config overlay that points at them.
+    """Every model of a real world (pipeline ``arch``) under ``root``; returns the config overlay that
+    points at them.
 
     The detector is the built-in CLIP zero-shot identifier (the Giphy detector's network cannot be
     built here); the caption file holds ``captions`` generated lines standing in for COCO's.
@@ -149,7 +156,7 @@ def write_random_models(
     _check_scale(scale)
     root = Path(root)
     words = list(words)
-    pipeline = write_random_pipeline(root / "pipeline", scale, seed)
+    pipeline = write_random_pipeline(root / "pipeline", scale, seed, arch)
     clip_model = "ViT-L-14" if scale == "full" else "ViT-B-32"
     clip = write_random_open_clip(root / "clip" / f"{clip_model}.safetensors", clip_model, seed)
     dino, sam = write_random_grounded_sam(root / "grounded_sam", words, scale, seed)
@@ -189,9 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("root")
     p.add_argument("--scale", default="full", choices=SCALES)
     p.add_argument("--configfile", nargs="+", default=["config.yaml", "config.sd14.yaml"])
+    p.add_argument(
+        "--arch", default="sd14", choices=["sd14", "sd21_base", "sd21"], help="the pipeline's architecture"
+    )
     args = p.parse_args(argv)
     root = Path(args.root)
-    overlay = write_random_models(root, preset_words(load_config(args.configfile)), scale=args.scale)
+    words = preset_words(load_config(args.configfile))
+    overlay = write_random_models(root, words, scale=args.scale, arch=args.arch)
     (root / "models.yaml").write_text(yaml.safe_dump(overlay))
     print(yaml.safe_dump(overlay))
 

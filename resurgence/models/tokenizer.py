@@ -57,10 +57,12 @@ def write_clip_tokenizer(
     vocab: dict[str, int] | None = None,
     merges: list[str] | None = None,
     model_max_length: int = 77,
+    pad_token: str = "<|endoftext|>",
 ) -> CLIPTokenizer:
     """Write a `CLIPTokenizer` folder (vocab.json, merges.txt, configs) and load it back offline.
 
-    Without ``vocab``/``merges`` this writes OpenAI CLIP's tokenizer (the one SD v1.4 uses).
+    Without ``vocab``/``merges`` this writes OpenAI CLIP's tokenizer (the one SD v1.4 uses; SD v2.x
+    pads with "!" instead of <eos>, its tokenizer config's ``pad_token``).
     """
     if vocab is None or merges is None:
         vocab, merges = openai_clip_vocab()
@@ -74,18 +76,18 @@ def write_clip_tokenizer(
         vocab=dict(vocab),
         merges=[tuple(m.split()) for m in merges],
         model_max_length=model_max_length,
-        pad_token="<|endoftext|>",
+        pad_token=pad_token,
     )
     tok.save_pretrained(str(out))
     return CLIPTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
 def openai_clip_tokenizer(
-    model_max_length: int = 77, out_dir: str | os.PathLike | None = None
+    model_max_length: int = 77, out_dir: str | os.PathLike | None = None, pad_token: str = "<|endoftext|>"
 ) -> CLIPTokenizer:
     """OpenAI CLIP's tokenizer, written to ``out_dir`` and loaded offline; without ``out_dir`` through a
     folder that is removed again (the loaded tokenizer lives in memory)."""
     if out_dir is not None:
-        return write_clip_tokenizer(out_dir, model_max_length=model_max_length)
+        return write_clip_tokenizer(out_dir, model_max_length=model_max_length, pad_token=pad_token)
     with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as tmp:
-        return write_clip_tokenizer(tmp, model_max_length=model_max_length)
+        return write_clip_tokenizer(tmp, model_max_length=model_max_length, pad_token=pad_token)
