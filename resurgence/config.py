@@ -40,6 +40,19 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
+def settings_from_dict(cls: type, d: Mapping[str, Any] | None, what: str) -> Any:
+    """``cls(**d)`` for a settings dataclass whose fields all have defaults; unknown keys are a
+    ValueError naming them and the allowed ones (``what``: the section's name in the message)."""
+    import dataclasses
+
+    d = dict(d or {})
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; allowed: {allowed}")
+    return cls(**d)
+
+
 def _key(path: Iterable[Any]) -> str:
     parts = [str(p) for p in path]
     return ".".join(parts) if parts else "<top level>"

@@ -468,21 +468,35 @@ def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> di
             f"UCE preserve of task {task!r}, erase {erase!r} ({where}) is {preserve!r}; allowed values: "
             "auto, auto_with_finetune, none or a list of concept phrases"
         )
+    return _method_spec(
+        config, task, erase, "uce", UCEConfig, {**settings, "preserve": list(preserve)},
+        _mapped_concepts(config, world, task, erase),
+    )  # fmt: skip
+
+
+def _method_spec(
+    config: dict[str, Any],
+    task: str,
+    erase: str,
+    method: str,
+    cls: type,
+    settings: dict[str, Any],
+    concepts: list,
+) -> dict[str, Any]:
+    """The erase spec of a method other than MACE: ``settings`` made complete by its config dataclass
+    (``cls``; a bad key or value is a ConfigError naming where it may be set)."""
     try:
-        uce = UCEConfig.from_dict({**settings, "preserve": list(preserve)}).to_dict()
+        complete = cls.from_dict(settings).to_dict()
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"UCE settings of task {task!r}, erase {erase!r} ({where}): {err}") from None
-    concepts = _mapped_concepts(config, world, task, erase)
+        where = f"erase_methods.{method}, tasks.{task}.{method}, erase_variants.{erase}"
+        raise ConfigError(
+            f"{method.upper()} settings of task {task!r}, erase {erase!r} ({where}): {err}"
+        ) from None
     t = config["tasks"][task]
     return dict(
-        world=world_ref(config),
-        task=task,
-        erase=erase,
-        domain=t["domain"],
-        concepts=concepts,
-        method="uce",
-        uce=uce,
-    )
+        world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, method=method,
+        **{method: complete},
+    )  # fmt: skip
 
 
 def _esd_spec(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
@@ -490,21 +504,9 @@ def _esd_spec(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
     ESD setting."""
     from resurgence.erasure.esd import ESDConfig
 
-    where = f"erase_methods.esd, tasks.{task}.esd, erase_variants.{erase}"
-    try:
-        esd = ESDConfig.from_dict(method_settings(config, task, erase, "esd")).to_dict()
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"ESD settings of task {task!r}, erase {erase!r} ({where}): {err}") from None
-    t = config["tasks"][task]
-    concepts = [dict(name=n) for n in t["erase"]]
-    return dict(
-        world=world_ref(config),
-        task=task,
-        erase=erase,
-        domain=t["domain"],
-        concepts=concepts,
-        method="esd",
-        esd=esd,
+    concepts = [dict(name=n) for n in config["tasks"][task]["erase"]]
+    return _method_spec(
+        config, task, erase, "esd", ESDConfig, method_settings(config, task, erase, "esd"), concepts
     )
 
 

@@ -31,8 +31,10 @@ def test_default_and_presets_validate(default_config, tmp_path, monkeypatch):
     monkeypatch.setattr("resurgence.study.check_available", lambda config: None)
     captions = tmp_path / "captions.txt"
     captions.write_text("a caption\nanother caption\n")
+    bases = {"config.sd21.yaml": ["config.sd14.yaml"]}  # the SD v2.1 preset overlays the SD v1.4 one
     for preset in sorted(ROOT.glob("config.*.yaml")):
-        cfg = load_config([ROOT / "config.yaml", preset], RETRAIN)
+        chain = [ROOT / "config.yaml", *(ROOT / b for b in bases.get(preset.name, [])), preset]
+        cfg = load_config(chain, RETRAIN)
         if cfg["world"] != "toy":
             cfg["evaluation"]["captions"]["file"] = str(captions)
         check_study(cfg)

@@ -155,7 +155,7 @@ def test_study_specs_a_uce_erasure_with_the_tasks_mapping_and_retained_names(con
 def test_runs_name_methods_and_bad_methods_are_named(config):
     runs = study.experiment_runs(config, "methods")
     assert study.Run(task="identity_10", erase="uce", ftset="random_identity") in runs
-    assert {study.erase_method(config, r.task, r.erase) for r in runs} == {"mace", "uce"}
+    assert {study.erase_method(config, r.task, r.erase) for r in runs} == {"mace", "uce", "esd"}
     assert {r.task for r in runs if r.erase == "uce"} == {
         r["task"] for r in config["experiments"]["fig5"]["runs"]
     }

@@ -9,7 +9,8 @@ frozen model from noise on the phrase (classifier-free guidance ``guidance_scale
     target = e_p - eta (e_p - e_0),   loss = ||e_theta(x_k, t_k, c) - target||^2
 
 with e_p, e_0 the frozen model's noise predictions for the phrase and for the empty prompt, and
-eta = ``negative_guidance``. Several concepts share one run, a phrase drawn per iteration (as the
+eta = ``negative_guidance``; the target is linear in the UNet's outputs, so it holds as written for a
+model that predicts v (SD v2.1 at 768 px). Several concepts share one run, a phrase drawn per iteration (as the
 original `train-esd.py` does with its comma-separated concepts). The published variants train
 different parameters: ESD-x every Linear/Conv2d parameter of the cross-attention blocks (`attn2`),
 ESD-u every one outside them. The change is dense, so it is saved as dense parameter deltas
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, peak_memory
 from resurgence.io import atomic_path
 from resurgence.progress import progress_bar
@@ -70,11 +72,7 @@ class ESDConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ESDConfig:
-        allowed = set(asdict(cls()))
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"unknown esd settings {unknown}; allowed: {sorted(allowed)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "esd settings")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, base_linear, kv_module_names, peak_memory
 from resurgence.mace.refine import encode_prompts, refine_weights
 
@@ -56,11 +57,7 @@ class UCEConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UCEConfig:
-        allowed = set(asdict(cls()))
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"unknown uce settings {unknown}; allowed: {sorted(allowed)}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "uce settings")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

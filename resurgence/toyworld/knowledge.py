@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from resurgence.config import settings_from_dict
+
 # Object categories (CIFAR-100's superclasses, merged to the world's 45 objects): the object
 # analogue of identities' shared traits.
 OBJECT_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -96,11 +98,7 @@ class KnowledgeConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> KnowledgeConfig:
-        d = dict(d or {})
-        unknown = sorted(set(d) - set(asdict(cls())))
-        if unknown:
-            raise ValueError(f"unknown toyworld knowledge keys {unknown}; allowed: {sorted(asdict(cls()))}")
-        return cls(**d)
+        return settings_from_dict(cls, d, "toyworld knowledge keys")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
