@@ -15,18 +15,6 @@ from resurgence.models.pipeline import build_random_pipeline
 ANN = ConceptSpec("Ann X", ("a photo of Ann X",), ("Ann X", "Annie"))
 
 
-@pytest.fixture(scope="module")
-def tokdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tok")
-
-
-@pytest.fixture
-def pipe(tokdir):
-    p = build_random_pipeline("tiny", seed=0, tokenizer_dir=tokdir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def test_the_two_variants_train_the_cross_attention_and_everything_else(pipe):
     x = esd.esd_parameters(pipe.unet, "esd-x")
     u = esd.esd_parameters(pipe.unet, "esd-u")

@@ -50,18 +50,6 @@ def render(pipe, prompt: str = "a photo of Ann X") -> np.ndarray:
     return pipe(prompt, num_inference_steps=2, guidance_scale=3.0, generator=g, output_type="np").images
 
 
-@pytest.fixture(scope="module")
-def tokdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tok")
-
-
-@pytest.fixture
-def pipe(tokdir):
-    p = build_random_pipeline("tiny", seed=0, tokenizer_dir=tokdir)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def test_probe_processor_is_a_transparent_drop_in(pipe) -> None:
     unet = pipe.unet
     g = torch.Generator().manual_seed(0)
