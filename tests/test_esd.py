@@ -10,6 +10,7 @@ from resurgence import study
 from resurgence.config import ConfigError, load_config
 from resurgence.erasure import esd
 from resurgence.erasure.artifact import DENSE_FILE, ConceptSpec, apply_erasure, load_report, save_erasure
+from resurgence.mace.refine import encode_prompts
 from resurgence.models.pipeline import build_random_pipeline
 
 ANN = ConceptSpec("Ann X", ("a photo of Ann X",), ("Ann X", "Annie"))
@@ -56,8 +57,8 @@ def test_step_loss_is_the_mse_to_the_negatively_guided_noise(pipe):
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_partial_sample_is_k_guided_steps_of_the_pipelines_schedule(pipe, k):
     cfg = esd.ESDConfig(num_inference_steps=6, guidance_scale=3.0)
-    cond = esd._text_states(pipe, ["Ann X"], pipe.device)
-    null = esd._text_states(pipe, [""], pipe.device)
+    cond = encode_prompts(pipe, ["Ann X"])
+    null = encode_prompts(pipe, [""])
     x, t = esd.partial_sample(pipe, cond, null, k, cfg, torch.Generator().manual_seed(5))
     sched = pipe.scheduler
     sched.set_timesteps(6)

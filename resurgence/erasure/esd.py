@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, peak_memory
 from resurgence.io import atomic_path
+from resurgence.mace.refine import encode_prompts
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key
 
@@ -123,19 +124,6 @@ def esd_step_loss(
 
 
 @torch.no_grad()
-def _text_states(pipe, texts: Sequence[str], device: torch.device) -> torch.Tensor:
-    tok = pipe.tokenizer
-    ids = tok(
-        list(texts),
-        padding="max_length",
-        max_length=tok.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-    return pipe.text_encoder(ids.input_ids.to(device))[0]
-
-
-@torch.no_grad()
 def partial_sample(
     pipe, cond: torch.Tensor, null: torch.Tensor, k: int, cfg: ESDConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +185,8 @@ def erase_concepts(
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(list(params.values()), lr=cfg.lr)
     phrases = [(c.name, p) for c in concepts for p in c.phrases]
-    states = _text_states(pipe, [p for _, p in phrases], device)
-    null = _text_states(pipe, [""], device)
+    states = encode_prompts(pipe, [p for _, p in phrases])
+    null = encode_prompts(pipe, [""])
     rng = np.random.default_rng(cfg.seed)
     start, losses = 0, []
     state_path = None
