@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reversion", help="how far one fine-tune run's checkpoints undo its erasure -> CSV")
     r.add_argument("--run", type=_json, required=True, help="the run's task, erase, ftset and ftmethod")
     r.add_argument("--models", type=_json, required=True)
+    r.add_argument(
+        "--mapping", type=_json, required=True, help="each erased concept's mapping phrase (its probe rows)"
+    )
     r.add_argument("--erasure", required=True)
     r.add_argument("--finetune", required=True)
     r.add_argument("--out", required=True)

@@ -417,10 +417,11 @@ def run_reversion(args: Namespace) -> None:
     base = weights_now()
     apply_erasure(pipe, args.erasure)
     erased, erased_unet = weights_now(), {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    # The text states that carry each erased concept in its prompts: the rows MACE maps to the mapping concept.
+    # The text states that carry each erased concept in its prompts: the rows MACE maps to the mapping concept
+    # (`study.probe_mappings`: the same for every method of a task).
     spec = load_report(args.erasure)["spec"]
     prompts = eval_prompt_sets(get_world(spec["world"]), [c["name"] for c in spec["concepts"]])
-    embeddings, _ = concept_token_states(pipe, prompts, {c["name"]: c["mapping"] for c in spec["concepts"]})
+    embeddings, _ = concept_token_states(pipe, prompts, args.mapping)
     final = int(json.loads((Path(args.finetune) / TRAIN_LOG).read_text())["config"]["steps"])
     steps = sorted({s for s, _ in list_checkpoints(args.finetune) if s < final} | {final})
     rows = []

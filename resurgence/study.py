@@ -446,6 +446,13 @@ def _mapped_concepts(config: dict[str, Any], world: World, task: str, erase: str
         ) from None
 
 
+def probe_mappings(config: dict[str, Any], task: str, erase: str) -> dict[str, str]:
+    """Each erased concept's mapping phrase, for any method: which text states carry the concept
+    (`concept_token_states`). Methods without a mapping (ESD) are probed on the task's preset one, so
+    their reversion is measured on the rows MACE and UCE edit."""
+    return {c["name"]: c["mapping"] for c in _mapped_concepts(config, get_world(config), task, erase)}
+
+
 def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> dict[str, Any]:
     """What a UCE erase job runs with: the concepts with their guide phrases and every UCE setting.
 

@@ -123,6 +123,9 @@ def test_config_and_study_specs():
         spec = study.erase_spec(config, "object_ship", erase)
         assert spec["method"] == "esd" and spec["esd"]["train_method"] == method
         assert spec["concepts"] == [{"name": "ship"}]
+        # ESD has no mapping concept; its reversion is probed on the rows MACE's default erasure maps.
+        mace = study.erase_spec(config, "object_ship", "default")["concepts"]
+        assert study.probe_mappings(config, "object_ship", erase) == {c["name"]: c["mapping"] for c in mace}
     bad = {**config, "erase_variants": {**config["erase_variants"], "x": {"method": "esd", "iterations": 0}}}
     with pytest.raises(ConfigError, match=r"ESD settings.*erase_variants.x.*iterations must be >= 1"):
         study.erase_spec(bad, "identity_10", "x")

@@ -23,9 +23,10 @@ rule reversion:
             dict(task=wc.task, erase=wc.erase, ftset=wc.ftset, ftmethod=wc.ftmethod)
         ),
         models=task_models,
+        mapping=lambda wc: as_json(study.probe_mappings(config, wc.task, wc.erase)),
         device=device(),
     shell:
-        "python -m resurgence reversion --run {params.run:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
+        "python -m resurgence reversion --run {params.run:q} --models {params.models:q} --mapping {params.mapping:q} --erasure $(dirname {input.erasure})"
         " --finetune $(dirname {input.finetune}) --out {output.csv} --device {params.device} > {log} 2>&1"
 
 
