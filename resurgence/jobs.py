@@ -36,10 +36,25 @@ class ArtifactBusy(RuntimeError):
     """Another live process is writing the same artifact folder."""
 
 
+def start_time(proc: psutil.Process) -> float | int:
+    """When a process started, in a form that stays the same for its whole life.
+
+    On Linux: clock ticks since boot, from /proc (psutil's ``create_time`` adds the boot time as the
+    system clock gives it now, so a clock adjustment, NTP's say, shifts it and a job took its live
+    owner for ended). Elsewhere: ``create_time`` to the second.
+    """
+    try:
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+    except OSError:
+        return round(proc.create_time())
+    # Field 22 (starttime); the command name, field 2, is in parentheses and may hold spaces.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
 def process_identity(pid: int | None = None) -> dict[str, object]:
     """A process as it can be recognised later: host, PID and start time (PIDs are reused)."""
     proc = psutil.Process(pid or os.getpid())
-    return {"host": socket.gethostname(), "pid": proc.pid, "started": round(proc.create_time(), 2)}
+    return {"host": socket.gethostname(), "pid": proc.pid, "started": start_time(proc)}
 
 
 def is_running(identity: dict[str, object]) -> bool:
@@ -48,7 +63,7 @@ def is_running(identity: dict[str, object]) -> bool:
         return True
     try:
         proc = psutil.Process(int(identity["pid"]))
-        return round(proc.create_time(), 2) == identity["started"] and proc.status() != psutil.STATUS_ZOMBIE
+        return start_time(proc) == identity["started"] and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError, TypeError):
         return False
 

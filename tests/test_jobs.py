@@ -40,6 +40,26 @@ def _dead_identity() -> dict[str, object]:
     return identity
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times from /proc are Linux's")
+def test_a_live_process_stays_recognised_when_the_system_clock_moves(monkeypatch):
+    """psutil's create_time is the boot time as the clock says now plus the start offset: a clock step
+    (NTP) moved it, and the study's jobs took their live Snakemake run for ended and stopped."""
+    import psutil
+
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        identity = jobs.process_identity(live.pid)
+        assert jobs.is_running(identity)
+        real = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: real(self) + 1.5)  # the clock stepped
+        assert jobs.is_running(identity)
+        assert jobs.is_running({**identity, "started": identity["started"] + 1}) is False  # another process
+    finally:
+        live.kill()
+        live.wait()
+    assert jobs.is_running(identity) is False
+
+
 def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_path):
     holder = _python(
         "import sys, time\nfrom resurgence.jobs import exclusive_writer\n"
