@@ -39,6 +39,13 @@ validate_config(config)
 validate(config, str(schema_path()))
 study.check_study(config)
 
+
+# The end of a successful run: where its figures are and Fig. 5's headline numbers (`study.run_summary`).
+onsuccess:
+    if workflow.is_main_process:
+        print(study.run_summary(config), file=sys.stderr)
+
+
 # One GPU per job: jobs inherit the number of GPUs (--resources gpu=N) and claim a free one each
 # (resurgence.gpus); Snakemake itself only bounds how many run at once.
 _gpus = workflow.global_resources.get("gpu")

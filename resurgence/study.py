@@ -56,6 +56,11 @@ def reversion_csv(run: Run) -> str:
     return f"{RESULTS}/reversion/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}/reversion.csv"
 
 
+def resurgence_table(experiment: str) -> str:
+    """An experiment's resurgence table (`metrics.tables.resurgence_rate` of its runs)."""
+    return f"{RESULTS}/tables/{experiment}/resurgence.csv"
+
+
 REVERSION_TABLE = f"{RESULTS}/tables/reversion/reversion.csv"
 REVERSION_FIGURE = f"{RESULTS}/figures/reversion.png"
 
@@ -852,3 +857,34 @@ def grid_inputs(config: dict[str, Any]) -> list[str]:
         for s in resurgence_states(config, run):
             paths[f"{RESULTS}/images/{run.task}/{s}/grid.png"] = None
     return list(paths)
+
+
+# The experiment whose numbers the end-of-run summary prints (the paper's headline figure).
+HEADLINE_EXPERIMENT = "fig5"
+
+
+def run_summary(config: dict[str, Any]) -> str:
+    """What a finished `snakemake all` prints: where the figures are, how to build the report, and the
+    headline experiment's erased -> fine-tuned accuracy on the erased concepts (mean over seeds)."""
+    from resurgence.metrics.tables import headline
+
+    figures = [t for t in figure_targets(config) if Path(t).is_file()]
+    lines = [
+        f"resurgence: {len(figures)} figures in {RESULTS}/figures/, tables in {RESULTS}/tables/",
+        "resurgence: the HTML report: snakemake --report report.html (same config options as this run)",
+    ]
+    table = Path(resurgence_table(HEADLINE_EXPERIMENT))
+    if HEADLINE_EXPERIMENT in config.get("experiments", {}) and table.is_file():
+        import pandas as pd
+
+        rows = headline(pd.read_csv(table))
+        lines.append(
+            f"resurgence: {HEADLINE_EXPERIMENT}, top-1 accuracy on the erased concepts, base / erased -> "
+            f"fine-tuned (mean over {int(rows['seeds'].max()) if len(rows) else 0} seeds):"
+        )
+        for r in rows.itertuples():
+            lines.append(
+                f"  {r.task:<18} {r.erase:<10} {r.ftset:<16} {r.ftmethod:<5} "
+                f"{100 * r.base:5.1f} % / {100 * r.erased:5.1f} % -> {100 * r.finetuned:5.1f} %"
+            )
+    return "\n".join(lines)

@@ -207,3 +207,36 @@ def test_specs_fit_a_command_line(config):
         assert len(json.dumps(study.erase_spec(config, run.task, run.erase))) < 64_000
     for task in config["tasks"]:
         assert len(json.dumps(study.generation_spec(config, task))) < 64_000
+
+
+def test_run_summary_prints_where_the_figures_are_and_the_headline_accuracies(config, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from resurgence.metrics.tables import headline
+
+    rows = [
+        # task, domain, erase, ftset, ftmethod, seed, metric, base, erased, finetuned
+        ("identity_10", "identity", "default", "random_identity", "lora", 0, "identity_acc", 0.9, 0.0, 0.2),
+        ("identity_10", "identity", "default", "random_identity", "lora", 1, "identity_acc", 0.8, 0.1, 0.4),
+        ("identity_10", "identity", "default", "random_identity", "lora", 0, "identity_prob", 0.5, 0.5, 0.5),
+        ("object_ship", "object", "default", "random_object", "lora", 0, "clip_acc", 1.0, 0.0, 0.05),
+        ("object_ship", "object", "default", "random_object", "lora", 0, "identity_acc", 1.0, 1.0, 1.0),
+    ]
+    cols = ["task", "domain", "erase", "ftset", "ftmethod", "seed", "metric", "base", "erased", "finetuned"]
+    table = pd.DataFrame(rows, columns=cols)
+    h = headline(table).set_index("task")
+    assert h.loc["identity_10", ["base", "erased", "finetuned", "seeds"]].tolist() == pytest.approx(
+        [0.85, 0.05, 0.3, 2]
+    )  # the accuracy rows only, mean over the two seeds
+    assert h.loc["object_ship", ["base", "erased", "finetuned"]].tolist() == pytest.approx([1.0, 0.0, 0.05])
+    monkeypatch.chdir(tmp_path)
+    assert len(study.run_summary(config).splitlines()) == 2  # no table yet: where things go, no numbers
+    path = Path(study.resurgence_table(study.HEADLINE_EXPERIMENT))
+    path.parent.mkdir(parents=True)
+    table.to_csv(path, index=False)
+    (tmp_path / study.RESULTS / "figures").mkdir()
+    (tmp_path / study.RESULTS / "figures" / "fig5.png").write_bytes(b"png")
+    text = study.run_summary(config)
+    assert "1 figures in results/figures/" in text
+    assert "mean over 2 seeds" in text
+    assert any("identity_10" in line and "85.0 % /   5.0 % ->  30.0 %" in line for line in text.splitlines())

@@ -302,6 +302,22 @@ def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
+def headline(resurgence: pd.DataFrame) -> pd.DataFrame:
+    """Per fine-tuning run, the top-1 accuracy (`ACCURACY_METRIC` of its domain) on the erased concepts
+    in the base, erased and fine-tuned models, as the mean over seeds (``seeds``: how many)."""
+    acc = resurgence[resurgence["metric"] == resurgence["domain"].map(ACCURACY_METRIC)]
+    return (
+        acc.groupby(list(RUN_KEYS), sort=True)
+        .agg(
+            base=("base", "mean"),
+            erased=("erased", "mean"),
+            finetuned=("finetuned", "mean"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
+
+
 def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None = None) -> None:
     """Write ``df`` as CSV atomically, rows sorted so reruns produce byte-identical files.
 
