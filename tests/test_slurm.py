@@ -89,7 +89,7 @@ def test_each_rules_resources_reach_slurm_as_its_request(submitted, slurm):
     assert job["MinMemoryNode"] == f"{gpu['resources']['mem_mb']}M"
     assert _minutes(job["TimeLimit"]) == int(gpu["resources"]["runtime"])
     assert job["TresPerJob"] == f"gres:gpu:{gpu['resources']['gpu']}"
-    assert job["Partition"] == "gpu" and job["Comment"] == "rule_generate_base"
+    assert job["Partition"] == "gpu" and job["Comment"].startswith("rule_generate_base_wildcards_")
     cpu = slurm.scontrol_job(next(j for j in submitted.values() if j["rule"] == "tables")["slurm_id"])
     assert cpu["Partition"] == "cpu" and "gpu" not in cpu.get("TresPerJob", "")
 

@@ -141,11 +141,12 @@ def test_changing_a_learning_rate_reruns_exactly_downstream(smoke_dir):
     overlay.write_text("finetune_methods:\n  lora: {learning_rate: 3.0e-4}\n")
     out = snakemake("-n", "--configfile", "config.smoke.yaml", "lr.yaml", cwd=smoke_dir)
     counts = job_counts(out.stdout)
-    # 2 runs (identity_1, object_ship): each fine-tune, its final and trajectory generations,
-    # their evaluations; then every table and figure that reads them. Nothing upstream.
-    assert counts.get("finetune") == 2
-    assert counts.get("generate_finetuned") == 4
-    assert counts.get("evaluate") == 4
+    # 6 LoRA runs (identity_1 and object_ship erased by MACE, UCE and one ESD variant each): each
+    # fine-tune and its final generation, the two MACE runs' trajectory generations too, their
+    # evaluations; then every table and figure that reads them. Nothing upstream.
+    assert counts.get("finetune") == 6
+    assert counts.get("generate_finetuned") == 8
+    assert counts.get("evaluate") == 8
     assert not {"erase", "ftdata_random", "generate_base", "generate_erased", "toyworld_quality"} & set(
         counts
     ), counts
