@@ -52,6 +52,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until(ready, timeout: float) -> bool:
+    """Poll ``ready`` every 0.5 s; whether it became true within ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 def slurm_conf(root: Path, host: str, cpus: int, mem_mb: int, gpus: int) -> str:
     ports = _free_port(), _free_port()
     lines = [
@@ -152,11 +162,8 @@ class SlurmCluster:
         return out.returncode == 0 and out.stdout.split()[:1] == ["idle"]
 
     def _wait(self, ready, timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > end:
-                raise TimeoutError(f"Slurm test cluster: no {what} after {timeout} s\n{self.logs()}")
-            time.sleep(0.5)
+        if not _wait_until(ready, timeout):
+            raise TimeoutError(f"Slurm test cluster: no {what} after {timeout} s\n{self.logs()}")
 
     def _no_jobs(self) -> bool:
         out = subprocess.run(
@@ -164,11 +171,6 @@ class SlurmCluster:
             capture_output=True, text=True, env=self.env, check=False,
         )  # fmt: skip
         return out.returncode != 0 or not out.stdout.strip()
-
-    def _wait_quietly(self, ready, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while not ready() and time.monotonic() < end:
-            time.sleep(0.5)
 
     def logs(self) -> str:
         out = []
@@ -183,7 +185,7 @@ class SlurmCluster:
             subprocess.run(
                 ["scancel", "--full", "--user", "root"], env=self.env, capture_output=True, check=False
             )
-            self._wait_quietly(self._no_jobs, 20)
+            _wait_until(self._no_jobs, 20)  # then the daemons go whatever is left
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is None:

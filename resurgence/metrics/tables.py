@@ -299,9 +299,6 @@ def resurgence_rate(summary: pd.DataFrame) -> pd.DataFrame:
     return _sorted(out[list(RESURGENCE_COLUMNS)])
 
 
-# --------------------------------------------------------------------------- writing
-
-
 def headline(resurgence: pd.DataFrame) -> pd.DataFrame:
     """Per fine-tuning run, the top-1 accuracy (`ACCURACY_METRIC` of its domain) on the erased concepts
     in the base, erased and fine-tuned models, as the mean over seeds (``seeds``: how many)."""
@@ -316,6 +313,9 @@ def headline(resurgence: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None = None) -> None:

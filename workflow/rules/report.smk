@@ -12,7 +12,7 @@ rule tables:
             caption="../report/summary.rst",
         ),
         resurgence=report(
-            "results/tables/{experiment}/resurgence.csv",
+            study.resurgence_table("{experiment}"),
             category="Tables",
             caption="../report/resurgence.rst",
         ),
@@ -98,11 +98,11 @@ rule grids_figure:
 # Targets outside `all` (study.OPTIONAL_EXPERIMENTS): each retrains the toy text-to-image model on a GPU.
 rule exact_unlearning_control:
     input:
-        "results/tables/control/resurgence.csv",
+        study.resurgence_table("control"),
         "results/figures/control.png",
 
 
 rule geometry_sweep:
     input:
-        "results/tables/fig14/resurgence.csv",
+        study.resurgence_table("fig14"),
         "results/figures/fig14.png",
