@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude", type=_json, default=[], help="concept names (JSON list) the t2i model never sees"
     )
     t.add_argument(
+        "--clip-knowledge-weight",
+        type=float,
+        default=None,
+        help="weight of CLIP's knowledge Gram loss (default: ToyClipTrainConfig's)",
+    )
+    t.add_argument(
         "--unet-steps", type=int, default=None, help="the t2i UNet's step count (instead of its time budget)"
     )
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")

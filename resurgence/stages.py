@@ -87,6 +87,7 @@ def run_toyworld(args: Namespace) -> None:
             calibration_sets=args.calibration,
             exclude=tuple(args.exclude),
             unet_steps=args.unet_steps,
+            clip_knowledge_weight=args.clip_knowledge_weight,
         )
     else:
         from resurgence.toyworld.quality import measure_quality

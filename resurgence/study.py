@@ -231,15 +231,52 @@ def check_world_variants(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key 'world_variants.{name}.knowledge': {err}") from None
 
 
+# The folder of each model spec key inside a toy-model folder (`model_specs`).
+TOY_MODEL_FOLDERS: dict[str, str] = {
+    "pipeline": "t2i",
+    "clip": "clip",
+    "detector": "detector",
+    "segmenter": "segmenter",
+}
+
+
+def shipped_weights(config: dict[str, Any], task: str | None, reads: tuple[str, ...]) -> dict[str, str]:
+    """Content digests of the shipped toy models a job ``reads`` (keys of `TOY_MODEL_FOLDERS`), from the
+    manifest's file hashes: a rule's param, so that new shipped weights rerun the jobs that read them.
+
+    Empty where the DAG tracks the weights otherwise: a retrained world's and a world variant's
+    manifests are job inputs, and real models are identified by their specs (the ``models`` param).
+    """
+    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+        return {}
+    import hashlib
+
+    from resurgence.toyworld.train import read_manifest
+
+    files = read_manifest(toy_models_dir(config)).get("files", {})
+    overridden = set(config.get("models", {}))
+    variant = task_variant(config, task) if task is not None else None
+    out = {}
+    for key in reads:
+        if key not in TOY_MODEL_FOLDERS:
+            raise ValueError(f"reads: {key!r} is not one of {sorted(TOY_MODEL_FOLDERS)}")
+        if key in overridden or (key == "pipeline" and variant is not None):
+            continue
+        prefix = f"{TOY_MODEL_FOLDERS[key]}/"
+        lines = "".join(f"{p}:{files[p]}\n" for p in sorted(files) if p.startswith(prefix))
+        out[key] = hashlib.sha256(lines.encode()).hexdigest()
+    return out
+
+
 def model_specs(config: dict[str, Any]) -> dict[str, Any]:
     """Where each model comes from; for the toy world, inside the toy-model folder unless overridden."""
     models = dict(config.get("models", {}))
     if config["world"] == "toy":
         root = toy_models_dir(config)
-        models.setdefault("pipeline", f"{root}/t2i")
-        models.setdefault("clip", {"kind": "toy", "path": f"{root}/clip"})
-        models.setdefault("detector", {"kind": "toy", "path": f"{root}/detector"})
-        models.setdefault("segmenter", {"kind": "toy", "path": f"{root}/segmenter"})
+        for key, folder in TOY_MODEL_FOLDERS.items():
+            models.setdefault(
+                key, f"{root}/{folder}" if key == "pipeline" else {"kind": "toy", "path": f"{root}/{folder}"}
+            )
     models.setdefault("dtype", "float32")
     return models
 

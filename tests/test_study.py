@@ -240,3 +240,34 @@ def test_run_summary_prints_where_the_figures_are_and_the_headline_accuracies(co
     assert "1 figures in results/figures/" in text
     assert "mean over 2 seeds" in text
     assert any("identity_10" in line and "85.0 % /   5.0 % ->  30.0 %" in line for line in text.splitlines())
+
+
+def test_shipped_weights_follow_the_files_each_job_reads(tmp_path):
+    import json
+    import shutil
+
+    config = load_config([ROOT / "config.yaml"])
+
+    world = tmp_path / "toyworld"
+    world.mkdir()
+    shutil.copy(ROOT / "resources/toyworld/manifest.json", world / "manifest.json")
+    config["toyworld"] = {**config["toyworld"], "weights": str(world)}
+    reads = ("pipeline", "clip", "detector", "segmenter")
+    before = study.shipped_weights(config, "identity_10", reads)
+    assert sorted(before) == sorted(reads) and len(set(before.values())) == 4
+    # a new CLIP file changes the CLIP digest only
+    manifest = json.loads((world / "manifest.json").read_text())
+    clip_file = next(p for p in manifest["files"] if p.startswith("clip/"))
+    manifest["files"][clip_file] = "0" * 64
+    (world / "manifest.json").write_text(json.dumps(manifest))
+    after = study.shipped_weights(config, "identity_10", reads)
+    assert after["clip"] != before["clip"]
+    assert {k: v for k, v in after.items() if k != "clip"} == {k: v for k, v in before.items() if k != "clip"}
+    # a variant task's pipeline is its variant's (a job input), and overridden models are not shipped ones
+    assert "pipeline" not in study.shipped_weights(config, "identity_10_exact", ("pipeline", "clip"))
+    config["models"] = {"clip": {"kind": "open_clip", "model": "ViT-L-14"}}
+    assert study.shipped_weights(config, "identity_10", ("clip", "detector")).keys() == {"detector"}
+    with pytest.raises(ValueError, match="text_encoder"):
+        study.shipped_weights(config, None, ("text_encoder",))
+    config["toyworld"]["retrain"] = True  # the retrained world's manifest is an input instead
+    assert study.shipped_weights(config, "identity_10", reads) == {}

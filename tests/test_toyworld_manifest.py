@@ -4,7 +4,12 @@ import json
 
 import pytest
 
-from resurgence.toyworld.train import import_models, record_model, verify_manifest
+from resurgence.toyworld.train import (
+    choose_clip_knowledge_weight,
+    import_models,
+    record_model,
+    verify_manifest,
+)
 
 
 def _fake_model(root, name, payload: bytes, metrics):
@@ -35,3 +40,24 @@ def test_import_of_an_untrained_model_names_it(tmp_path):
     _fake_model(tmp_path / "trained", "clip", b"x", {})
     with pytest.raises(FileNotFoundError, match="detector"):
         import_models(tmp_path / "trained", tmp_path / "shipped", ["detector"])
+
+
+def _clip_run(identity_inside: bool, object_inside: bool, zero_shot: float) -> dict:
+    geometry = {
+        "identity": {"inside_paper_range": identity_inside},
+        "object": {"inside_paper_range": object_inside},
+    }
+    metrics = {"identity_zero_shot_top1": zero_shot, "object_zero_shot_top1": 1.0}
+    return {"geometry": {"clip": geometry}, "models": {"clip": {"metrics": metrics}}}
+
+
+def test_the_smallest_gram_weight_inside_both_ranges_and_the_gate_is_chosen():
+    runs = {
+        1.0: _clip_run(True, False, 0.98),  # objects outside (the shipped world of 2026-12-02)
+        30.0: _clip_run(True, True, 0.99),
+        10.0: _clip_run(True, True, 0.90),  # inside, but CLIP's zero-shot falls below the gate
+        3.0: _clip_run(False, True, 0.99),
+    }
+    assert choose_clip_knowledge_weight(runs, zero_shot_gate=0.95) == 30.0
+    assert choose_clip_knowledge_weight(runs, zero_shot_gate=0.85) == 10.0
+    assert choose_clip_knowledge_weight({1.0: runs[1.0], 3.0: runs[3.0]}, 0.95) is None

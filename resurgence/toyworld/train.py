@@ -160,6 +160,7 @@ def train_all(
     calibration_sets: dict[str, list[str]] | None = None,
     exclude: tuple[str, ...] = (),
     unet_steps: int | None = None,
+    clip_knowledge_weight: float | None = None,
 ) -> dict[str, Any]:
     """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``.
 
@@ -168,6 +169,7 @@ def train_all(
     calibration statistics (`record_geometry`). ``exclude``: concepts the text-to-image model never
     sees (the exact-unlearning control). ``unet_steps`` fixes the UNet's step count instead of its
     time budget (a variant replays the shipped model's count, whatever else shares the GPU).
+    ``clip_knowledge_weight`` overrides CLIP's knowledge Gram-loss weight (`choose_clip_knowledge_weight`).
     """
     from resurgence.toyworld.clip import train_clip
     from resurgence.toyworld.concepts import toy_world
@@ -181,6 +183,8 @@ def train_all(
     cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], exclude=tuple(exclude))
     if unet_steps is not None:
         cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], unet_steps=unet_steps, unet_time_budget_s=None)
+    if clip_knowledge_weight is not None:
+        cfgs["clip"] = dataclasses.replace(cfgs["clip"], knowledge_weight=clip_knowledge_weight)
     trainers = {
         "t2i": train_text_to_image,
         "clip": train_clip,
@@ -229,6 +233,25 @@ def record_geometry(
     manifest["geometry"] = geometry_report(world, cfg, erase_sets, clip=clip, pipe=pipe)
     write_json(out / "manifest.json", manifest)
     return manifest["geometry"]
+
+
+def choose_clip_knowledge_weight(runs: dict[float, dict[str, Any]], zero_shot_gate: float) -> float | None:
+    """The smallest CLIP knowledge Gram-loss weight among ``runs`` (weight -> that run's manifest) whose
+    trained CLIP puts every domain's App. C.2 statistic inside the paper's range and keeps held-out
+    zero-shot top-1 of both domains at ``zero_shot_gate`` or more; None if none does.
+
+    The smallest weight pulls CLIP least away from its contrastive objective. The choice reads the
+    calibration statistics and CLIP's own accuracy only, never any resurgence measurement.
+    """
+    for weight in sorted(runs):
+        manifest = runs[weight]
+        geometry = manifest.get("geometry", {}).get("clip", {})
+        metrics = manifest["models"]["clip"]["metrics"]
+        inside = bool(geometry) and all(d["inside_paper_range"] for d in geometry.values())
+        accurate = all(metrics[f"{kind}_zero_shot_top1"] >= zero_shot_gate for kind in ("identity", "object"))
+        if inside and accurate:
+            return weight
+    return None
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -26,6 +26,13 @@ def task_models(wildcards):
     return as_json(study.task_models(config, wildcards.task))
 
 
+def weights(*reads):
+    """Param: the digests of the shipped toy models a job reads (new weights rerun it)."""
+    return lambda wc: as_json(
+        study.shipped_weights(config, getattr(wc, "task", None), reads)
+    )
+
+
 def toyworld_quality_target():
     return ["results/toyworld/quality.json"] if config["world"] == "toy" else []
 

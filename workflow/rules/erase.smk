@@ -21,6 +21,7 @@ rule erase:
     params:
         spec=lambda wc: as_json(study.erase_spec(config, wc.task, wc.erase)),
         models=task_models,
+        weights=weights("pipeline", "segmenter"),
         generation=as_json(gen_settings()),
         device=device(),
     shell:

@@ -22,6 +22,7 @@ rule evaluate:
         labels=lambda wc: as_json(study.label_spec(config, wc.task)),
         state=lambda wc: as_json(study.state_fields(config, wc.task, wc.state)),
         models=task_models,
+        weights=weights("clip", "detector"),
         device=device(),
     shell:
         "python -m resurgence evaluate --images $(dirname {input.images}) --reference $(dirname {input.reference})"

@@ -23,6 +23,7 @@ rule finetune:
     params:
         spec=lambda wc: as_json(study.finetune_spec(config, wc.ftmethod)),
         models=task_models,
+        weights=weights("pipeline"),
         device=device(),
     shell:
         "python -m resurgence finetune --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"

@@ -21,6 +21,7 @@ rule ftdata_random:
         spec=lambda wc: as_json(study.ftset_spec(config, wc.ftset)),
         world=as_json(study.world_ref(config)),
         models=as_json(MODELS),
+        weights=weights("pipeline"),
         generation=as_json(gen_settings()),
         device=device(),
     shell:
@@ -48,6 +49,7 @@ rule ftdata_tercile:
         spec=lambda wc: as_json(study.ftset_spec(config, wc.ftset, wc.task)),
         world=as_json(study.world_ref(config)),
         models=as_json(MODELS),
+        weights=weights("pipeline", "clip"),
         generation=as_json(gen_settings()),
         device=device(),
     shell:

@@ -22,6 +22,7 @@ rule generate_base:
     params:
         spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
         models=task_models,
+        weights=weights("pipeline"),
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q}"
@@ -48,6 +49,7 @@ rule generate_erased:
     params:
         spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
         models=task_models,
+        weights=weights("pipeline"),
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"
@@ -77,6 +79,7 @@ rule generate_finetuned:
             study.generation_spec(config, wc.task, finetuned_roles(wc))
         ),
         models=task_models,
+        weights=weights("pipeline"),
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q} --erasure $(dirname {input.erasure})"

@@ -23,6 +23,7 @@ rule reversion:
             dict(task=wc.task, erase=wc.erase, ftset=wc.ftset, ftmethod=wc.ftmethod)
         ),
         models=task_models,
+        weights=weights("pipeline"),
         mapping=lambda wc: as_json(study.probe_mappings(config, wc.task, wc.erase)),
         device=device(),
     shell:

@@ -45,6 +45,7 @@ rule toyworld_quality:
         runtime=30,
     params:
         models=as_json(MODELS),
+        weights=weights("pipeline", "clip", "detector", "segmenter"),
         seed=config.get("toyworld", {}).get("seed", 0),
         images=config.get("toyworld", {}).get("quality_images", 4),
         generation=as_json(gen_settings()),
