@@ -9,6 +9,8 @@
 #            text-to-image models (a second Snakemake, --nolock, on disjoint outputs);
 #   phase 2: `all` and the control up to their tables and the reversion stage;
 #   phase 3: the geometry sweep up to its table.
+# Measured 2026-12-03 (docs/methods_reversion_h200.md): with the variants beside CLIP and the study, all
+# of it ran 3-3.5x slower than alone; the variants' models now train only with VARIANTS=1.
 # Every phase stops at $DEADLINE_S after the start (default 1450). $W/stage says where it is;
 # tools/device/collect.sh packs what exists into $OUT.
 set -uo pipefail
@@ -43,9 +45,12 @@ stage phase1
 smk "$W/phase1.log" all exact_unlearning_control --until tables reversion \
   --omit-from evaluate ftdata_tercile toyworld_quality &
 p1=$!
-sleep 5
-smk "$W/variants.log" --nolock results/variants/independent/manifest.json results/variants/shared_090/manifest.json &
-pv=$!
+pv=
+if [ -n "${VARIANTS:-}" ]; then
+  sleep 5
+  smk "$W/variants.log" --nolock results/variants/independent/manifest.json results/variants/shared_090/manifest.json &
+  pv=$!
+fi
 
 stage clip
 pids=()
@@ -100,7 +105,7 @@ pq=$!
 wait "$p1"
 stage phase2
 smk "$W/phase2.log" all exact_unlearning_control --until tables reversion
-wait "$pv" "$pq"
+wait $pv "$pq"
 stage phase3
 smk "$W/phase3.log" geometry_sweep --until tables
 stage done

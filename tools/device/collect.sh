@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A device call after tools/device/clip_and_study.sh: wait until its stage is `done` or $WAIT_S seconds
-# have passed, then pack into $OUT what it made: study.tar.xz.part-* (results, logs and Snakemake's
-# metadata of $W/repo, no weights or images), world.tar (the toy world as shipped there, the CLIP runs'
+# have passed, then pack into $OUT what it made: tables.tgz (the results' CSV/JSON/TSV files under 2 MB,
+# the logs and Snakemake's metadata of $W/repo: seconds to pack, where compressing everything but weights
+# and images outran a 10-minute call), world.tar (the toy world as shipped there, the CLIP runs'
 # manifests, the driver's logs) and grids.tar (the image grids).
 set -uo pipefail
 W=${W:-/tmp/clip_and_study}
@@ -9,8 +10,8 @@ end=$(( $(date +%s) + ${WAIT_S:-0} ))
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$W/stage" 2>/dev/null; do sleep 5; done
 cat "$W/stage" "$W/times.log" 2>/dev/null
 cd "$W/repo" || exit 1
-tar cJf - --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.png' results logs .snakemake/metadata \
-  2>/dev/null | split -b 15M - "$OUT/study.tar.xz.part-"
+find results .snakemake/metadata -type f \( -name '*.csv' -o -name '*.json' -o -name '*.tsv' -o -name '*.jsonl' \
+  -o -path '*metadata*' \) -size -2M | tar czf "$OUT/tables.tgz" -T - logs 2>/dev/null
 tar cf "$OUT/world.tar" -C "$W" $(cd "$W" && ls -d ./*.log ./*.json ./*.txt ./stage ./run_*/manifest.json ./run_*/clip/metrics.json 2>/dev/null) \
   -C "$W/repo" resources/toyworld/manifest.json resources/toyworld/clip
 find results/images -name grid.png 2>/dev/null | tar cf "$OUT/grids.tar" -T -
