@@ -7,7 +7,7 @@ import shutil
 import sys
 
 import pytest
-from snakemake_helpers import job_counts, run, snakemake, study_dir
+from snakemake_helpers import ROOT, job_counts, run, snakemake, study_dir
 
 STAGES = {
     "toyworld_quality",
@@ -159,3 +159,45 @@ def test_html_report_holds_figures_and_tables(smoke_dir):
     html = (smoke_dir / "report.html").read_text(errors="replace")
     for name in ("fig5.png", "grids.png", "summary.csv", "resurgence.csv"):
         assert name in html, name
+
+
+def test_new_shipped_weights_rerun_exactly_the_jobs_that_read_them(tmp_path):
+    """A job's recorded params hold the digests of the shipped models it reads: a new CLIP reruns the
+    CLIP-distance fine-tune set but not the erasure; a new text-to-image model reruns both."""
+    import json
+
+    work = tmp_path / "study"
+    work.mkdir()
+    for name in ("Snakefile", "workflow", "config.yaml", "envs"):
+        (work / name).symlink_to(ROOT / name)
+    world = work / "resources" / "toyworld"
+    world.mkdir(parents=True)
+    for model in ("t2i", "clip", "detector", "segmenter"):
+        (world / model).symlink_to(ROOT / "resources" / "toyworld" / model)
+    shutil.copy(ROOT / "resources" / "toyworld" / "manifest.json", world / "manifest.json")
+    erase = [
+        "results/erase/object_ship/default/erased_lora.safetensors",
+        "results/erase/object_ship/default/report.json",
+    ]
+    tercile = ["results/ftdata/tercile/identity_10/tercile_1/manifest.json"]
+    snakemake("--cores", "1", "--touch", *erase, *tercile, cwd=work)  # records each job's params, runs none
+    for target in erase + tercile:
+        (work / target).parent.mkdir(parents=True, exist_ok=True)
+        (work / target).write_text("")
+
+    def reruns() -> dict[str, int]:
+        counts = job_counts(snakemake("-n", *erase, *tercile, cwd=work).stdout)
+        return {rule: n for rule, n in counts.items() if rule != "total"}
+
+    assert reruns() == {}
+
+    def new_file(prefix: str) -> None:
+        manifest = json.loads((world / "manifest.json").read_text())
+        path = next(p for p in sorted(manifest["files"]) if p.startswith(prefix))
+        manifest["files"][path] = "0" * 64
+        (world / "manifest.json").write_text(json.dumps(manifest))
+
+    new_file("clip/")
+    assert reruns() == {"ftdata_tercile": 1}
+    new_file("t2i/")
+    assert reruns() == {"ftdata_tercile": 1, "erase": 1}
