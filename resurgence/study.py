@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -249,21 +250,32 @@ def shipped_weights(config: dict[str, Any], task: str | None, reads: tuple[str, 
     """
     if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
         return {}
-    import hashlib
-
-    from resurgence.toyworld.train import read_manifest
-
-    files = read_manifest(toy_models_dir(config)).get("files", {})
+    unknown = [key for key in reads if key not in TOY_MODEL_FOLDERS]
+    if unknown:
+        raise ValueError(f"reads: {unknown[0]!r} is not one of {sorted(TOY_MODEL_FOLDERS)}")
+    manifest = Path(toy_models_dir(config)) / "manifest.json"
+    digests = _model_digests(str(manifest), manifest.stat().st_mtime_ns if manifest.exists() else 0)
     overridden = set(config.get("models", {}))
     variant = task_variant(config, task) if task is not None else None
+    return {
+        key: digests[key]
+        for key in reads
+        if key not in overridden and not (key == "pipeline" and variant is not None)
+    }
+
+
+@lru_cache(maxsize=4)
+def _model_digests(manifest: str, mtime_ns: int) -> dict[str, str]:
+    """Per model key, the sha256 of its folder's manifest file hashes. Parsed once per manifest version
+    (``mtime_ns``), not once per job: the DAG asks for it in every job's params."""
+    import hashlib
+
+    from resurgence.io import read_json
+
+    files = read_json(manifest).get("files", {}) if mtime_ns else {}
     out = {}
-    for key in reads:
-        if key not in TOY_MODEL_FOLDERS:
-            raise ValueError(f"reads: {key!r} is not one of {sorted(TOY_MODEL_FOLDERS)}")
-        if key in overridden or (key == "pipeline" and variant is not None):
-            continue
-        prefix = f"{TOY_MODEL_FOLDERS[key]}/"
-        lines = "".join(f"{p}:{files[p]}\n" for p in sorted(files) if p.startswith(prefix))
+    for key, folder in TOY_MODEL_FOLDERS.items():
+        lines = "".join(f"{p}:{files[p]}\n" for p in sorted(files) if p.startswith(f"{folder}/"))
         out[key] = hashlib.sha256(lines.encode()).hexdigest()
     return out
 

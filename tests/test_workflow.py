@@ -166,10 +166,8 @@ def test_new_shipped_weights_rerun_exactly_the_jobs_that_read_them(tmp_path):
     CLIP-distance fine-tune set but not the erasure; a new text-to-image model reruns both."""
     import json
 
-    work = tmp_path / "study"
-    work.mkdir()
-    for name in ("Snakefile", "workflow", "config.yaml", "envs"):
-        (work / name).symlink_to(ROOT / name)
+    work = study_dir(tmp_path / "study")
+    (work / "resources").unlink()  # its own manifest beside the shipped model folders
     world = work / "resources" / "toyworld"
     world.mkdir(parents=True)
     for model in ("t2i", "clip", "detector", "segmenter"):
