@@ -26,18 +26,12 @@ cd "$W/repo" || exit 1
 export CUDA_VISIBLE_DEVICES=0 PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}"  # this copy's code first
 dev=${DEVICE:-cuda}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt"
-cfg() { python3 -c "import json; from resurgence import study; from resurgence.config import load_config; \
-print(json.dumps(study.$1(load_config(['config.yaml']))))"; }
-know=$(cfg toy_knowledge) cal=$(cfg calibration_sets)
-slots=${SLOTS:-8}
+know=$(study_config toy_knowledge) cal=$(study_config calibration_sets)
 left() { echo $(( deadline - $(date +%s) )); }
-smk() {  # smk LOG ARGS...: Snakemake with $slots jobs sharing the GPU, stopped at the deadline
+smk() {  # smk LOG ARGS...: gpu_snakemake (site.sh) until the deadline
   local log=$1; shift
   local t; t=$(left); [ "$t" -gt 20 ] || { echo "no time left" >> "$log"; return 1; }
-  timeout --signal=INT "$t" python3 -m snakemake "$@" --profile workflow/profiles/default --scheduler greedy \
-    --cores $((slots * 2)) --set-threads erase=2 finetune=2 generate_base=2 generate_erased=2 generate_finetuned=2 \
-    ftdata_random=2 ftdata_tercile=2 evaluate=2 reversion=2 --resources gpu="$slots" mem_mb=110000 --keep-going \
-    >> "$log" 2>&1
+  gpu_snakemake "$t" "$log" "$@"
   echo "snakemake exit $? at $(( $(date +%s) - start )) s" | tee -a "$log" >> "$W/times.log"
 }
 
@@ -96,7 +90,7 @@ if chosen is not None and chosen != float(shipped["models"]["clip"]["config"]["k
 PY
 echo "chosen: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen'])" "$W/choice.json")" >> "$W/times.log"
 stage quality
-models=$(cfg model_specs)
+models=$(study_config model_specs)
 python3 -m resurgence toyworld quality --models "$models" --out "$W/quality.json" --device "$dev" --images "${QUALITY_IMAGES:-4}" \
   --generation '{"steps": 25, "guidance_scale": 5.0, "batch_size": 256, "scheduler": "ddim", "dtype": "float32"}' \
   > "$W/quality.log" 2>&1 && python3 -c "import json,sys; from resurgence.toyworld.train import record_quality; \

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# A device call after tools/device/clip_and_study.sh: wait until its stage is `done` or $WAIT_S seconds
+# A device call after tools/device/study_detached.sh (or clip_and_study.sh, with W=/tmp/clip_and_study): wait until its stage is `done` or $WAIT_S seconds
 # have passed, then pack into $OUT what it made: tables.tgz (the results' CSV/JSON/TSV files under 2 MB,
 # the logs and Snakemake's metadata of $W/repo: seconds to pack, where compressing everything but weights
 # and images outran a 10-minute call), world.tar (the toy world as shipped there, the CLIP runs'
 # manifests, the driver's logs) and grids.tar (the image grids).
 set -uo pipefail
-W=${W:-/tmp/clip_and_study}
+W=${W:-/tmp/study_detached}
 end=$(( $(date +%s) + ${WAIT_S:-0} ))
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$W/stage" 2>/dev/null; do sleep 5; done
 cat "$W/stage" "$W/times.log" 2>/dev/null

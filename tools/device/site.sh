@@ -9,3 +9,21 @@ elif compgen -G ".whl/*.whl" > /dev/null; then
     && _site=/tmp/site || return 1
 fi
 export PYTHONPATH="$PWD${_site:+:$_site}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+# study_config NAME: the JSON of resurgence.study.NAME(config) for this checkout's config.yaml.
+study_config() {
+  python3 -c "import json; from resurgence import study; from resurgence.config import load_config; \
+print(json.dumps(study.$1(load_config(['config.yaml']))))"
+}
+
+# gpu_snakemake SECONDS LOG ARGS...: Snakemake on ARGS with ${SLOTS:-8} jobs sharing the machine's one GPU
+# (2 threads each, CUDA_VISIBLE_DEVICES set so no job claims a device of its own), stopped with SIGINT
+# after SECONDS (Snakemake then removes its incomplete outputs); appends to LOG and returns its status.
+gpu_snakemake() {
+  local secs=$1 log=$2 slots=${SLOTS:-8}
+  shift 2
+  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT "$secs" python3 -m snakemake "$@" \
+    --profile workflow/profiles/default --scheduler greedy --cores $((slots * 2)) \
+    --set-threads erase=2 finetune=2 generate_base=2 generate_erased=2 generate_finetuned=2 ftdata_random=2 \
+    ftdata_tercile=2 evaluate=2 reversion=2 --resources gpu="$slots" mem_mb=110000 --keep-going >> "$log" 2>&1
+}

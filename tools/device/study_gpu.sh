@@ -14,14 +14,9 @@ source tools/device/site.sh || exit 1
 export CUDA_VISIBLE_DEVICES=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 nproc
-slots=${SLOTS:-8}
 start=$(date +%s)
-# One GPU shared by $slots jobs: CUDA_VISIBLE_DEVICES is set, so no job claims a device of its own.
 # shellcheck disable=SC2086
-timeout --signal=INT "${LIMIT_S:-500}" python3 -m snakemake ${TARGETS:-all --until tables} \
-  --profile workflow/profiles/default --scheduler greedy --cores $((slots * 2)) --set-threads erase=2 finetune=2 generate_base=2 \
-  generate_erased=2 generate_finetuned=2 ftdata_random=2 ftdata_tercile=2 evaluate=2 \
-  --resources gpu="$slots" mem_mb=110000 --keep-going > "$OUT/snakemake.log" 2>&1
+gpu_snakemake "${LIMIT_S:-500}" "$OUT/snakemake.log" ${TARGETS:-all --until tables}
 rc=$?
 echo "snakemake exit $rc; study wall time: $(( $(date +%s) - start )) s" | tee -a "$OUT/snakemake.log"
 tail -5 "$OUT/snakemake.log"

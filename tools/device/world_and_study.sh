@@ -15,9 +15,7 @@ stage() { echo "$1 $(date +%s)" >> "$W/stage"; }
 # shellcheck source=tools/device/site.sh
 source tools/device/site.sh || exit 1
 start=$(date +%s)
-cfg() { python3 -c "import json; from resurgence import study; from resurgence.config import load_config; \
-print(json.dumps(study.$1(load_config(['config.yaml']))))"; }
-know=$(cfg toy_knowledge) cal=$(cfg calibration_sets)
+know=$(study_config toy_knowledge) cal=$(study_config calibration_sets)
 stage train
 for m in t2i clip; do
   python3 -m resurgence toyworld train --out-dir "$W/run_$m" --profile gpu --only $m --knowledge "$know" \

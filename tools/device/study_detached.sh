@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (the device tool, carry .devsite), detached with setsid so that it outlives the
+# call that starts it: run the study on the shipped toy world in a copy of the checkout ($W/repo; a later
+# device call re-copies the checkout, so nothing runs in it) with $SLOTS jobs sharing the GPU, and nothing
+# else on the machine (measured 2026-12-03: beside model training, everything ran 3-3.5x slower).
+# Phases run one after the other, each until the deadline ($DEADLINE_S after the start, default 1450):
+#   TARGETS (default: the default study up to its tables and the reversion stage),
+#   THEN    (default: none; e.g. "exact_unlearning_control --until tables reversion").
+# $W/stage says where it is; tools/device/collect.sh (same W) packs what exists into $OUT.
+# Usage:  setsid bash tools/device/study_detached.sh > /tmp/study.log 2>&1 < /dev/null &
+set -uo pipefail
+W=${W:-/tmp/study_detached}
+mkdir -p "$W"
+start=$(date +%s)
+deadline=$((start + ${DEADLINE_S:-1450}))
+stage() { echo "$1 $(( $(date +%s) - start ))" >> "$W/stage"; }
+rm -rf "$W/repo" && mkdir -p "$W/repo" && tar cf - --exclude=./.devsite --exclude=./.whl . | tar xf - -C "$W/repo"
+# shellcheck source=tools/device/site.sh
+source tools/device/site.sh || exit 1
+cd "$W/repo" || exit 1
+export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}"  # this copy's code first
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt"
+nproc >> "$W/gpu.txt"
+phase() {  # phase NAME ARGS...
+  local name=$1 t=$(( deadline - $(date +%s) ))
+  shift
+  [ "$t" -gt 20 ] || { echo "$name: no time left" >> "$W/times.log"; return 1; }
+  stage "$name"
+  gpu_snakemake "$t" "$W/$name.log" "$@"
+  echo "$name: snakemake exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
+}
+# shellcheck disable=SC2086
+phase study ${TARGETS:-all --until tables reversion}
+# shellcheck disable=SC2086
+[ -z "${THEN:-}" ] || phase then $THEN
+stage done
