@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import slurm_cluster
 import torch
@@ -26,6 +28,10 @@ def slurm(tmp_path_factory):
     """A one-node Slurm cluster on localhost for the whole session (`tests/slurm_cluster.py`), or None
     where none can be started (the reason is printed)."""
     reason = slurm_cluster.unavailable()
+    if reason and os.environ.get("RESURGENCE_REQUIRE_SLURM"):
+        pytest.fail(
+            f"RESURGENCE_REQUIRE_SLURM is set (.ci/run installed Slurm) but no test cluster: {reason}"
+        )
     if reason:
         print(f"\nno test Slurm cluster: {reason}")
         yield None

@@ -103,3 +103,12 @@ def test_a_second_submission_does_nothing(submitted, smoke_dir, slurm, tmp_path)
     assert "Nothing to be done" in out.stdout + out.stderr
     assert "has been submitted with SLURM jobid" not in out.stdout + out.stderr
     assert slurm.job_completions.read_text() == before
+
+
+def test_only_the_test_clusters_own_leftover_config_is_replaced(tmp_path):
+    own = tmp_path / "own.conf"
+    own.write_text(slurm_cluster.slurm_conf(tmp_path, "node", cpus=2, mem_mb=1000, gpus=1))
+    real = tmp_path / "real.conf"
+    real.write_text("ClusterName=hpc\nSlurmctldHost=head\n")
+    assert slurm_cluster.is_leftover(own)
+    assert not slurm_cluster.is_leftover(real)
