@@ -150,6 +150,31 @@ def test_methods_figure_draws_each_task_once_per_method(summary: pd.DataFrame, t
     assert 0.02 in heights and 0.6 in heights
 
 
+def test_methods_figure_keeps_a_methods_variants_apart(summary: pd.DataFrame, tmp_path, monkeypatch) -> None:
+    """ESD's two variants (two erase variants of one method) are two bars with their own values."""
+    uce = summary[(summary["task"] == "identity_10") & (summary["erase"] == "uce")]
+    esd = pd.concat(
+        [
+            uce.assign(erase="esd_x"),
+            uce.assign(erase="esd_u", value=uce["value"].where(uce["state"] != "finetuned", 0.8)),
+        ]
+    )
+    tasks = {**TASKS, "identity_10": {**TASKS["identity_10"], "methods": {"esd_x": "esd", "esd_u": "esd"}}}
+    drawn = []
+    monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
+    figures.fig_methods(pd.concat([summary, esd]), tmp_path / "m.png", tasks=tasks)
+    (fig,) = drawn
+    ax = next(a for a in fig.axes if "Identity" in a.get_title())
+    assert [t.get_text().split("\n")[-1] for t in ax.get_xticklabels()] == [
+        "No edit",
+        "ESD (esd_u)",
+        "ESD (esd_x)",
+    ]
+    heights = {round(b.get_height(), 3) for b in ax.patches}
+    assert {0.6, 0.8} <= heights  # esd_x's fine-tuned mean and esd_u's, not their average 0.7
+    assert 0.7 not in heights
+
+
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_every_figure_writes_png_and_pdf(name: str, summary: pd.DataFrame, tmp_path) -> None:
     png = tmp_path / "figs" / f"{name}.png"

@@ -294,8 +294,9 @@ def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str], max_chars: int = 5
     if not values.empty and values.min() >= 0 and values.max() <= 1:
         ax.set_ylim(0, 1.02)
     longest = max((len(line) for x in order for line in x.split("\n")), default=0)
-    if longest * len(order) > max_chars:  # labels would overlap horizontally
-        ax.tick_params(axis="x", labelrotation=20)
+    width = longest * len(order)
+    if width > max_chars:  # labels would overlap horizontally: slant them, or stand them up when many
+        ax.tick_params(axis="x", labelrotation=20 if width <= 2 * max_chars else 90)
 
 
 def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec, baseline: Baseline) -> None:
@@ -586,7 +587,14 @@ def fig_control(
 
 
 # Display names of the erasure methods (`study.ERASE_METHODS`), in the order figures draw them.
-METHOD_LABELS = {"mace": "MACE", "uce": "UCE", "none": "No edit"}
+METHOD_LABELS = {"mace": "MACE", "uce": "UCE", "esd": "ESD", "none": "No edit"}
+
+
+def method_label(method: str, erase: str) -> str:
+    """A method's display name, with its erase variant where that is not the method's only setting
+    (ESD's two published variants, esd_x and esd_u, are two bars, not one mean)."""
+    label = METHOD_LABELS.get(method, method)
+    return label if erase in ("default", method) else f"{label} ({erase})"
 
 
 def fig_methods(
@@ -606,8 +614,8 @@ def fig_methods(
             return None
         rank = order.index(method) if method in order else len(order)
         return (
-            (task_sort_key(row["task"]), rank),
-            f"{task_label(row['task'])}\n{METHOD_LABELS.get(method, method)}",
+            (task_sort_key(row["task"]), rank, row["erase"]),
+            f"{task_label(row['task'])}\n{method_label(method, row['erase'])}",
         )
 
     spec = _acc_spec(
