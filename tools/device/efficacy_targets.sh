@@ -8,6 +8,8 @@
 # ROUND=8: identity tasks at MACE's published cache weight and above (identity_100 by the closed form alone:
 #          its LoRA stage alone takes 385 s of a 545 s device call).
 # ROUND=9: object_5 at lower cache weights (it erased 11% at 400 with the name-knowledge text encoder).
+# ROUND=10: the calibrated world (knowledge shared 0.83): identity_1 at x1/x3/x10 (CPU runs it), identity_100
+#           by the closed form alone at x10/x30/x100 and by full MACE at x30 (GPU).
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -53,6 +55,10 @@ elif [ "${ROUND}" = 8 ]; then
 elif [ "${ROUND}" = 9 ]; then
   echo "results/metrics/object_5/base/tidy.csv"
   for v in w100 w200; do echo "results/metrics/object_5/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 10 ]; then
+  for t in identity_1 identity_100; do echo "results/metrics/$t/base/tidy.csv"; done
+  for v in dws1 dws3 dws10; do echo "results/metrics/identity_1/$v/erased/tidy.csv"; done
+  for v in dws10_cfr dws30_cfr dws100_cfr dws30; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
