@@ -279,3 +279,29 @@ def test_figures_are_byte_reproducible(summary: pd.DataFrame, tmp_path) -> None:
     fig5_resurgence(summary.sample(frac=1.0, random_state=0), tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+
+
+def test_reversion_figure_plots_the_edit_to_update_ratio_on_a_log_axis(tmp_path, monkeypatch) -> None:
+    runs = [
+        ("identity_10", "esd_x", 0.5, 0.4),
+        ("identity_10", "default", 60.0, 0.0),
+        ("object_ship", "default", 3.0, 0.0),
+    ]
+    table = pd.DataFrame(
+        [
+            dict(task=t, erase=e, ftset="random_identity", ftmethod="lora", step=200, is_final=True,
+                 edit_to_update=r, undone_fraction=0.1, reversion_cosine=0.05, kv_return=0.2, resurgence=res)
+            for t, e, r, res in runs
+        ]
+        + [dict(task="identity_10", erase="esd_x", ftset="random_identity", ftmethod="lora", step=50,
+                is_final=False, edit_to_update=2.0, undone_fraction=0.0, reversion_cosine=0.0, kv_return=0.0,
+                resurgence=float("nan"))]
+    )  # fmt: skip
+    drawn = []
+    monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
+    figures.fig_reversion(table, tmp_path / "r.png")
+    (fig,) = drawn
+    first = fig.axes[0]
+    assert first.get_xscale() == "log" and [a.get_xscale() for a in fig.axes[1:4]] == ["linear"] * 3
+    xs = sorted(float(x) for c in first.collections for x, _ in c.get_offsets())
+    assert xs == [0.5, 3.0, 60.0]  # the final step of each run, not the step-50 checkpoint

@@ -21,6 +21,7 @@ def _reference(wb: np.ndarray, we: np.ndarray, wf: np.ndarray, E: np.ndarray) ->
     return {
         "erase_rel_norm": np.linalg.norm(de) / np.linalg.norm(wb),
         "finetune_rel_norm": np.linalg.norm(df) / np.linalg.norm(we),
+        "edit_to_update": np.linalg.norm(de) / np.linalg.norm(df),
         "reversion_cosine": float(np.dot(df, -de) / (np.linalg.norm(df) * np.linalg.norm(de))),
         "undone_fraction": float(np.dot(df, -de) / np.dot(de, de)),
         "kv_return": float(np.dot(kf - ke, kb - ke) / np.dot(kb - ke, kb - ke)),

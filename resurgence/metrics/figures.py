@@ -483,10 +483,13 @@ def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Basel
 
 
 REVERSION_PANELS: tuple[tuple[str, str], ...] = (
-    ("undone_fraction", "Share of the erasure edit undone (weights)"),
-    ("reversion_cosine", "cos(fine-tune update, -erasure edit)"),
-    ("kv_return", "Erased concepts' keys/values: share of the way back"),
+    ("edit_to_update", "||dE|| / ||dF|| (log)"),
+    ("undone_fraction", "Share of dE undone"),
+    ("reversion_cosine", "cos(dF, -dE)"),
+    ("kv_return", "Erased keys/values: share back"),
 )
+# Ratios spanning orders of magnitude (MACE's edits are 1 to 1000 fine-tune updates, ESD's under one).
+LOG_REVERSION_MEASURES = frozenset({"edit_to_update"})
 
 
 def fig_reversion(table: pd.DataFrame, out_path: PathLike) -> None:
@@ -509,12 +512,18 @@ def fig_reversion(table: pd.DataFrame, out_path: PathLike) -> None:
             style="ftmethod", ax=ax, legend=i == len(REVERSION_PANELS) - 1,
         )  # fmt: skip
         ax.axhline(0, color="0.6", linewidth=0.8)
-        ax.axvline(0, color="0.6", linewidth=0.8)
+        if measure in LOG_REVERSION_MEASURES and (d[measure] > 0).all():
+            ax.set_xscale("log")
+            ax.axvline(1, color="0.6", linewidth=0.8)  # an edit the size of one fine-tune's update
+        else:
+            ax.axvline(0, color="0.6", linewidth=0.8)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("Resurgence (top-1 accuracy, after - before)")
+        ax.set_ylabel("Resurgence (top-1 accuracy, after - before)" if i == 0 else "")
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    fig.suptitle("Does fine-tuning undo the erasure? Reversion against resurgence, every run")
+    fig.suptitle(
+        "Does fine-tuning undo the erasure? Erasure edit dE, fine-tune update dF and resurgence, every run"
+    )
     _write(fig, out_path)
 
 

@@ -7,6 +7,8 @@ much, in weight space and in the erased concepts' own keys and values:
 
 * ``erase_rel_norm``   ||dE|| / ||W_base||, the size of the erasure edit;
 * ``finetune_rel_norm`` ||dF|| / ||W_erased||, the size of the fine-tune's move;
+* ``edit_to_update``   ||dE|| / ||dF||: how many fine-tune moves the edit is (the ratio of the two
+  relative norms overstates it by ||W_erased|| / ||W_base||, large where an edit outgrows the weights);
 * ``reversion_cosine`` cos(dF, -dE): 1 when the fine-tune moves straight back, 0 when orthogonal;
 * ``undone_fraction``  <dF, -dE> / ||dE||^2: the share of the edit undone along its own direction;
 * ``kv_return``        the same share for the erased concepts' keys/values E W^T (E: the text-encoder
@@ -33,6 +35,7 @@ TOTAL = "total"
 MEASURES: tuple[str, ...] = (
     "erase_rel_norm",
     "finetune_rel_norm",
+    "edit_to_update",
     "reversion_cosine",
     "undone_fraction",
     "kv_return",
@@ -56,6 +59,7 @@ def _measures(
     return {
         "erase_rel_norm": _ratio(ne, float(w_base.norm())),
         "finetune_rel_norm": _ratio(nf, float(w_erased.norm())),
+        "edit_to_update": _ratio(ne, nf),
         "reversion_cosine": _ratio(back, ne * nf),
         "undone_fraction": _ratio(back, ne**2),
         "kv_return": _ratio(float((k_ft - k_erased) @ k_gap), float(k_gap @ k_gap)),
