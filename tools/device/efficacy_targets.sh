@@ -10,6 +10,8 @@
 # ROUND=9: object_5 at lower cache weights (it erased 11% at 400 with the name-knowledge text encoder).
 # ROUND=10: the calibrated world (knowledge shared 0.83): identity_1 at x1/x3/x10 (CPU runs it), identity_100
 #           by the closed form alone at x10/x30/x100 and by full MACE at x30 (GPU).
+# ROUND=11: across concepts (with efficacy_concepts.yaml): every CIFAR-10 object alone at weights 50 and 800,
+#           five single identities at x1/x3; identity_100 at x30 (full MACE and the closed form alone).
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -59,6 +61,17 @@ elif [ "${ROUND}" = 10 ]; then
   for t in identity_1 identity_100; do echo "results/metrics/$t/base/tidy.csv"; done
   for v in dws1 dws3 dws10; do echo "results/metrics/identity_1/$v/erased/tidy.csv"; done
   for v in dws10_cfr dws30_cfr dws100_cfr dws30; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 11 ]; then
+  for o in airplane automobile bird cat deer dog frog horse ship truck; do
+    echo "results/metrics/object_$o/base/tidy.csv"
+    for v in w50 w800; do echo "results/metrics/object_$o/$v/erased/tidy.csv"; done
+  done
+  for t in identity_1 identity_1_b identity_1_c identity_1_d identity_1_e; do
+    echo "results/metrics/$t/base/tidy.csv"
+    for v in dws1 dws3; do echo "results/metrics/$t/$v/erased/tidy.csv"; done
+  done
+  echo "results/metrics/identity_100/base/tidy.csv"
+  for v in dws30 dws30_cfr dws10_cfr; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi

@@ -1,9 +1,12 @@
 # Sourced by the device scripts: puts the Python packages a lent machine lacks on PYTHONPATH, after the
 # checkout: the packed site (carry .devsite; tools/device/pack_site.sh), else the wheels (carry .whl).
-# Where neither travelled the installed environment is used as it is.
+# Where neither travelled the installed environment is used as it is. The site is unpacked once per machine
+# (its marker file), so that drivers started side by side never rewrite files another one is importing.
 _site=""
-if [ -f .devsite/site312.tar.xz ]; then
-  tar -xJf .devsite/site312.tar.xz -C /tmp && _site=/tmp/site312 || return 1
+if [ -f /tmp/site312/.unpacked ]; then
+  _site=/tmp/site312
+elif [ -f .devsite/site312.tar.xz ]; then
+  tar -xJf .devsite/site312.tar.xz -C /tmp && touch /tmp/site312/.unpacked && _site=/tmp/site312 || return 1
 elif compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && _site=/tmp/site || return 1
@@ -25,5 +28,5 @@ gpu_snakemake() {
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT "$secs" python3 -m snakemake "$@" \
     --profile workflow/profiles/default --scheduler greedy --cores $((slots * 2)) \
     --set-threads erase=2 finetune=2 generate_base=2 generate_erased=2 generate_finetuned=2 ftdata_random=2 \
-    ftdata_tercile=2 evaluate=2 reversion=2 --resources gpu="$slots" mem_mb=110000 --keep-going >> "$log" 2>&1
+    ftdata_tercile=2 evaluate=2 reversion=2 toyworld_variant=2 --resources gpu="$slots" mem_mb=110000 --keep-going >> "$log" 2>&1
 }
