@@ -26,7 +26,7 @@ import torch
 
 from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, base_linear, kv_module_names, peak_memory
-from resurgence.mace.refine import encode_prompts, refine_weights
+from resurgence.mace.refine import NULL_RCOND, encode_prompts, refine_weights
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class UCEConfig:
     # A singular system cannot occur with lamb > 0; with lamb = 0 the minimiser closest to W is taken
     # ("pinv", as MACE's refinement) or the run stops ("raise").
     on_singular: str = "pinv"
-    rcond: float = 1.0e-12
+    rcond: float = NULL_RCOND
 
     def __post_init__(self) -> None:
         if isinstance(self.preserve, str):

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from resurgence.mace.refine import NULL_RCOND
+
 # Reference `preserve_weight` (weight of the celebrity "domain" cache) per celebrity sub-task size.
 CELEBRITY_DOMAIN_WEIGHT: dict[int, float] = {1: 8.0e3, 5: 5.0e4, 10: 8.0e4, 100: 2.0e5}
 
@@ -63,8 +65,8 @@ class EraseConfig:
     # report records the rank; "raise" stops. Singular happens e.g. when the text encoder's final
     # LayerNorm has zero bias (untrained/random models): all embeddings then lie in a hyperplane.
     on_singular: Literal["raise", "pinv"] = "pinv"
-    # Relative eigenvalue threshold below which a normal-equation matrix counts as singular.
-    rcond: float = 1.0e-12
+    # Relative eigenvalue below which a normal-equation direction counts as unconstrained (refine.NULL_RCOND).
+    rcond: float = NULL_RCOND
 
     def __post_init__(self) -> None:
         if isinstance(self.preserve, str) or isinstance(self.domain_preserve, str):

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from resurgence.mace.refine import (
+    NULL_RCOND,
     WeightsLike,
     check_embeddings,
     gram,
@@ -37,7 +38,7 @@ def fuse_weights(
     fusion_lambda: float,
     ridge: float = 0.0,
     W_prior: WeightsLike | None = None,
-    rcond: float = 1e-12,
+    rcond: float = NULL_RCOND,
     on_singular: str = "raise",
     info: dict | None = None,
 ) -> WeightsLike:

@@ -32,6 +32,15 @@ import torch
 WeightsLike = torch.Tensor | Sequence[torch.Tensor]
 
 
+# Relative eigenvalue of a normal-equation matrix below which its direction counts as one no embedding
+# constrains. The embeddings are float32 text states: a Gram eigenvalue 1e-10 of the largest is a singular
+# value 1e-5 of the largest, about a hundred float32 roundings, below what a float32 encoder resolves. The
+# toy text encoder leaves one such direction (relative eigenvalue 1e-12, the next 1.4e-8); solved as a
+# constraint it took weights up to 170 times a layer's norm, which bf16 sampling then rounds into noise
+# (docs/erase_settings.md, "the numerically null direction").
+NULL_RCOND = 1.0e-10
+
+
 class SingularSystemError(ValueError):
     """The normal-equation matrix is singular: the closed-form problem has no unique solution."""
 
@@ -80,7 +89,7 @@ def solve_normal_equations(
     A: torch.Tensor,
     B: torch.Tensor,
     anchor: torch.Tensor,
-    rcond: float = 1e-12,
+    rcond: float = NULL_RCOND,
     on_singular: str = "raise",
     info: dict | None = None,
 ) -> torch.Tensor:
@@ -128,7 +137,7 @@ def refine_weights(
     E_prior: torch.Tensor | None,
     lambda1: float,
     ridge: float = 0.0,
-    rcond: float = 1e-12,
+    rcond: float = NULL_RCOND,
     on_singular: str = "raise",
     info: dict | None = None,
 ) -> WeightsLike:

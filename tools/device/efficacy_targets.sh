@@ -12,6 +12,8 @@
 #           by the closed form alone at x10/x30/x100 and by full MACE at x30 (GPU).
 # ROUND=11: across concepts (with efficacy_concepts.yaml): every CIFAR-10 object alone at weights 50 and 800,
 #           five single identities at x1/x3; identity_100 at x30 (full MACE and the closed form alone).
+# ROUND=12: (CPU) the closed forms' null-direction threshold: identity_1 at the old rcond 1e-12 and at
+#           refine.NULL_RCOND (default), and the single identities that missed the retained gate at x1.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -72,6 +74,12 @@ elif [ "${ROUND}" = 11 ]; then
   done
   echo "results/metrics/identity_100/base/tidy.csv"
   for v in dws30 dws30_cfr dws10_cfr; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
+elif [ "${ROUND}" = 12 ]; then
+  for t in identity_1 identity_1_c identity_1_d; do
+    echo "results/metrics/$t/base/tidy.csv"
+    echo "results/metrics/$t/default/erased/tidy.csv"
+  done
+  echo "results/metrics/identity_1/rcond_1e-12/erased/tidy.csv"
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
