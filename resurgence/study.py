@@ -331,11 +331,17 @@ def method_settings(config: dict[str, Any], task: str, erase: str, method: str) 
     return {k: v for k, v in settings.items() if k not in ("method", "mapping")}
 
 
+# The entry of a {concept: phrase} mapping that maps every concept it does not name.
+MAPPING_FALLBACK = "*"
+
+
 def _mapping_for(world: World, name: str, mapping: Any) -> str:
     if isinstance(mapping, dict):
-        if name not in mapping:
-            raise ConfigError(f"mapping has no entry for erased concept {name!r}")
-        return mapping[name]
+        if name not in mapping and MAPPING_FALLBACK not in mapping:
+            raise ConfigError(
+                f"mapping has no entry for erased concept {name!r} and no fallback entry {MAPPING_FALLBACK!r}"
+            )
+        return _mapping_for(world, name, mapping.get(name, mapping.get(MAPPING_FALLBACK)))
     if mapping == "gender":
         concept = world.concept(name)
         gender = dict(concept.traits).get("gender")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resurgence import study
-from resurgence.config import load_config
+from resurgence.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,27 @@ def test_erase_spec_resolves_mapping_per_concept(config):
     assert [c["mapping"] for c in plain["concepts"]] == ["ground"]
     lam = study.erase_spec(config, "object_ship", "lambda1_0.01")
     assert lam["mace"]["lambda1"] == 0.01
+
+
+def test_mapping_fallback_entry_maps_every_concept_the_mapping_does_not_name(config):
+    tasks = {
+        f"object_{o}": {"domain": "object", "erase": [o], "retain": ["airplane"]}
+        for o in ("dog", "horse", "deer")
+    }
+    cfg = {**config, "tasks": {**config["tasks"], **tasks}}
+    got = {t: study.erase_spec(cfg, t, "default")["concepts"][0]["mapping"] for t in tasks}
+    # the default object mapping: ground, except the objects the judge sees in ground's images
+    assert got == {"object_dog": "an object", "object_horse": "an object", "object_deer": "ground"}
+    # a task's own mapping dict still names its concepts; the fallback only fills the rest
+    assert [c["mapping"] for c in study.erase_spec(cfg, "object_5", "default")["concepts"]] == [
+        config["tasks"]["object_5"]["mapping"][n] for n in config["tasks"]["object_5"]["erase"]
+    ]
+    no_fallback = {
+        **cfg["erase_defaults"],
+        "object": {**cfg["erase_defaults"]["object"], "mapping": {"dog": "ground"}},
+    }
+    with pytest.raises(ConfigError, match=r"no entry for erased concept 'deer' and no fallback entry '\*'"):
+        study.erase_spec({**cfg, "erase_defaults": no_fallback}, "object_deer", "default")
 
 
 def test_domain_cache_holds_retained_and_unused_concepts_not_erased_or_finetuned(config):
