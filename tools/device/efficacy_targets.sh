@@ -14,6 +14,8 @@
 #           five single identities at x1/x3; identity_100 at x30 (full MACE and the closed form alone).
 # ROUND=12: (CPU) the closed forms' null-direction threshold: identity_1 at the old rcond 1e-12 and at
 #           refine.NULL_RCOND (default), and the single identities that missed the retained gate at x1.
+# ROUND=13: (CPU) dog and horse, which ground's images are judged as, at their mapping "an object".
+# ROUND=14: (CPU, with efficacy_one_seed.yaml alone) identity_100 at its default settings after refine.NULL_RCOND.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -80,6 +82,14 @@ elif [ "${ROUND}" = 12 ]; then
     echo "results/metrics/$t/default/erased/tidy.csv"
   done
   echo "results/metrics/identity_1/rcond_1e-12/erased/tidy.csv"
+elif [ "${ROUND}" = 13 ]; then
+  for t in object_dog object_horse; do
+    echo "results/metrics/$t/base/tidy.csv"
+    echo "results/metrics/$t/default/erased/tidy.csv"
+  done
+elif [ "${ROUND}" = 14 ]; then
+  echo "results/metrics/identity_100/base/tidy.csv"
+  echo "results/metrics/identity_100/default/erased/tidy.csv"
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
