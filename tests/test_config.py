@@ -67,7 +67,7 @@ def _broken(cfg: dict, path: list, value) -> dict:
         (["generation", "steps"], "many", ["generation.steps", "integer"]),
         (["erase_variants", "default", "lamda1"], 0.1, ["erase_variants.default", "lamda1", "lambda1"]),
         (["seeds"], [], ["'seeds'"]),
-        (["tasks", "identity_10", "mace", "lambda_1"], 0.1, ["tasks.identity_10.mace", "lambda_1"]),
+        (["tasks", "identity_100", "mace", "lambda_1"], 0.1, ["tasks.identity_100.mace", "lambda_1"]),
     ],
 )
 def test_bad_values_name_the_key(default_config, path, value, expected):

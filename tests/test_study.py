@@ -129,11 +129,13 @@ def test_task_mace_settings_sit_between_domain_defaults_and_variants(config):
 
     base = EraseConfig.celebrity(5).domain_weight
     assert "mace" not in config["tasks"]["identity_5"]
-    assert config["erase_defaults"]["identity"]["domain_weight_scale"] == 1  # MACE's published weight
-    assert study.erase_spec(config, "identity_5", "default")["mace"]["domain_weight"] == pytest.approx(base)
-    assert config["tasks"]["identity_10"]["mace"] == {"domain_weight_scale": 3}
-    assert study.erase_spec(config, "identity_10", "default")["mace"]["domain_weight"] == pytest.approx(
-        3 * EraseConfig.celebrity(10).domain_weight  # the task's scale beats erase_defaults'
+    scale = config["erase_defaults"]["identity"]["domain_weight_scale"]  # x MACE's published weight
+    assert study.erase_spec(config, "identity_5", "default")["mace"]["domain_weight"] == pytest.approx(
+        scale * base
+    )
+    assert config["tasks"]["identity_100"]["mace"] == {"domain_weight_scale": 10}
+    assert study.erase_spec(config, "identity_100", "default")["mace"]["domain_weight"] == pytest.approx(
+        10 * EraseConfig.celebrity(100).domain_weight  # the task's scale beats erase_defaults'
     )
     cfg = {**config, "erase_variants": {**config["erase_variants"], "x": {"domain_weight_scale": 2.0}}}
     assert study.erase_spec(cfg, "identity_5", "x")["mace"]["domain_weight"] == pytest.approx(2.0 * base)

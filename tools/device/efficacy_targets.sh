@@ -16,6 +16,7 @@
 #           refine.NULL_RCOND (default), and the single identities that missed the retained gate at x1.
 # ROUND=13: (CPU) dog and horse, which ground's images are judged as, at their mapping "an object".
 # ROUND=14: (CPU, with efficacy_one_seed.yaml alone) identity_100 at its default settings after refine.NULL_RCOND.
+# ROUND=15: (CPU, with efficacy_sweep.yaml, efficacy_precise.yaml and efficacy_one_seed.yaml) identity_5 at x3.
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -90,6 +91,9 @@ elif [ "${ROUND}" = 13 ]; then
 elif [ "${ROUND}" = 14 ]; then
   echo "results/metrics/identity_100/base/tidy.csv"
   echo "results/metrics/identity_100/default/erased/tidy.csv"
+elif [ "${ROUND}" = 15 ]; then
+  echo "results/metrics/identity_5/base/tidy.csv"
+  echo "results/metrics/identity_5/dws3/erased/tidy.csv"
 else
   for v in dws0.15_l0 dws0.2_l0 dws0.3_l0; do echo "results/metrics/identity_100/$v/erased/tidy.csv"; done
 fi
