@@ -24,9 +24,9 @@ def load_study_text_side(config_paths: Sequence[str]) -> tuple[dict[str, Any], A
 
 
 def task_mapping(config: dict[str, Any], task: str, world) -> dict[str, str]:
-    """Each erased concept's mapping concept in the task's default erasure."""
-    spec = study.erase_spec(config, task, "default", world)
-    return {c["name"]: c["mapping"] for c in spec["concepts"]}
+    """Each erased concept's mapping concept in the task's default erasure (for any method, the control's
+    "none" included: `study.probe_mappings`)."""
+    return study.probe_mappings(config, task, "default")
 
 
 def main_mapping(mapping: dict[str, str]) -> str:
