@@ -5,8 +5,10 @@
 #                    trainings first) with the reversion of the sweep's runs, up to the tables;
 #   W=/tmp/efficacy  the erasure-efficacy round 11 (tools/device/efficacy_concepts.yaml): the erase settings
 #                    across concepts, scored on 5 images per prompt, before any fine-tuning.
-# Both stop at $DEADLINE_S after the start (default 1300). Afterwards (a later call) pack each with
-#   W=/tmp/controls OUT=$OUT/controls bash tools/device/collect.sh  (and W=/tmp/efficacy).
+# Both stop at $DEADLINE_S after the start (default 1300). Pack each with
+#   W=/tmp/controls OUT=$OUT/controls bash tools/device/collect.sh  (and W=/tmp/efficacy)
+# at the end of *every* waiting call, not only the last: a machine left idle for over 30 s between calls goes
+# back with everything on it (2026-12-04: 990 s of this run were lost that way).
 # Env: SLOTS_CONTROLS (default 5), SLOTS_EFFICACY (default 4): jobs each run lets share the GPU.
 set -uo pipefail
 # shellcheck source=tools/device/site.sh
