@@ -36,8 +36,8 @@ WeightsLike = torch.Tensor | Sequence[torch.Tensor]
 # constrains. The embeddings are float32 text states: a Gram eigenvalue 1e-10 of the largest is a singular
 # value 1e-5 of the largest, about a hundred float32 roundings, below what a float32 encoder resolves. The
 # toy text encoder leaves one such direction (relative eigenvalue 1e-12, the next 1.4e-8); solved as a
-# constraint it took weights up to 170 times a layer's norm, which bf16 sampling then rounds into noise
-# (docs/erase_settings.md, "the numerically null direction").
+# constraint it took weights up to 170 times a layer's norm there, without changing any prompt's keys or
+# values (docs/erase_settings.md, "the numerically null direction").
 NULL_RCOND = 1.0e-10
 
 

@@ -23,12 +23,6 @@ def load_study_text_side(config_paths: Sequence[str]) -> tuple[dict[str, Any], A
     return config, world, load_study_pipeline(study.model_specs(config), "cpu")
 
 
-def task_mapping(config: dict[str, Any], task: str, world) -> dict[str, str]:
-    """Each erased concept's mapping concept in the task's default erasure (for any method, the control's
-    "none" included: `study.probe_mappings`)."""
-    return study.probe_mappings(config, task, "default")
-
-
 def main_mapping(mapping: dict[str, str]) -> str:
     """The mapping concept most of a task's erased concepts share (the reference for retained ones)."""
     return Counter(mapping.values()).most_common(1)[0][0]

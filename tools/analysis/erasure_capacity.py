@@ -12,10 +12,10 @@ import torch
 from common import (  # tools/analysis/ is on sys.path
     load_study_text_side,
     main_mapping,
-    task_mapping,
     write_csv,
 )
 
+from resurgence import study
 from resurgence.mace.capacity import concept_differences, erasure_tradeoff, eval_prompt_sets
 
 WEIGHTS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
@@ -30,7 +30,7 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         for task, t in config["tasks"].items():
-            mapping = task_mapping(config, task, world)
+            mapping = study.probe_mappings(config, task, "default")
             De = concept_differences(pipe, eval_prompt_sets(world, t["erase"]), mapping)
             Dr = concept_differences(pipe, eval_prompt_sets(world, t["retain"]), main_mapping(mapping))
             for p in erasure_tradeoff(De, Dr, WEIGHTS):

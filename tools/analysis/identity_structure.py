@@ -18,10 +18,10 @@ import torch
 from common import (  # tools/analysis/ is on sys.path
     load_study_text_side,
     main_mapping,
-    task_mapping,
     write_csv,
 )
 
+from resurgence import study
 from resurgence.mace.capacity import concept_differences, eval_prompt_sets, principal_dims, share_in_span
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     config, world, pipe = load_study_text_side(args.config)
     tasks = {k: t for k, t in config["tasks"].items() if t["domain"] == "identity"}
-    mapping = main_mapping(task_mapping(config, next(iter(tasks)), world))
+    mapping = main_mapping(study.probe_mappings(config, next(iter(tasks)), "default"))
     identities = list(world.by_domain("identity"))
     with torch.no_grad():
         vec = {

@@ -23,18 +23,15 @@ from resurgence.models.clip import load_clip
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def judge_shares(config, world, pipe, clip, phrase: str, n_images: int) -> dict[str, float]:
+def judge_shares(
+    world, pipe, clip, gen: GenerationConfig, labels, phrase: str, n_images: int
+) -> dict[str, float]:
     """Share of ``n_images`` base-model images per mapping prompt of ``phrase`` judged as each label."""
-    gen = GenerationConfig.from_dict(
-        dict(config["generation"])
-    )  # the study's sampler, as the erased model's images
-    judge = ClipAccuracy(clip, {c: world.concept(c).names for c in CIFAR10})
     counts: Counter[str] = Counter()
     total = 0
     for prompt in world.mapping_prompts(phrase):
         images = generate(pipe, [prompt] * n_images, list(range(n_images)), gen, "cpu", progress=False)
-        cosine = clip.encode_images(images) @ judge.label_emb.T
-        counts.update(judge.labels[i] for i in cosine.argmax(1).tolist())
+        counts.update(clip.zero_shot(images, labels))
         total += len(images)
     return {label: counts[label] / total for label in CIFAR10}
 
@@ -48,9 +45,12 @@ def main() -> None:
     args = ap.parse_args()
     config, world, pipe = load_study_text_side(args.config)
     clip = load_clip(study.model_specs(config)["clip"], "cpu")
+    # the study's sampler, as the erased model's images are drawn; the judge's labels, as the study scores objects
+    gen = GenerationConfig.from_dict(dict(config["generation"]))
+    labels = ClipAccuracy(clip, {c: world.concept(c).names for c in CIFAR10}).label_prompts
     rows = []
     for phrase in args.phrases:
-        shares = judge_shares(config, world, pipe, clip, phrase, args.images)
+        shares = judge_shares(world, pipe, clip, gen, labels, phrase, args.images)
         rows += [(phrase, k, round(v, 4)) for k, v in shares.items()]
         print(phrase, {k: v for k, v in shares.items() if v > 0})
     write_csv(args.out, ("mapping", "label", "share"), rows)
