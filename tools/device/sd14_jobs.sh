@@ -4,7 +4,8 @@
 # identifier as detector): one erase (object_ship), its fine-tune set, a LoRA fine-tune and the
 # fine-tuned model's generation, at the counts of tools/device/sd14_jobs.yaml.
 # Usage (device tool, carry .devsite):  bash tools/device/sd14_jobs.sh
-# Env: TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
+# Env: ARCH (default sd14; sd21_base runs the SD v2.1 preset, config.sd21.yaml, on stand-ins of
+#      stable-diffusion-2-1-base and OpenCLIP ViT-H/14), TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
 #      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
 #      MODELS (where the stand-ins go, default /tmp/sd14-standins), LIMIT_S (default 480).
 set -uo pipefail
@@ -14,14 +15,22 @@ if [ "${SCALE:-full}" = full ]; then
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/sd14-jobs-out}; mkdir -p "$out"
-models=${MODELS:-/tmp/sd14-standins}
+arch=${ARCH:-sd14}
+configs="config.yaml config.sd14.yaml"
+case $arch in
+  sd14) ;;
+  sd21_base) configs+=" config.sd21.yaml" ;;
+  *) echo "ARCH: allowed values: sd14, sd21_base (got $arch)" >&2; exit 2 ;;
+esac
+models=${MODELS:-/tmp/$arch-standins}
 target=${TARGET:-results/images/object_ship/default/random_object/lora/step-20/index.jsonl}
 start=$(date +%s)
-python3 -m resurgence.models.standins "$models" --scale "${SCALE:-full}" || exit 1
+# shellcheck disable=SC2086
+python3 -m resurgence.models.standins "$models" --scale "${SCALE:-full}" --arch "$arch" --configfile $configs || exit 1
 echo "stand-ins written in $(( $(date +%s) - start )) s"; du -sh "$models"
 # shellcheck disable=SC2086
 timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake "$target" --profile workflow/profiles/default \
-  --configfile config.yaml config.sd14.yaml tools/device/sd14_jobs.yaml "$models/models.yaml" ${EXTRA:-} \
+  --configfile $configs tools/device/sd14_jobs.yaml "$models/models.yaml" ${EXTRA:-} \
   --cores 4 --resources gpu=1 > "$out/snakemake.log" 2>&1
 rc=$?
 echo "snakemake exit $rc; wall time since start: $(( $(date +%s) - start )) s" | tee -a "$out/snakemake.log"
@@ -29,6 +38,6 @@ grep -E "steps \(|Finished job|Error|error" "$out/snakemake.log" | cut -c1-300 |
 # The jobs' timings, reports and logs (the images and grids of noise from random weights are tens of MB: left out)
 find results/benchmarks results/erase results/finetune results/ftdata results/images logs -type f -size -2M \
   \( -name '*.tsv' -o -name '*.json' -o -name '*.jsonl' -o -name '*.log' \) 2>/dev/null \
-  | tar cf "$out/sd14_jobs.tar" -T -
-ls -la "$out/sd14_jobs.tar"
+  | tar cf "$out/${arch}_jobs.tar" -T -
+ls -la "$out/${arch}_jobs.tar"
 exit $rc
