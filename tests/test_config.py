@@ -40,6 +40,32 @@ def test_default_and_presets_validate(default_config, tmp_path, monkeypatch):
         check_study(cfg)
 
 
+# The device drivers' overlays (tools/device/*.yaml) with the configs each is layered on: a newer check
+# of the study must not stop a driver before any job on the lent GPU (it stopped sd14_jobs.yaml once).
+DEVICE_OVERLAYS = {
+    "sd14_jobs.yaml": [["config.sd14.yaml"], ["config.sd14.yaml", "config.sd21.yaml"]],
+    "efficacy_sweep.yaml": [[]],
+    "efficacy_precise.yaml": [["tools/device/efficacy_sweep.yaml"]],
+    "efficacy_concepts.yaml": [["tools/device/efficacy_sweep.yaml", "tools/device/efficacy_precise.yaml"]],
+    "efficacy_one_seed.yaml": [[], ["tools/device/efficacy_sweep.yaml"]],
+}
+
+
+def test_device_overlays_validate(tmp_path, monkeypatch):
+    assert sorted(DEVICE_OVERLAYS) == sorted(p.name for p in (ROOT / "tools/device").glob("*.yaml"))
+    monkeypatch.setattr("resurgence.study.check_available", lambda config: None)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a caption\nanother caption\n")
+    for overlay, chains in DEVICE_OVERLAYS.items():
+        for bases in chains:
+            cfg = load_config(
+                [ROOT / "config.yaml", *(ROOT / b for b in bases), ROOT / "tools/device" / overlay], RETRAIN
+            )
+            if cfg["world"] != "toy":
+                cfg["evaluation"]["captions"]["file"] = str(captions)
+            check_study(cfg)
+
+
 def test_missing_toy_weights_are_named(tmp_path):
     cfg = load_config([ROOT / "config.yaml"], {"toyworld": {"weights": str(tmp_path), "retrain": False}})
     with pytest.raises(
