@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of CLIP's knowledge Gram loss (default: ToyClipTrainConfig's)",
     )
     t.add_argument(
+        "--clip-knowledge-balance",
+        default=None,
+        help="how CLIP's knowledge Gram loss averages its name pairs (ToyClipTrainConfig.knowledge_balance)",
+    )
+    t.add_argument(
         "--unet-steps", type=int, default=None, help="the t2i UNet's step count (instead of its time budget)"
     )
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")

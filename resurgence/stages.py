@@ -88,6 +88,7 @@ def run_toyworld(args: Namespace) -> None:
             exclude=tuple(args.exclude),
             unet_steps=args.unet_steps,
             clip_knowledge_weight=args.clip_knowledge_weight,
+            clip_knowledge_balance=args.clip_knowledge_balance,
         )
     else:
         from resurgence.toyworld.quality import measure_quality

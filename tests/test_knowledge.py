@@ -149,3 +149,33 @@ def test_shipped_models_of_another_geometry_stop_the_study_naming_the_key(tmp_pa
     config["toyworld"]["knowledge"] = {"shared": 0.5}
     config["toyworld"]["retrain"] = True  # retrained models will learn it: nothing to check
     study.check_toy_knowledge(config)
+
+
+def test_domain_balanced_gram_loss_weighs_each_pair_of_domains_alike():
+    g = torch.Generator().manual_seed(2)
+    e = torch.nn.functional.normalize(torch.randn(5, 3, generator=g), dim=1)
+    target = torch.rand(5, 5, generator=g)
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    blocks: dict[tuple[int, int], list[float]] = {}
+    for i in range(5):
+        for j in range(5):
+            if i != j:
+                key = tuple(sorted((int(groups[i]), int(groups[j]))))
+                blocks.setdefault(key, []).append((float(e[i] @ e[j]) - float(target[i, j])) ** 2)
+    expected = sum(sum(v) / len(v) for v in blocks.values()) / len(blocks)
+    assert sorted(blocks) == [(0, 0), (0, 1), (1, 1)]
+    assert knowledge_gram_loss(e, target, groups).item() == pytest.approx(expected, rel=1e-5)
+    # one domain: the plain mean over pairs
+    assert knowledge_gram_loss(e, target, torch.zeros(5, dtype=torch.long)).item() == pytest.approx(
+        knowledge_gram_loss(e, target).item(), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="expected \\(5,\\)"):
+        knowledge_gram_loss(e, target, groups[:4])
+
+
+def test_clip_knowledge_balance_names_its_allowed_values():
+    from resurgence.toyworld.clip import ToyClipTrainConfig
+
+    assert ToyClipTrainConfig().knowledge_balance == "pairs"  # the shipped CLIP's training
+    with pytest.raises(ValueError, match="knowledge_balance: allowed values: \\['pairs', 'domains'\\]"):
+        ToyClipTrainConfig(knowledge_balance="objects")

@@ -50,6 +50,9 @@ IDENTITY_TEMPLATES = (
 OBJECT_TEMPLATES = ("a photo of the {}", "a photo of a {}", "an image of a {}", "a {}", "{}")
 
 
+KNOWLEDGE_BALANCES = ("pairs", "domains")
+
+
 @dataclass
 class ToyClipTrainConfig:
     """Architecture and training of the toy CLIP.
@@ -93,10 +96,19 @@ class ToyClipTrainConfig:
     # names' relations from text the toy images do not hold. 0 trains on the contrastive loss alone.
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     knowledge_weight: float = 1.0
+    # How the Gram loss averages its name pairs: "pairs" (every pair alike) or "domains" (per pair of
+    # domains, then alike: objects weigh as much as identities; `knowledge_gram_loss`).
+    knowledge_balance: str = "pairs"
     render_workers: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     checkpoint_every: int = 1_000
     bf16: bool = True
     save_dtype: str = "float16"  # keeps the 49408-token embedding table small on disk
+
+    def __post_init__(self) -> None:
+        if self.knowledge_balance not in KNOWLEDGE_BALANCES:
+            raise ValueError(
+                f"knowledge_balance: allowed values: {list(KNOWLEDGE_BALANCES)}, got {self.knowledge_balance!r}"
+            )
 
 
 def model_config(cfg: ToyClipTrainConfig) -> dict[str, Any]:
@@ -215,17 +227,34 @@ def multi_positive_clip_loss(
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def knowledge_gram_loss(emb: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+def knowledge_gram_loss(
+    emb: torch.Tensor, gram: torch.Tensor, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean squared difference between the off-diagonal cosines of unit embeddings ``emb`` and ``gram``.
 
     Contrastive training is blind to a component shared by every text and image (it shifts all
-    logits alike), so this fixes the names' geometry without competing with it.
+    logits alike), so this fixes the names' geometry without competing with it. With ``groups`` (a
+    domain index per row) the mean is taken per pair of domains and those means averaged, so that a
+    small domain's pairs weigh as much as a large one's (objects are 6 % of the world's name pairs).
     """
     n = emb.shape[0]
     if gram.shape != (n, n):
         raise ValueError(f"gram has shape {tuple(gram.shape)}, expected {(n, n)}")
     off = ~torch.eye(n, dtype=torch.bool, device=emb.device)
-    return ((emb @ emb.T - gram)[off] ** 2).mean()
+    sq = (emb @ emb.T - gram) ** 2
+    if groups is None:
+        return sq[off].mean()
+    if groups.shape != (n,):
+        raise ValueError(f"groups has shape {tuple(groups.shape)}, expected {(n,)}")
+    labels = torch.unique(groups)
+    means = []
+    for i, a in enumerate(labels):
+        for b in labels[i:]:
+            ga, gb = groups == a, groups == b
+            block = ((ga[:, None] & gb[None, :]) | (gb[:, None] & ga[None, :])) & off
+            if block.any():
+                means.append(sq[block].mean())
+    return torch.stack(means).mean()
 
 
 @torch.no_grad()
@@ -286,7 +315,14 @@ def train_clip(
     know = None
     if cfg.knowledge_weight > 0 and getattr(world, "identities", None):
         know_names, gram = knowledge_gram(world, cfg.knowledge)
-        know = (open_clip.tokenize(know_names, context_length=cfg.context_length).to(device), gram.to(device))
+        groups = None
+        if cfg.knowledge_balance == "domains":
+            groups = torch.tensor([0] * len(world.identities) + [1] * len(world.objects), device=device)
+        know = (
+            open_clip.tokenize(know_names, context_length=cfg.context_length).to(device),
+            gram.to(device),
+            groups,
+        )
     t_data = time.time() - t0
 
     model = build_toy_clip(cfg).to(device)
@@ -323,7 +359,7 @@ def train_clip(
         if know is not None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 names_emb = model.encode_text(know[0], normalize=True)
-            know_loss = knowledge_gram_loss(names_emb.float(), know[1])
+            know_loss = knowledge_gram_loss(names_emb.float(), know[1], know[2])
             loss = loss + cfg.knowledge_weight * know_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

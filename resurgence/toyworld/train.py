@@ -161,6 +161,7 @@ def train_all(
     exclude: tuple[str, ...] = (),
     unet_steps: int | None = None,
     clip_knowledge_weight: float | None = None,
+    clip_knowledge_balance: str | None = None,
 ) -> dict[str, Any]:
     """Train the toy models (all, or ``only`` some) and (re)write ``out_dir/manifest.json``.
 
@@ -169,7 +170,8 @@ def train_all(
     calibration statistics (`record_geometry`). ``exclude``: concepts the text-to-image model never
     sees (the exact-unlearning control). ``unet_steps`` fixes the UNet's step count instead of its
     time budget (a variant replays the shipped model's count, whatever else shares the GPU).
-    ``clip_knowledge_weight`` overrides CLIP's knowledge Gram-loss weight (`choose_clip_knowledge_weight`).
+    ``clip_knowledge_weight`` and ``clip_knowledge_balance`` override CLIP's knowledge Gram-loss weight
+    (`choose_clip_knowledge_weight`) and how it averages its pairs (`clip.knowledge_gram_loss`).
     """
     from resurgence.toyworld.clip import train_clip
     from resurgence.toyworld.concepts import toy_world
@@ -185,6 +187,8 @@ def train_all(
         cfgs["t2i"] = dataclasses.replace(cfgs["t2i"], unet_steps=unet_steps, unet_time_budget_s=None)
     if clip_knowledge_weight is not None:
         cfgs["clip"] = dataclasses.replace(cfgs["clip"], knowledge_weight=clip_knowledge_weight)
+    if clip_knowledge_balance is not None:
+        cfgs["clip"] = dataclasses.replace(cfgs["clip"], knowledge_balance=clip_knowledge_balance)
     trainers = {
         "t2i": train_text_to_image,
         "clip": train_clip,

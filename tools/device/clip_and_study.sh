@@ -11,6 +11,9 @@
 #   phase 3: the geometry sweep up to its table.
 # Measured 2026-12-03 (docs/methods_reversion_h200.md): with the variants beside CLIP and the study, all
 # of it ran 3-3.5x slower than alone; the variants' models now train only with VARIANTS=1.
+# BALANCE=domains trains the CLIPs with the Gram loss averaged per pair of domains (ToyClipTrainConfig.
+# knowledge_balance; docs/geometry_calibration.md); the shipped CLIP then enters the choice only if it
+# was trained the same way.
 # Every phase stops at $DEADLINE_S after the start (default 1450). $W/stage says where it is;
 # tools/device/collect.sh packs what exists into $OUT.
 set -uo pipefail
@@ -51,21 +54,23 @@ pids=()
 for w in ${WEIGHTS:-3 10 30}; do
   rm -rf "$W/run_$w" && mkdir -p "$W/run_$w" && cp -r resources/toyworld/. "$W/run_$w/"
   python3 -m resurgence toyworld train --out-dir "$W/run_$w" --profile "${PROFILE:-gpu}" --only clip --knowledge "$know" \
-    --calibration "$cal" --clip-knowledge-weight "$w" --device "$dev" > "$W/train_clip_$w.log" 2>&1 &
+    --calibration "$cal" --clip-knowledge-weight "$w" ${BALANCE:+--clip-knowledge-balance "$BALANCE"} --device "$dev" \
+    > "$W/train_clip_$w.log" 2>&1 &
   pids+=($!)
 done
 wait "${pids[@]}"
 echo "clip sweep done at $(( $(date +%s) - start )) s" >> "$W/times.log"
 stage choose
 python3 - "$W" "$cal" "$dev" ${WEIGHTS:-3 10 30} <<'PY' > "$W/choose.log" 2>&1
-import json, sys
+import json, os, sys
 from resurgence.io import write_json
 from resurgence.toyworld.quality import GATES
 from resurgence.toyworld.train import choose_clip_knowledge_weight, import_models, read_manifest, record_geometry
 w, cal, dev, weights = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], [float(x) for x in sys.argv[4:]]
 runs = {x: read_manifest(f"{w}/run_{x:g}") for x in weights}
 shipped = read_manifest("resources/toyworld")
-runs[float(shipped["models"]["clip"]["config"]["knowledge_weight"])] = shipped  # the shipped CLIP's run
+if shipped["models"]["clip"]["config"].get("knowledge_balance", "pairs") == os.environ.get("BALANCE", "pairs"):
+    runs[float(shipped["models"]["clip"]["config"]["knowledge_weight"])] = shipped  # the shipped CLIP's run
 chosen = choose_clip_knowledge_weight(runs, GATES["clip_zero_shot_top1"])
 sweep = {
     f"{x:g}": {
@@ -81,7 +86,7 @@ record = {"chosen": chosen, "rule": "smallest weight with every domain's CLIP st
           "runs": sweep}
 write_json(f"{w}/choice.json", record)
 print(json.dumps(record, indent=1))
-if chosen is not None and chosen != float(shipped["models"]["clip"]["config"]["knowledge_weight"]):
+if chosen is not None and runs[chosen] is not shipped:
     import_models(f"{w}/run_{chosen:g}", "resources/toyworld", ["clip"])
     record_geometry("resources/toyworld", cal, device=dev)
     m = read_manifest("resources/toyworld")
