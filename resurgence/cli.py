@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--generation", type=_json, required=True)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--images", type=int, default=4, help="images per concept and template")
+    q.add_argument(
+        "--concepts",
+        type=int,
+        default=None,
+        help="prompt only the first N identities and objects (default: all)",
+    )
     q.add_argument("--out", required=True)
     q.add_argument("--device", default="auto")
 

@@ -100,6 +100,7 @@ def run_toyworld(args: Namespace) -> None:
             seed=args.seed,
             images=args.images,
             device=pick_device(args.device),
+            concepts=args.concepts,
         )
 
 

@@ -3,6 +3,7 @@ end-to-end run of the smoke preset with its incremental-rerun behaviour."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -127,6 +128,14 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     esd_u = final[(final["task"] == "object_ship") & (final["erase"] == "esd_u")]
     assert len(esd_u) == 1 and esd_u["erase_rel_norm"].iloc[0] > 0  # measured over the layers ESD-u changed
     assert not list((smoke_dir / "results").rglob("*.tmp")), "half-written artifacts left behind"
+    # the smoke preset's quality gates prompt its first 4 identities and objects (toyworld.quality_concepts)
+    from resurgence.toyworld.concepts import toy_world
+
+    world = toy_world(0)
+    quality = json.loads((smoke_dir / "results" / "toyworld" / "quality.json").read_text())
+    assert quality["t2i_concepts"] == 4
+    assert quality["t2i_identity_images"] == sum(len(world.eval_prompts(c)) for c in world.identities[:4])
+    assert quality["t2i_object_images"] == sum(len(world.eval_prompts(c)) for c in world.objects[:4])
 
 
 @pytest.mark.slow

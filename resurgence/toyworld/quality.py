@@ -35,8 +35,11 @@ def measure_quality(
     images: int = 4,
     n_renders: int = 2000,
     device: str = "cpu",
+    concepts: int | None = None,
 ) -> dict[str, Any]:
-    """Measure every gate and write ``out`` (JSON). ``images`` = generations per prompt."""
+    """Measure every gate and write ``out`` (JSON). ``images`` = generations per prompt; ``concepts``: the
+    text-to-image gates prompt only the first that many identities and objects (None: every one), for
+    presets whose worlds are too small to pass the gates anyway (the smoke preset)."""
     from resurgence.generate.engine import GenerationConfig, generate
     from resurgence.models.clip import load_clip
     from resurgence.models.pipeline import load_pipeline
@@ -63,8 +66,8 @@ def measure_quality(
 
     pipe = load_pipeline(models["pipeline"], device=device)
     gen_cfg = GenerationConfig(**generation)
-    id_prompts = [(c.name, p) for c in world.identities for p in world.eval_prompts(c)]
-    obj_prompts = [(c.name, p) for c in world.objects for p in world.eval_prompts(c)]
+    id_prompts = [(c.name, p) for c in world.identities[:concepts] for p in world.eval_prompts(c)]
+    obj_prompts = [(c.name, p) for c in world.objects[:concepts] for p in world.eval_prompts(c)]
     per = {}
     t0 = time.time()
     n_generated = 0
@@ -88,6 +91,7 @@ def measure_quality(
     elapsed = time.time() - t0
     result["t2i_identity_top1"] = per["identity"]
     result["t2i_object_top1"] = per["object"]
+    result["t2i_concepts"] = concepts  # None: every concept of the world
     result["generation"] = dict(generation)
     result["generation_images_per_s"] = n_generated / elapsed
     result["generation_threads"] = torch.get_num_threads()

@@ -48,10 +48,16 @@ rule toyworld_quality:
         weights=weights("pipeline", "clip", "detector", "segmenter"),
         seed=config.get("toyworld", {}).get("seed", 0),
         images=config.get("toyworld", {}).get("quality_images", 4),
+        concepts=lambda wc: (
+            f"--concepts {config['toyworld']['quality_concepts']}"
+            if "quality_concepts" in config.get("toyworld", {})
+            else ""
+        ),
         generation=as_json(gen_settings()),
         device=device(),
     shell:
         "python -m resurgence toyworld quality --models {params.models:q} --seed {params.seed} --images {params.images}"
+        " {params.concepts}"
         " --generation {params.generation:q} --out {output.quality} --device {params.device} > {log} 2>&1"
 
 
