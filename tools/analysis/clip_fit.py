@@ -21,6 +21,7 @@ from common import write_csv
 from resurgence import study
 from resurgence.config import load_config
 from resurgence.models.clip import load_clip
+from resurgence.toyworld.clip import knowledge_gram_loss
 from resurgence.toyworld.concepts import toy_world
 from resurgence.toyworld.knowledge import (
     KnowledgeConfig,
@@ -33,13 +34,10 @@ from resurgence.toyworld.train import read_manifest, trained_knowledge
 
 def best_fit_residual(gram: torch.Tensor, dim: int, steps: int = 3000, seed: int = 0) -> float:
     """RMS off-diagonal residual of unit vectors in ``dim`` dimensions fitted directly to ``gram``."""
-    n = gram.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool)
-    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+    x = torch.randn(gram.shape[0], dim, generator=torch.Generator().manual_seed(seed)).requires_grad_()
     opt = torch.optim.Adam([x], lr=0.01)
     for _ in range(steps):
-        e = torch.nn.functional.normalize(x, dim=1)
-        loss = ((e @ e.T - gram)[off] ** 2).mean()
+        loss = knowledge_gram_loss(torch.nn.functional.normalize(x, dim=1), gram)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -53,9 +51,10 @@ def main() -> None:
     args = p.parse_args()
     config = load_config(args.config)
     models_dir = study.toy_models_dir(config)
+    manifest = read_manifest(models_dir)
     knowledge = KnowledgeConfig.from_dict(trained_knowledge(models_dir)["clip"])
-    world = toy_world(int(read_manifest(models_dir)["models"]["clip"]["seed"] or 0))
-    erase_sets = read_manifest(models_dir)["geometry"]["erase_sets"]
+    world = toy_world(int(manifest["models"]["clip"]["seed"] or 0))
+    erase_sets = manifest["geometry"]["erase_sets"]
     names, gram = knowledge_gram(world, knowledge)
     gram = gram.float()
     clip = load_clip({"kind": "toy", "path": f"{models_dir}/clip"}, device="cpu")
