@@ -289,11 +289,15 @@ def test_the_knowledge_loss_gives_the_names_the_worlds_geometry(tmp_path):
     names, gram = knowledge_gram(world, knowledge)
     off = ~torch.eye(len(names), dtype=torch.bool)
     errors = {}
-    for weight in (0.0, 1.0):
-        cfg = toyclip.ToyClipTrainConfig(**TINY_CLIP, steps=60, knowledge=knowledge, knowledge_weight=weight)
-        toyclip.train_clip(cfg, world, tmp_path / str(weight), "cpu", render_fn=fake_render_arrays)
-        clip = load_clip({"kind": "toy", "path": str(tmp_path / str(weight) / "clip")})
+    for weight, balance in ((0.0, "pairs"), (1.0, "pairs"), (1.0, "domains")):
+        cfg = toyclip.ToyClipTrainConfig(
+            **TINY_CLIP, steps=60, knowledge=knowledge, knowledge_weight=weight, knowledge_balance=balance
+        )
+        out = tmp_path / f"{weight}_{balance}"
+        toyclip.train_clip(cfg, world, out, "cpu", render_fn=fake_render_arrays)
+        clip = load_clip({"kind": "toy", "path": str(out / "clip")})
         with torch.no_grad():
             sim = clip.similarity(names, names).float()
-        errors[weight] = float((sim - gram)[off].abs().mean())
-    assert errors[1.0] < 0.1 < errors[0.0], errors
+        errors[weight, balance] = float((sim - gram)[off].abs().mean())
+    assert errors[1.0, "pairs"] < 0.1 < errors[0.0, "pairs"], errors
+    assert errors[1.0, "domains"] < 0.1, errors  # the per-domain average fits the geometry as well

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from resurgence.config import ConfigError
-from resurgence.toyworld.clip import knowledge_gram_loss
+from resurgence.toyworld.clip import domain_pair_weights, knowledge_gram_loss
 from resurgence.toyworld.concepts import toy_world
 from resurgence.toyworld.knowledge import (
     CATEGORY_OF,
@@ -164,13 +164,16 @@ def test_domain_balanced_gram_loss_weighs_each_pair_of_domains_alike():
                 blocks.setdefault(key, []).append((float(e[i] @ e[j]) - float(target[i, j])) ** 2)
     expected = sum(sum(v) / len(v) for v in blocks.values()) / len(blocks)
     assert sorted(blocks) == [(0, 0), (0, 1), (1, 1)]
-    assert knowledge_gram_loss(e, target, groups).item() == pytest.approx(expected, rel=1e-5)
+    assert knowledge_gram_loss(e, target, domain_pair_weights(groups)).item() == pytest.approx(
+        expected, rel=1e-5
+    )
     # one domain: the plain mean over pairs
-    assert knowledge_gram_loss(e, target, torch.zeros(5, dtype=torch.long)).item() == pytest.approx(
+    one = domain_pair_weights(torch.zeros(5, dtype=torch.long))
+    assert knowledge_gram_loss(e, target, one).item() == pytest.approx(
         knowledge_gram_loss(e, target).item(), rel=1e-6
     )
-    with pytest.raises(ValueError, match="expected \\(5,\\)"):
-        knowledge_gram_loss(e, target, groups[:4])
+    with pytest.raises(ValueError, match="expected \\(5, 5\\)"):
+        knowledge_gram_loss(e, target, domain_pair_weights(groups[:4]))
 
 
 def test_clip_knowledge_balance_names_its_allowed_values():

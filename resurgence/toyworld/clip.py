@@ -227,34 +227,39 @@ def multi_positive_clip_loss(
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def domain_pair_weights(groups: torch.Tensor) -> torch.Tensor:
+    """Weights over the off-diagonal pairs of rows labelled ``groups`` (a domain index per row) that
+    average the pairs per pair of domains and those averages alike, summing to 1: a small domain's
+    pairs weigh as much as a large one's (objects are 6 % of the world's name pairs)."""
+    n = groups.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=groups.device)
+    block = torch.minimum(groups[:, None], groups[None, :]) * (int(groups.max()) + 1) + torch.maximum(
+        groups[:, None], groups[None, :]
+    )
+    _, index, counts = torch.unique(block[off], return_inverse=True, return_counts=True)
+    weights = torch.zeros(n, n, device=groups.device)
+    weights[off] = 1.0 / (counts[index].float() * len(counts))
+    return weights
+
+
 def knowledge_gram_loss(
-    emb: torch.Tensor, gram: torch.Tensor, groups: torch.Tensor | None = None
+    emb: torch.Tensor, gram: torch.Tensor, pair_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean squared difference between the off-diagonal cosines of unit embeddings ``emb`` and ``gram``.
 
     Contrastive training is blind to a component shared by every text and image (it shifts all
-    logits alike), so this fixes the names' geometry without competing with it. With ``groups`` (a
-    domain index per row) the mean is taken per pair of domains and those means averaged, so that a
-    small domain's pairs weigh as much as a large one's (objects are 6 % of the world's name pairs).
+    logits alike), so this fixes the names' geometry without competing with it. ``pair_weights``
+    (`domain_pair_weights`, computed once) replaces the plain mean by a weighted one.
     """
     n = emb.shape[0]
     if gram.shape != (n, n):
         raise ValueError(f"gram has shape {tuple(gram.shape)}, expected {(n, n)}")
-    off = ~torch.eye(n, dtype=torch.bool, device=emb.device)
     sq = (emb @ emb.T - gram) ** 2
-    if groups is None:
-        return sq[off].mean()
-    if groups.shape != (n,):
-        raise ValueError(f"groups has shape {tuple(groups.shape)}, expected {(n,)}")
-    labels = torch.unique(groups)
-    means = []
-    for i, a in enumerate(labels):
-        for b in labels[i:]:
-            ga, gb = groups == a, groups == b
-            block = ((ga[:, None] & gb[None, :]) | (gb[:, None] & ga[None, :])) & off
-            if block.any():
-                means.append(sq[block].mean())
-    return torch.stack(means).mean()
+    if pair_weights is None:
+        return sq[~torch.eye(n, dtype=torch.bool, device=emb.device)].mean()
+    if pair_weights.shape != (n, n):
+        raise ValueError(f"pair_weights has shape {tuple(pair_weights.shape)}, expected {(n, n)}")
+    return (sq * pair_weights).sum()
 
 
 @torch.no_grad()
@@ -315,13 +320,14 @@ def train_clip(
     know = None
     if cfg.knowledge_weight > 0 and getattr(world, "identities", None):
         know_names, gram = knowledge_gram(world, cfg.knowledge)
-        groups = None
+        pair_weights = None
         if cfg.knowledge_balance == "domains":
             groups = torch.tensor([0] * len(world.identities) + [1] * len(world.objects), device=device)
+            pair_weights = domain_pair_weights(groups)
         know = (
             open_clip.tokenize(know_names, context_length=cfg.context_length).to(device),
             gram.to(device),
-            groups,
+            pair_weights,
         )
     t_data = time.time() - t0
 
