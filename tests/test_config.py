@@ -25,19 +25,28 @@ def default_config() -> dict:
     return load_config([ROOT / "config.yaml"], RETRAIN)
 
 
-def test_default_and_presets_validate(default_config, tmp_path, monkeypatch):
-    check_study(default_config)
-    # Real-model presets need weights and a caption file on disk, checked in test_sd14_preset.py: stand in here.
+@pytest.fixture
+def check_chain(tmp_path, monkeypatch):
+    """`check_study` of the config layered from ``chain`` (paths under the repository). Real-model presets
+    need weights and a caption file on disk, checked in test_sd14_preset.py: stand in here."""
     monkeypatch.setattr("resurgence.study.check_available", lambda config: None)
     captions = tmp_path / "captions.txt"
     captions.write_text("a caption\nanother caption\n")
-    bases = {"config.sd21.yaml": ["config.sd14.yaml"]}  # the SD v2.1 preset overlays the SD v1.4 one
-    for preset in sorted(ROOT.glob("config.*.yaml")):
-        chain = [ROOT / "config.yaml", *(ROOT / b for b in bases.get(preset.name, [])), preset]
-        cfg = load_config(chain, RETRAIN)
+
+    def check(chain: list[str]) -> None:
+        cfg = load_config([ROOT / "config.yaml", *(ROOT / c for c in chain)], RETRAIN)
         if cfg["world"] != "toy":
             cfg["evaluation"]["captions"]["file"] = str(captions)
         check_study(cfg)
+
+    return check
+
+
+def test_default_and_presets_validate(default_config, check_chain):
+    check_study(default_config)
+    bases = {"config.sd21.yaml": ["config.sd14.yaml"]}  # the SD v2.1 preset overlays the SD v1.4 one
+    for preset in sorted(ROOT.glob("config.*.yaml")):
+        check_chain([*bases.get(preset.name, []), preset.name])
 
 
 # The device drivers' overlays (tools/device/*.yaml) with the configs each is layered on: a newer check
@@ -51,19 +60,11 @@ DEVICE_OVERLAYS = {
 }
 
 
-def test_device_overlays_validate(tmp_path, monkeypatch):
+def test_device_overlays_validate(check_chain):
     assert sorted(DEVICE_OVERLAYS) == sorted(p.name for p in (ROOT / "tools/device").glob("*.yaml"))
-    monkeypatch.setattr("resurgence.study.check_available", lambda config: None)
-    captions = tmp_path / "captions.txt"
-    captions.write_text("a caption\nanother caption\n")
     for overlay, chains in DEVICE_OVERLAYS.items():
         for bases in chains:
-            cfg = load_config(
-                [ROOT / "config.yaml", *(ROOT / b for b in bases), ROOT / "tools/device" / overlay], RETRAIN
-            )
-            if cfg["world"] != "toy":
-                cfg["evaluation"]["captions"]["file"] = str(captions)
-            check_study(cfg)
+            check_chain([*bases, f"tools/device/{overlay}"])
 
 
 def test_missing_toy_weights_are_named(tmp_path):

@@ -7,7 +7,7 @@
 # Env: ARCH (default sd14; sd21_base runs the SD v2.1 preset, config.sd21.yaml, on stand-ins of
 #      stable-diffusion-2-1-base and OpenCLIP ViT-H/14), TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
 #      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
-#      MODELS (where the stand-ins go, default /tmp/sd14-standins), LIMIT_S (default 480).
+#      MODELS (where the stand-ins go, default /tmp/$ARCH-standins), LIMIT_S (default 480).
 set -uo pipefail
 if [ "${SCALE:-full}" = full ]; then
   # shellcheck source=tools/device/site.sh
