@@ -10,6 +10,9 @@ dtype without compiling, so their time comes from the mace_erase rows (seconds p
 sampling step), not from the generation rate. Evaluation (detector, CLIP, FID) is not counted.
 
     python benchmarks/paper_cost.py --preset config.sd14.yaml --gpu H100
+    python benchmarks/paper_cost.py --preset config.sd14.yaml config.sd21.yaml --gpu H200
+    (``--arch`` picks the rows' architecture: by default the preset world's released model at 512 px,
+    sd14 or sd21_base; sd21 for the 768 px SD v2.1)
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from resurgence.config import load_config
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.generate.engine import GenerationConfig, resolve_dtype
 from resurgence.mace.config import EraseConfig
+from resurgence.models.pipeline import ARCHITECTURES
 from resurgence.world import get_world
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+# The architecture whose rows price a preset world by default: its released model at 512 px.
+DEFAULT_ARCH = {"sd14": "sd14", "sd21": "sd21_base"}
 
 
 def work_counts(config: dict) -> dict[str, float]:
@@ -169,14 +175,25 @@ def measured_rates(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=str(ROOT / "config.sd14.yaml"))
+    p.add_argument(
+        "--preset",
+        nargs="+",
+        default=[str(ROOT / "config.sd14.yaml")],
+        help="overlays on config.yaml, in order",
+    )
+    p.add_argument(
+        "--arch", choices=sorted(set(ARCHITECTURES) - {"tiny", "toy"}), help="the rows' architecture"
+    )
     p.add_argument("--gpu", default="H100", help="substring of the GPU name of the rows to use")
     p.add_argument("--mace-lora-steps-per-s", type=float, help="when no mace_erase row has been recorded")
     args = p.parse_args(argv)
-    config = load_config([ROOT / "config.yaml", Path(args.preset)])
+    config = load_config([ROOT / "config.yaml", *map(Path, args.preset)])
+    arch = args.arch or DEFAULT_ARCH[config["world"]]
     work = work_counts(config)
     methods = {name: study.finetune_spec(config, name) for name in work["finetune_steps"]}
-    rates = measured_rates(args.gpu, config["generation"], methods, config["models"].get("dtype", "float32"))
+    rates = measured_rates(
+        args.gpu, config["generation"], methods, config["models"].get("dtype", "float32"), arch=arch
+    )
     if args.mace_lora_steps_per_s:
         rates["mace_lora_steps_per_s"] = args.mace_lora_steps_per_s
     hours = {}
@@ -203,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         json.dumps(
             dict(
-                preset=Path(args.preset).name,
+                preset=[Path(p).name for p in args.preset],
+                arch=arch,
                 gpu=args.gpu,
                 work=work,
                 rates=rates,

@@ -70,6 +70,7 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
         {**base, "images_per_s": 9.0, "inductor": ["freezing=True"]},
         {**base, "images_per_s": 9.0, "freeze_weights": True},
         {**base, "images_per_s": 9.0, "machine": {"gpu": "NVIDIA H200"}},
+        {**base, "images_per_s": 1.8, "arch": "sd21"},  # another architecture: priced only when asked for
     ]
     ft = dict(
         benchmark="finetune",
@@ -117,6 +118,8 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
     assert rates["finetune_steps_per_s"] == {"lora": 2.6, "lora_fp32": 1.5, "full": 3.0}
     assert rates["mace_lora_steps_per_s"] == 6.0 and rates["mace_data_s_per_image_step"] == 100.0 / 2000
     assert measured_rates("H100", {**preset, "batch_size": 64}, path=path)["images_per_s"] is None
+    sd21 = measured_rates("H100", preset, path=path, arch="sd21")
+    assert sd21["images_per_s"] == 1.8 and sd21["generation_rows"] == 1
 
 
 def test_finetune_step_flops_match_forward_and_backward_of_the_unet(tmp_path):

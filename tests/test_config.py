@@ -53,6 +53,7 @@ def test_default_and_presets_validate(default_config, check_chain):
 # of the study must not stop a driver before any job on the lent GPU (it stopped sd14_jobs.yaml once).
 DEVICE_OVERLAYS = {
     "sd14_jobs.yaml": [["config.sd14.yaml"], ["config.sd14.yaml", "config.sd21.yaml"]],
+    "sd21_768.yaml": [["config.sd14.yaml", "config.sd21.yaml", "tools/device/sd14_jobs.yaml"]],
     "efficacy_sweep.yaml": [[]],
     "efficacy_precise.yaml": [["tools/device/efficacy_sweep.yaml"]],
     "efficacy_concepts.yaml": [["tools/device/efficacy_sweep.yaml", "tools/device/efficacy_precise.yaml"]],

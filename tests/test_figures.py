@@ -150,6 +150,25 @@ def test_methods_figure_draws_each_task_once_per_method(summary: pd.DataFrame, t
     assert 0.02 in heights and 0.6 in heights
 
 
+def test_control_figure_puts_both_arms_in_one_panel_per_domain_with_data(
+    summary: pd.DataFrame, tmp_path, monkeypatch
+) -> None:
+    """The control's two arms (MACE-erased identity_10, never-trained identity_1) share one identity panel,
+    so their bars compare on one axis; a domain without control runs draws no empty panel."""
+    drawn = []
+    monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
+    only = summary[summary["task"].isin(["identity_1", "identity_10"])]
+    figures.fig_control(only, tmp_path / "c.png", tasks=TASKS)
+    (fig,) = drawn
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert len(titled) == 1 and "Identity" in titled[0].get_title()
+    labels = [t.get_text() for t in titled[0].get_xticklabels()]
+    assert labels == ["MACE", "Exact unlearning\n(never trained on them)"]
+    # erased 0.05 and fine-tuned 0.3 (seed means) for both arms: four bars
+    heights = sorted(round(b.get_height(), 3) for b in titled[0].patches if b.get_height() > 0)
+    assert heights == [0.05, 0.05, 0.3, 0.3]
+
+
 def test_methods_figure_keeps_a_methods_variants_apart(summary: pd.DataFrame, tmp_path, monkeypatch) -> None:
     """ESD's two variants (two erase variants of one method) are two bars with their own values."""
     uce = summary[(summary["task"] == "identity_10") & (summary["erase"] == "uce")]

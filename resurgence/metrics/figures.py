@@ -332,9 +332,19 @@ def _acc_spec(
     x: XFunc,
     domains: tuple[str, ...] = ("object", "identity"),
     x_is_task: bool = False,
+    only_domains_with_data: bool = False,
 ) -> _BarSpec:
     return _BarSpec(
-        name, title, xlabel, "erased", ACCURACY_METRIC, x, domains, ACC_YLABELS, x_is_task=x_is_task
+        name,
+        title,
+        xlabel,
+        "erased",
+        ACCURACY_METRIC,
+        x,
+        domains,
+        ACC_YLABELS,
+        x_is_task=x_is_task,
+        only_domains_with_data=only_domains_with_data,
     )
 
 
@@ -591,7 +601,8 @@ def fig_control(
             return ((1, row["task"]), "Exact unlearning\n(never trained on them)")
         return ((0, row["task"]), "MACE")
 
-    spec = _acc_spec("control", "Exact-unlearning control", "Erasure", x, ("identity", "object"))
+    # Both arms side by side in one panel per domain (they erase the same concepts); no empty panels.
+    spec = _acc_spec("control", "Exact-unlearning control", "Erasure", x, ("identity", "object"), True, True)
     _bar_figure(summary, out_path, spec, baseline)
 
 

@@ -14,6 +14,7 @@
 # BALANCE=domains trains the CLIPs with the Gram loss averaged per pair of domains (ToyClipTrainConfig.
 # knowledge_balance; docs/geometry_calibration.md); the shipped CLIP then enters the choice only if it
 # was trained the same way.
+# TARGETS (default "all exact_unlearning_control") are phases 1-2's targets; SWEEP=0 leaves out phase 3.
 # Every phase stops at $DEADLINE_S after the start (default 1450). $W/stage says where it is;
 # tools/device/collect.sh packs what exists into $OUT.
 set -uo pipefail
@@ -39,7 +40,9 @@ smk() {  # smk LOG ARGS...: gpu_snakemake (site.sh) until the deadline
 }
 
 stage phase1
-smk "$W/phase1.log" all exact_unlearning_control --until tables reversion \
+targets=${TARGETS:-all exact_unlearning_control}
+# shellcheck disable=SC2086
+smk "$W/phase1.log" $targets --until tables reversion \
   --omit-from evaluate ftdata_tercile toyworld_quality &
 p1=$!
 pv=
@@ -103,8 +106,11 @@ record_quality('resources/toyworld', json.load(open(sys.argv[1])))" "$W/quality.
 pq=$!
 wait "$p1"
 stage phase2
-smk "$W/phase2.log" all exact_unlearning_control --until tables reversion
+# shellcheck disable=SC2086
+smk "$W/phase2.log" $targets --until tables reversion
 wait $pv "$pq"
-stage phase3
-smk "$W/phase3.log" geometry_sweep --until tables
+if [ "${SWEEP:-1}" != 0 ]; then
+  stage phase3
+  smk "$W/phase3.log" geometry_sweep --until tables
+fi
 stage done

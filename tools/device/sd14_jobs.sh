@@ -5,7 +5,8 @@
 # fine-tuned model's generation, at the counts of tools/device/sd14_jobs.yaml.
 # Usage (device tool, carry .devsite):  bash tools/device/sd14_jobs.sh
 # Env: ARCH (default sd14; sd21_base runs the SD v2.1 preset, config.sd21.yaml, on stand-ins of
-#      stable-diffusion-2-1-base and OpenCLIP ViT-H/14), TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
+#      stable-diffusion-2-1-base and OpenCLIP ViT-H/14; sd21 on stand-ins of the 768 px v-prediction
+#      stable-diffusion-2-1, with tools/device/sd21_768.yaml), TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
 #      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
 #      MODELS (where the stand-ins go, default /tmp/$ARCH-standins), LIMIT_S (default 480).
 set -uo pipefail
@@ -20,7 +21,8 @@ configs="config.yaml config.sd14.yaml"
 case $arch in
   sd14) ;;
   sd21_base) configs+=" config.sd21.yaml" ;;
-  *) echo "ARCH: allowed values: sd14, sd21_base (got $arch)" >&2; exit 2 ;;
+  sd21) configs+=" config.sd21.yaml tools/device/sd21_768.yaml" ;;
+  *) echo "ARCH: allowed values: sd14, sd21_base, sd21 (got $arch)" >&2; exit 2 ;;
 esac
 models=${MODELS:-/tmp/$arch-standins}
 target=${TARGET:-results/images/object_ship/default/random_object/lora/step-20/index.jsonl}
