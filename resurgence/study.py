@@ -146,7 +146,7 @@ def check_toy_knowledge(config: dict[str, Any]) -> None:
     """The shipped toy models must have learned the configured concept geometry (else retrain)."""
     if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
         return
-    from resurgence.toyworld.train import trained_knowledge
+    from resurgence.toyworld.manifest import trained_knowledge
 
     want = toy_knowledge(config)
     for model, got in trained_knowledge(toy_models_dir(config)).items():
@@ -191,7 +191,7 @@ def variant_steps_arg(config: dict[str, Any], variant: str) -> str:
 def shipped_unet_steps(config: dict[str, Any]) -> int | None:
     """The UNet step count the study's text-to-image model trained for (its manifest), which a world
     variant replays so that it differs from the study's model in its one change; None when unknown."""
-    from resurgence.toyworld.train import read_manifest
+    from resurgence.toyworld.manifest import read_manifest
 
     if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
         return None
@@ -520,7 +520,7 @@ def _uce_spec(config: dict[str, Any], world: World, task: str, erase: str) -> di
     ``auto`` keeps every name of the concepts MACE's in-domain cache keeps (`_domain_retained`),
     ``auto_with_finetune`` those and the fine-tune sets' concepts, ``none`` nothing; a list is used as given.
     """
-    from resurgence.erasure.uce import UCEConfig
+    from resurgence.erasure.config import UCEConfig
 
     where = f"erase_methods.uce, tasks.{task}.uce, erase_variants.{erase}"
     settings = method_settings(config, task, erase, "uce")
@@ -569,7 +569,7 @@ def _method_spec(
 def _esd_spec(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
     """What an ESD erase job runs with: the concepts (every name of each is a training phrase) and every
     ESD setting."""
-    from resurgence.erasure.esd import ESDConfig
+    from resurgence.erasure.config import ESDConfig
 
     concepts = [dict(name=n) for n in config["tasks"][task]["erase"]]
     return _method_spec(

@@ -170,3 +170,24 @@ def test_finetune_step_flops_are_per_sample(tmp_path):
         one = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=1)
         three = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=3)
         assert one > 0 and three == 3 * one, method
+
+
+def test_study_profile_sums_each_stages_jobs_from_their_benchmark_files(tmp_path):
+    """Stages are the benchmark folders' first level; a job's time is its file's last row (a retried job
+    appends one)."""
+    from study import stage_profile
+
+    header = "s\th:m:s\tmax_rss\n"
+    files = {
+        "generate/identity_1/base.tsv": header + "10.5\t0:00:10\t1\n",
+        "generate/identity_1/default/erased.tsv": header + "99.0\t0:01:39\t1\n4.5\t0:00:04\t1\n",
+        "erase/identity_1/default.tsv": header + "30.0\t0:00:30\t1\n",
+        "finetune/empty.tsv": header,
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert stage_profile(tmp_path) == {
+        "generate": {"jobs": 2, "job_s": 15.0, "longest_s": 10.5},
+        "erase": {"jobs": 1, "job_s": 30.0, "longest_s": 30.0},
+    }

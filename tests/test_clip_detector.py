@@ -282,7 +282,8 @@ def test_mask_iou_counts_empty_pairs_as_perfect():
 def test_the_knowledge_loss_gives_the_names_the_worlds_geometry(tmp_path):
     """With the Gram loss the trained names' cosines approach the knowledge targets; without it they do not."""
     from resurgence.models.clip import load_clip
-    from resurgence.toyworld.knowledge import KnowledgeConfig, knowledge_gram
+    from resurgence.toyworld.geometry import knowledge_gram
+    from resurgence.toyworld.knowledge import KnowledgeConfig
 
     world = FakeWorld()
     knowledge = KnowledgeConfig(shared=0.8)

@@ -10,10 +10,7 @@ import torch
 from resurgence.config import ConfigError
 from resurgence.toyworld.clip import domain_pair_weights, knowledge_gram_loss
 from resurgence.toyworld.concepts import toy_world
-from resurgence.toyworld.knowledge import (
-    CATEGORY_OF,
-    PAPER_MIN_COSINE,
-    KnowledgeConfig,
+from resurgence.toyworld.geometry import (
     calibration_statistics,
     concept_groups,
     gram_similarity,
@@ -21,6 +18,7 @@ from resurgence.toyworld.knowledge import (
     knowledge_vectors,
     min_cosine_statistics,
 )
+from resurgence.toyworld.knowledge import CATEGORY_OF, PAPER_MIN_COSINE, KnowledgeConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ import sys
 from resurgence import study
 from resurgence.config import load_config
 from resurgence.toyworld.concepts import toy_world
-from resurgence.toyworld.knowledge import (
-    KnowledgeConfig,
-    calibration_statistics,
-    gram_similarity,
-    knowledge_gram,
-)
+from resurgence.toyworld.geometry import calibration_statistics, gram_similarity, knowledge_gram
+from resurgence.toyworld.knowledge import KnowledgeConfig
 
 config = load_config(["config.yaml"])
 world = toy_world(int(config["toyworld"].get("seed", 0)))

@@ -23,7 +23,6 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, peak_memory
+from resurgence.erasure.config import TRAIN_METHODS, ESDConfig
 from resurgence.io import atomic_path
 from resurgence.mace.refine import encode_prompts
 from resurgence.progress import progress_bar
@@ -40,43 +39,9 @@ from resurgence.state import claim_state_dir, config_key
 
 logger = logging.getLogger(__name__)
 
-TRAIN_METHODS = ("esd-x", "esd-u")
 STATE_FILE = "esd_state.pt"
 # Fields a resumed run may change without changing what it computes.
 RESUME_FREE = ("checkpoint_every", "log_every")
-
-
-@dataclass(frozen=True)
-class ESDConfig:
-    """Settings of one ESD run; defaults are the maintained script's (`esd_sd.py` arguments)."""
-
-    train_method: str = "esd-x"  # --train_method: esd-x (cross-attention) | esd-u (all but cross-attention)
-    iterations: int = 200  # --iterations
-    lr: float = 5.0e-5  # --lr (Adam)
-    negative_guidance: float = 2.0  # --negative_guidance (eta)
-    num_inference_steps: int = 50  # --num_inference_steps: the schedule x_k is sampled on
-    guidance_scale: float = 3.0  # --guidance_scale of that sampling
-    seed: int = 0
-    checkpoint_every: int = 50  # training state kept every this many iterations (resume after a crash)
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.train_method not in TRAIN_METHODS:
-            raise ValueError(
-                f"esd train_method must be one of {list(TRAIN_METHODS)}, got {self.train_method!r}"
-            )
-        for name in ("iterations", "num_inference_steps", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"esd {name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"esd lr must be > 0, got {self.lr}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ESDConfig:
-        return settings_from_dict(cls, d, "esd settings")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def esd_parameters(unet: torch.nn.Module, train_method: str) -> dict[str, torch.nn.Parameter]:

@@ -19,48 +19,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from resurgence.config import settings_from_dict
 from resurgence.erasure.artifact import ConceptSpec, Erasure, base_linear, kv_module_names, peak_memory
-from resurgence.mace.refine import NULL_RCOND, encode_prompts, refine_weights
-
-
-@dataclass(frozen=True)
-class UCEConfig:
-    """Settings of one UCE edit; defaults are the reference script's (`uce_sd_erase.py` arguments)."""
-
-    erase_scale: float = 1.0  # --erase_scale
-    preserve_scale: float = 1.0  # --preserve_scale
-    lamb: float = 0.5  # --lamb: pull toward the current weights
-    # Concept phrases whose keys/values must not move (--preserve_concepts).
-    preserve: tuple[str, ...] = ()
-    # A singular system cannot occur with lamb > 0; with lamb = 0 the minimiser closest to W is taken
-    # ("pinv", as MACE's refinement) or the run stops ("raise").
-    on_singular: str = "pinv"
-    rcond: float = NULL_RCOND
-
-    def __post_init__(self) -> None:
-        if isinstance(self.preserve, str):
-            raise TypeError("preserve must be a sequence of concept phrases, not a single string")
-        object.__setattr__(self, "preserve", tuple(self.preserve))
-        for name in ("erase_scale", "preserve_scale", "lamb"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"uce {name} must be >= 0, got {getattr(self, name)}")
-        if self.erase_scale == 0:
-            raise ValueError("uce erase_scale must be > 0: at 0 the edit erases nothing")
-        if self.on_singular not in ("raise", "pinv"):
-            raise ValueError(f"uce on_singular must be 'raise' or 'pinv', got {self.on_singular!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UCEConfig:
-        return settings_from_dict(cls, d, "uce settings")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+from resurgence.erasure.config import UCEConfig
+from resurgence.mace.refine import encode_prompts, refine_weights
 
 
 def uce_weights(

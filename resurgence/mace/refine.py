@@ -29,16 +29,9 @@ from collections.abc import Sequence
 
 import torch
 
+from resurgence.mace.config import NULL_RCOND  # defined torch-free: the Snakefile reads the config
+
 WeightsLike = torch.Tensor | Sequence[torch.Tensor]
-
-
-# Relative eigenvalue of a normal-equation matrix below which its direction counts as one no embedding
-# constrains. The embeddings are float32 text states: a Gram eigenvalue 1e-10 of the largest is a singular
-# value 1e-5 of the largest, about a hundred float32 roundings, below what a float32 encoder resolves. The
-# toy text encoder leaves one such direction (relative eigenvalue 1e-12, the next 1.4e-8); solved as a
-# constraint it took weights up to 170 times a layer's norm there, without changing any prompt's keys or
-# values (docs/erase_settings.md, "the numerically null direction").
-NULL_RCOND = 1.0e-10
 
 
 class SingularSystemError(ValueError):

@@ -31,7 +31,8 @@ from resurgence.toyworld.detector import (
     resume_train_state,
     save_train_state,
 )
-from resurgence.toyworld.knowledge import KnowledgeConfig, knowledge_gram
+from resurgence.toyworld.geometry import knowledge_gram
+from resurgence.toyworld.knowledge import KnowledgeConfig
 
 # Normalisation of the toy tower: renders are not ImageNet-like, so plain [-1, 1].
 TOY_MEAN = (0.5, 0.5, 0.5)

@@ -43,7 +43,8 @@ from resurgence.models.pipeline import (
 from resurgence.models.tokenizer import _bytes_to_unicode, openai_clip_tokenizer, write_clip_tokenizer
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key
-from resurgence.toyworld.knowledge import KNOWLEDGE_DIM, KnowledgeConfig, knowledge_vectors
+from resurgence.toyworld.geometry import knowledge_vectors
+from resurgence.toyworld.knowledge import KNOWLEDGE_DIM, KnowledgeConfig
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Config fields a resumed run may change without changing what it computes (how often it checkpoints,
@@ -89,7 +90,7 @@ class T2ITrainConfig:
     caption_dropout: float = 0.1  # empty caption, so classifier-free guidance works
     snr_gamma: float | None = 5.0  # min-SNR loss weighting (faster convergence); None = plain MSE
     # Name knowledge (see `knowledge_spans`): weight of the loss that makes the text encoder carry a
-    # concept's knowledge vector (`knowledge.knowledge_vectors`) from its name onwards; 0 trains on the
+    # concept's knowledge vector (`geometry.knowledge_vectors`) from its name onwards; 0 trains on the
     # denoising loss alone. ``knowledge`` is its shared structure (the calibrated geometry knob).
     knowledge_weight: float = 0.1
     knowledge: KnowledgeConfig = dataclasses.field(default_factory=KnowledgeConfig)

@@ -20,6 +20,7 @@ import torch
 
 from resurgence.io import write_json
 from resurgence.state import file_sha256
+from resurgence.toyworld.manifest import read_manifest, trained_knowledge
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +208,16 @@ def train_all(
     return read_manifest(out)
 
 
-def trained_knowledge(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The knowledge geometry each trained model of ``out_dir`` learned (from its manifest config)."""
-    models = read_manifest(out_dir).get("models", {})
-    return {m: models[m]["config"].get("knowledge") for m in ("t2i", "clip") if m in models}
-
-
 def record_geometry(
     out_dir: str | os.PathLike, erase_sets: dict[str, list[str]], device: str = "cpu"
 ) -> dict[str, Any]:
     """Measure the calibration statistics of the trained text encoder and CLIP in ``out_dir`` and store
-    them in its manifest under ``geometry`` (`knowledge.geometry_report`)."""
+    them in its manifest under ``geometry`` (`geometry.geometry_report`)."""
     from resurgence.models.clip import load_clip
     from resurgence.models.pipeline import load_pipeline
     from resurgence.toyworld.concepts import toy_world
-    from resurgence.toyworld.knowledge import KnowledgeConfig, geometry_report
+    from resurgence.toyworld.geometry import geometry_report
+    from resurgence.toyworld.knowledge import KnowledgeConfig
 
     out = Path(out_dir)
     manifest = read_manifest(out)
@@ -256,12 +252,6 @@ def choose_clip_knowledge_weight(runs: dict[float, dict[str, Any]], zero_shot_ga
         if inside and accurate:
             return weight
     return None
-
-
-def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """``out_dir/manifest.json``, or an empty one (no models yet)."""
-    path = Path(out_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {"models": {}}
 
 
 def record_model(

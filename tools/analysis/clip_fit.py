@@ -23,13 +23,9 @@ from resurgence.config import load_config
 from resurgence.models.clip import load_clip
 from resurgence.toyworld.clip import knowledge_gram_loss
 from resurgence.toyworld.concepts import toy_world
-from resurgence.toyworld.knowledge import (
-    KnowledgeConfig,
-    calibration_statistics,
-    gram_similarity,
-    knowledge_gram,
-)
-from resurgence.toyworld.train import read_manifest, trained_knowledge
+from resurgence.toyworld.geometry import calibration_statistics, gram_similarity, knowledge_gram
+from resurgence.toyworld.knowledge import KnowledgeConfig
+from resurgence.toyworld.manifest import read_manifest, trained_knowledge
 
 
 def best_fit_residual(gram: torch.Tensor, dim: int, steps: int = 3000, seed: int = 0) -> float:
