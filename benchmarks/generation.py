@@ -5,6 +5,10 @@ pipeline folder is given. FLOPs are counted once with `torch.utils.flop_counter`
 forward and one VAE decode at batch 1): per image, ``steps * (2 if guided) * unet + vae``.
 ``--reference N`` also generates N images with the plain fp32 pipeline (same scheduler, same
 seeds) and reports the per-image pixel difference of the configuration under test.
+``--baseline`` first times, in the same process, what any user can write in two lines: the plain
+diffusers pipeline in the same dtype with ``pipe.unet = torch.compile(pipe.unet)`` and nothing else
+(same weights, scheduler, prompts and initial latents); it gets a row of its own
+(``generation_baseline``, never priced by paper_cost.py) and the engine's row its rate and the ratio.
 Appends a row to benchmarks/results.jsonl naming the machine.
 
     python benchmarks/generation.py --arch sd14 --dtype bfloat16 --batch 32 --steps 50 --guidance 7.5 \\
@@ -31,9 +35,10 @@ from resurgence.generate.engine import (
     COMPILE_MODES,
     GenerationConfig,
     generate,
+    initial_latents,
     resolve_dtype,
 )
-from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline
+from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline, make_scheduler
 
 
 @torch.no_grad()
@@ -80,6 +85,84 @@ def _pixels(images) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.float32) for im in images])
 
 
+def _difference(images, ref_pixels: np.ndarray) -> dict:
+    """Per-image pixel difference of ``images`` from the fp32 reference's first images."""
+    n = min(len(images), len(ref_pixels))
+    got = _pixels(images[:n])
+    err = np.abs(got - ref_pixels[:n]) / 255.0
+    mse = ((got - ref_pixels[:n]) / 255.0) ** 2
+    per_image = err.mean(axis=(1, 2, 3))
+    return dict(
+        images=n,
+        mean_abs=round(float(err.mean()), 5),
+        max_per_image_mean_abs=round(float(per_image.max()), 5),
+        frac_images_over_2_255=round(float((per_image > 2 / 255).mean()), 4),
+        psnr_db=round(float(10 * np.log10(1.0 / max(mse.mean(), 1e-12))), 2),
+        reference="fp32, no levers, same scheduler and seeds",
+    )
+
+
+@torch.no_grad()
+def plain_compiled_generate(pipe, prompts: list[str], seeds: list[int], cfg: GenerationConfig, device: str):
+    """The baseline: ``pipe`` called as diffusers documents it, batch by batch, from the engine's initial
+    latents (so both draw the same images up to numerics), with the engine's scheduler and guidance."""
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    dtype = pipe.unet.dtype
+    images = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        bs = seeds[start : start + cfg.batch_size]
+        latents = initial_latents(pipe, bs, native, native).to(device=device, dtype=dtype)
+        out = pipe(
+            prompt=prompts[start : start + cfg.batch_size],
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance_scale,
+            latents=latents,
+            output_type="pil",
+        )
+        images.extend(out.images)
+    return images
+
+
+def time_baseline(args, cfg: GenerationConfig, prompts: list[str], ref_pixels, cuda: bool) -> dict:
+    """Build the plain pipeline (same weights), compile its UNet, warm up one batch, time ``args.images``."""
+    pipe = load_pipeline(args.pipeline) if args.pipeline else build_random_pipeline(args.arch)
+    pipe.scheduler = make_scheduler(cfg.scheduler, dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(args.device, resolve_dtype(args.dtype, args.device))
+    pipe.unet = torch.compile(pipe.unet)
+    t0 = time.perf_counter()
+    warm = plain_compiled_generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, args.device)
+    warmup_s = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    plain_compiled_generate(pipe, prompts[: args.images], list(range(args.images)), cfg, args.device)
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    row = dict(
+        arch=args.pipeline or args.arch,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        steps=args.steps,
+        guidance=args.guidance,
+        compile="default",
+        images=args.images,
+        seconds=round(elapsed, 3),
+        warmup_s=round(warmup_s, 1),
+        images_per_s=round(args.images / elapsed, 3),
+        peak_gpu_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        difference_from_reference=_difference(warm, ref_pixels) if ref_pixels is not None else None,
+        label="plain StableDiffusionPipeline, pipe.unet = torch.compile(pipe.unet), nothing else",
+    )
+    del pipe
+    if cuda:
+        torch.cuda.empty_cache()
+    return record("generation_baseline", row)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="toy", choices=sorted(ARCHITECTURES))
@@ -100,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lock", help="a lock file shared with benchmarks run side by side (unet_profile.py)")
     p.add_argument("--parties", type=int, default=1, help="how many benchmarks share --lock")
     p.add_argument("--label", default="", help="free text stored with the row")
+    p.add_argument(
+        "--baseline", action="store_true", help="also time the plain compiled pipeline first (module doc)"
+    )
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     fast_cuda_math(args.device, autotune=not args.lock)
@@ -122,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             pipe, prompts[: args.reference], list(range(args.reference)), ref_cfg, args.device, False
         )
         ref_pixels = _pixels(ref)
+    baseline = time_baseline(args, cfg, prompts, ref_pixels, cuda) if args.baseline else None
     dtype = resolve_dtype(args.dtype, args.device)
     pipe.to(args.device, dtype)
     flops = flops_per_image(pipe, args.steps, args.guidance > 1, args.device, dtype)
@@ -152,19 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             if cuda:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - t0
-    diff = None
-    if ref_pixels is not None:
-        n = min(args.reference, args.batch)
-        got = _pixels(warm[:n])
-        err = np.abs(got - ref_pixels[:n]) / 255.0
-        mse = ((got - ref_pixels[:n]) / 255.0) ** 2
-        diff = dict(
-            images=n,
-            mean_abs=round(float(err.mean()), 5),
-            max_per_image_mean_abs=round(float(err.mean(axis=(1, 2, 3)).max()), 5),
-            psnr_db=round(float(10 * np.log10(1.0 / max(mse.mean(), 1e-12))), 2),
-            reference="fp32, no levers, same scheduler and seeds",
-        )
+    diff = _difference(warm, ref_pixels) if ref_pixels is not None else None
     ips = args.images / elapsed
     record(
         "generation",
@@ -190,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
             achieved_tflop_s=round(ips * flops["per_image_tflop"], 1),
             peak_gpu_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
             difference_from_reference=diff,
+            baseline_images_per_s=baseline["images_per_s"] if baseline else None,
+            speedup_vs_baseline=round(ips / baseline["images_per_s"], 3) if baseline else None,
             label=args.label,
         ),
     )

@@ -191,3 +191,27 @@ def test_study_profile_sums_each_stages_jobs_from_their_benchmark_files(tmp_path
         "generate": {"jobs": 2, "job_s": 15.0, "longest_s": 10.5},
         "erase": {"jobs": 1, "job_s": 30.0, "longest_s": 30.0},
     }
+
+
+def test_the_generation_baseline_draws_the_engines_images_and_the_ratio_is_recorded(monkeypatch):
+    """The plain pipeline starts from the engine's latents with its scheduler and weights, so the two
+    draw the same images (fp32, no levers: both equal the fp32 reference); the engine's row carries the
+    baseline's rate and their ratio. torch.compile is the identity here: a CPU compile takes minutes and
+    must not change the images."""
+    import generation
+
+    monkeypatch.setattr(generation.torch, "compile", lambda module: module)
+    rows = []
+    monkeypatch.setattr(generation, "record", lambda name, row: rows.append((name, row)) or row)
+    generation.main(
+        ["--arch", "tiny", "--device", "cpu", "--batch", "2", "--images", "2", "--steps", "2"]
+        + ["--guidance", "3.0", "--baseline", "--reference", "2"]
+    )
+    (base_name, base), (engine_name, engine) = rows
+    assert (base_name, engine_name) == ("generation_baseline", "generation")
+    assert base["difference_from_reference"]["mean_abs"] == 0.0
+    assert engine["difference_from_reference"]["mean_abs"] == 0.0
+    assert engine["baseline_images_per_s"] == base["images_per_s"]
+    assert engine["speedup_vs_baseline"] == pytest.approx(
+        engine["images_per_s"] / base["images_per_s"], rel=0.01
+    )
