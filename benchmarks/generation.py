@@ -102,6 +102,18 @@ def _difference(images, ref_pixels: np.ndarray) -> dict:
     )
 
 
+def sampling_fields(args) -> dict:
+    """What both rows were sampled with: model, device, dtype, batch, steps, guidance."""
+    return dict(
+        arch=args.pipeline or args.arch,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        steps=args.steps,
+        guidance=args.guidance,
+    )
+
+
 @torch.no_grad()
 def plain_compiled_generate(pipe, prompts: list[str], seeds: list[int], cfg: GenerationConfig, device: str):
     """The baseline: ``pipe`` called as diffusers documents it, batch by batch, from the engine's initial
@@ -142,12 +154,7 @@ def time_baseline(args, cfg: GenerationConfig, prompts: list[str], ref_pixels, c
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     row = dict(
-        arch=args.pipeline or args.arch,
-        device=args.device,
-        dtype=args.dtype,
-        batch=args.batch,
-        steps=args.steps,
-        guidance=args.guidance,
+        **sampling_fields(args),
         compile="default",
         images=args.images,
         seconds=round(elapsed, 3),
@@ -244,12 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     record(
         "generation",
         dict(
-            arch=args.pipeline or args.arch,
-            device=args.device,
-            dtype=args.dtype,
-            batch=args.batch,
-            steps=args.steps,
-            guidance=args.guidance,
+            **sampling_fields(args),
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
