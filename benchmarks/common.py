@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ def machine() -> dict[str, Any]:
         gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
         torch=torch.__version__,
     )
+
+
+def command_seconds(cmd: list[str], cwd: str | os.PathLike) -> float:
+    """Wall seconds of a command run to completion (output captured; a failure raises)."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def record(benchmark: str, result: dict[str, Any], path: Path = RESULTS) -> dict[str, Any]:

@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import record  # benchmarks/ is on sys.path when run as a script
+from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 DRY_RUN = ["-n", "--quiet", "--forceall"]
 # The same dry run in an interpreter that has imported torch before Snakemake reads the Snakefile.
 WITH_TORCH = "import sys, runpy, torch; sys.argv = ['snakemake', *sys.argv[1:]]; runpy.run_module('snakemake', run_name='__main__')"
-
-
-def seconds(cmd: list[str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
-    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     extra = ["--configfile", *args.configfile] if args.configfile else []
     plain, torch_first = [], []
     for _ in range(args.repeats):
-        plain.append(seconds([sys.executable, "-m", "snakemake", *DRY_RUN, *extra]))
-        torch_first.append(seconds([sys.executable, "-c", WITH_TORCH, *DRY_RUN, *extra]))
+        plain.append(command_seconds([sys.executable, "-m", "snakemake", *DRY_RUN, *extra], ROOT))
+        torch_first.append(command_seconds([sys.executable, "-c", WITH_TORCH, *DRY_RUN, *extra], ROOT))
     record(
         "dag_parse",
         dict(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -79,6 +80,18 @@ def _time_vae_decode(pipe, cuda: bool) -> list[float]:
 
     pipe.vae.decode = timed
     return total
+
+
+def _timed(run, cuda: bool) -> float:
+    """Seconds of ``run()``, the GPU drained before and after (peak memory counted from the start)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def _pixels(images) -> np.ndarray:
@@ -145,14 +158,10 @@ def time_baseline(args, cfg: GenerationConfig, prompts: list[str], ref_pixels, c
     t0 = time.perf_counter()
     warm = plain_compiled_generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, args.device)
     warmup_s = time.perf_counter() - t0
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    plain_compiled_generate(pipe, prompts[: args.images], list(range(args.images)), cfg, args.device)
-    if cuda:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    run = partial(
+        plain_compiled_generate, pipe, prompts[: args.images], list(range(args.images)), cfg, args.device
+    )
+    elapsed = _timed(run, cuda)
     row = dict(
         **sampling_fields(args),
         compile="default",
@@ -164,7 +173,7 @@ def time_baseline(args, cfg: GenerationConfig, prompts: list[str], ref_pixels, c
         difference_from_reference=_difference(warm, ref_pixels) if ref_pixels is not None else None,
         label="plain StableDiffusionPipeline, pipe.unet = torch.compile(pipe.unet), nothing else",
     )
-    del pipe
+    del pipe, run
     if cuda:
         torch.cuda.empty_cache()
     return record("generation_baseline", row)
@@ -230,22 +239,18 @@ def main(argv: list[str] | None = None) -> None:
         with gpu_lock(args.lock, args.parties):
             if args.lock:  # autotune the kernels alone on the GPU before timing
                 generate(pipe, prompts[: args.batch], list(range(args.batch)), cfg, args.device, False)
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
             vae_s[0] = 0.0
-            t0 = time.perf_counter()
-            generate(
-                pipe,
-                prompts[: args.images],
-                list(range(args.images)),
-                cfg,
-                device=args.device,
-                progress=False,
+            elapsed = _timed(
+                lambda: generate(
+                    pipe,
+                    prompts[: args.images],
+                    list(range(args.images)),
+                    cfg,
+                    device=args.device,
+                    progress=False,
+                ),
+                cuda,
             )
-            if cuda:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - t0
     diff = _difference(warm, ref_pixels) if ref_pixels is not None else None
     ips = args.images / elapsed
     record(

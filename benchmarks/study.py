@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import record  # benchmarks/ is on sys.path when run as a script
+from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
 from resurgence.study import RESULTS
 
@@ -49,12 +50,12 @@ def stage_profile(bench_dir: Path) -> dict[str, dict[str, float]]:
 
 def startup_seconds(repeats: int = 3) -> float:
     """Median wall time of a fresh interpreter importing what a model-loading job imports."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", HEAVY_IMPORTS], check=True, cwd=ROOT)
-        times.append(time.perf_counter() - t0)
-    return round(sorted(times)[len(times) // 2], 2)
+    return round(
+        statistics.median(
+            command_seconds([sys.executable, "-c", HEAVY_IMPORTS], ROOT) for _ in range(repeats)
+        ),
+        2,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -602,7 +602,15 @@ def fig_control(
         return ((0, row["task"]), "MACE")
 
     # Both arms side by side in one panel per domain (they erase the same concepts); no empty panels.
-    spec = _acc_spec("control", "Exact-unlearning control", "Erasure", x, ("identity", "object"), True, True)
+    spec = _acc_spec(
+        "control",
+        "Exact-unlearning control",
+        "Erasure",
+        x,
+        ("identity", "object"),
+        x_is_task=True,
+        only_domains_with_data=True,
+    )
     _bar_figure(summary, out_path, spec, baseline)
 
 

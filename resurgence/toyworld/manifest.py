@@ -3,16 +3,17 @@ it while it builds the DAG. `train` writes it."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from resurgence.io import read_json
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     """``out_dir/manifest.json``, or an empty one (no models yet)."""
     path = Path(out_dir) / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {"models": {}}
+    return read_json(path) if path.exists() else {"models": {}}
 
 
 def trained_knowledge(out_dir: str | os.PathLike) -> dict[str, Any]:
