@@ -11,9 +11,11 @@ end=$(( $(date +%s) + ${WAIT_S:-0} ))
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$W/stage" 2>/dev/null; do sleep 5; done
 cat "$W/stage" "$W/times.log" 2>/dev/null
 cd "$W/repo" || exit 1
-# Every metric table whatever its size (identity_100's run to 2-4 MB; a size cut lost them on 2026-12-04).
+# Every metric table whatever its size (identity_100's run to 1-4 MB; a size cut lost them on 2026-12-04).
+# Sizes in KiB: find rounds sizes up to the unit, so -2M and +2M both skip files of 1-2 MiB (lost that way later
+# the same day); -2048k and +2047k split at 2 MiB with nothing in between.
 { find results .snakemake/metadata -type f \( -name '*.csv' -o -name '*.json' -o -name '*.tsv' -o -name '*.jsonl' \
-  -o -path '*metadata*' \) -size -2M; find results/metrics results/tables -type f -name '*.csv' -size +2M; } \
+  -o -path '*metadata*' \) -size -2048k; find results/metrics results/tables -type f -name '*.csv' -size +2047k; } \
   | tar czf "$OUT/tables.tgz" -T - logs 2>/dev/null
 tar cf "$OUT/world.tar" -C "$W" $(cd "$W" && ls -d ./*.log ./*.json ./*.txt ./stage ./run_*/manifest.json ./run_*/clip/metrics.json 2>/dev/null) \
   -C "$W/repo" resources/toyworld/manifest.json resources/toyworld/clip
