@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from resurgence.config import ConfigError, deep_merge
+from resurgence.generate import UNCONDITIONAL_PROMPT
 from resurgence.models.availability import check_available
 from resurgence.world import World, get_world
 
@@ -419,6 +420,11 @@ def _domain_preserve(
     ]
 
 
+def unconditional_prompt(config: dict[str, Any]) -> str:
+    """The prompt classifier-free guidance pairs with every image of the study (its negative prompt)."""
+    return config["generation"].get("negative_prompt", UNCONDITIONAL_PROMPT)
+
+
 def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | None = None) -> dict[str, Any]:
     """What the erase job runs with: erased concepts with their mapping concept, and every MACE setting.
 
@@ -470,6 +476,8 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
         )
     elif domain_preserve == "none":
         domain_preserve = []
+    if settings.pop("preserve_unconditional", False):
+        domain_preserve = [*domain_preserve, unconditional_prompt(config)]
     cfg = dataclasses.replace(
         preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings
     )

@@ -129,3 +129,50 @@ def test_eval_prompt_sets_pair_each_concept_with_its_names():
     sets = eval_prompt_sets(world, [name])
     prompts, phrases = sets[name]
     assert phrases == world.concept(name).names and prompts and all(name in p for p in prompts)
+
+
+def test_edit_effects_match_a_row_by_row_computation():
+    """Independent: numpy, one layer and one row at a time, summed squares."""
+    import numpy as np
+
+    from resurgence.mace.capacity import edit_effects
+
+    g = torch.Generator().manual_seed(3)
+    W = [
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+        torch.randn(3, 7, generator=g, dtype=torch.float64),
+    ]
+    W1 = [w + 0.3 * torch.randn(w.shape, generator=g, dtype=torch.float64) for w in W]
+    ce, ge, cr, gr, H = (torch.randn(n, 7, generator=g, dtype=torch.float64) for n in (6, 6, 4, 4, 9))
+    eff = edit_effects(W, W1, (ce, ge), (cr, gr), H)
+
+    def ratio(num_rows, den_rows):
+        return np.sqrt(sum(np.sum(r**2) for r in num_rows) / sum(np.sum(r**2) for r in den_rows))
+
+    Wn, W1n = [w.numpy() for w in W], [w.numpy() for w in W1]
+    left = ratio(
+        [
+            w1 @ c - w @ gg
+            for w, w1 in zip(Wn, W1n, strict=True)
+            for c, gg in zip(ce.numpy(), ge.numpy(), strict=True)
+        ],
+        [w @ (c - gg) for w in Wn for c, gg in zip(ce.numpy(), ge.numpy(), strict=True)],
+    )
+    dist = ratio(
+        [(w1 - w) @ c for w, w1 in zip(Wn, W1n, strict=True) for c in cr.numpy()],
+        [w @ (c - gg) for w in Wn for c, gg in zip(cr.numpy(), gr.numpy(), strict=True)],
+    )
+    change = ratio(
+        [(w1 - w) @ h for w, w1 in zip(Wn, W1n, strict=True) for h in H.numpy()],
+        [w @ h for w in Wn for h in H.numpy()],
+    )
+    assert eff.erased_left == pytest.approx(left, rel=1e-10)
+    assert eff.retained_distortion == pytest.approx(dist, rel=1e-10)
+    assert eff.output_change == pytest.approx(change, rel=1e-10)
+    # no edit: every erased concept left whole, nothing retained moved
+    none = edit_effects(W, W, (ce, ge), (cr, gr), H)
+    assert (
+        none.erased_left == pytest.approx(1.0)
+        and none.retained_distortion == 0.0
+        and none.output_change == 0.0
+    )

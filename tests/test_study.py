@@ -296,3 +296,27 @@ def test_shipped_weights_follow_the_files_each_job_reads(tmp_path):
         study.shipped_weights(config, None, ("text_encoder",))
     config["toyworld"]["retrain"] = True  # the retrained world's manifest is an input instead
     assert study.shipped_weights(config, "identity_10", reads) == {}
+
+
+def test_preserve_unconditional_adds_the_generations_negative_prompt_to_the_domain_cache(config):
+    from resurgence.world import get_world
+
+    world = get_world(config)
+
+    def cache(identity_settings: dict, generation: dict | None = None) -> list[str]:
+        cfg = {
+            **config,
+            "erase_defaults": {**config["erase_defaults"], "identity": identity_settings},
+            "generation": {**config["generation"], **(generation or {})},
+        }
+        return study.erase_spec(cfg, "identity_10", "default", world)["mace"]["domain_preserve"]
+
+    plain = cache({"domain_preserve": "auto", "preserve_unconditional": False})
+    assert "" not in plain
+    kept = cache({"domain_preserve": "auto", "preserve_unconditional": True})
+    assert kept == [*plain, ""]  # the default negative prompt, once, after the concepts' prompts
+    negative = cache(
+        {"domain_preserve": "auto", "preserve_unconditional": True}, {"negative_prompt": "blurry"}
+    )
+    assert negative == [*plain, "blurry"]
+    assert "preserve_unconditional" not in study.erase_spec(config, "identity_10", "default", world)["mace"]

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from resurgence.generate import UNCONDITIONAL_PROMPT
 from resurgence.io import atomic_path
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
 from resurgence.progress import progress_bar
@@ -85,7 +86,7 @@ class GenerationConfig:
     width: int | None = None
     scheduler: str = "ddim"
     dtype: str = "float32"
-    negative_prompt: str = ""
+    negative_prompt: str = UNCONDITIONAL_PROMPT
     # Speed levers (GPU): channels-last convolutions and torch.compile of the UNet ("none" | a
     # torch.compile mode). Same scheduler and seeds; bf16/compiled kernels change pixels only by
     # rounding (benchmarks/generation.py --reference measures it). No QKV fusion: MACE and LoRA

@@ -70,6 +70,49 @@ def erasure_tradeoff(
     return points
 
 
+@dataclass(frozen=True)
+class EditEffects:
+    """What a key/value edit W -> W' does to concept states, relative norms over all layers and rows."""
+
+    erased_left: float  # ||W' h_co - W h_gen|| / ||W (h_co - h_gen)||, erased concepts (0: fully mapped)
+    retained_distortion: (
+        float  # ||(W' - W) h_co|| / ||W (h_co - h_gen)||, retained: change against own signal
+    )
+    output_change: float  # ||(W' - W) h|| / ||W h|| over the given token states (e.g. every retained token)
+
+
+def _relative(num: Sequence[torch.Tensor], den: Sequence[torch.Tensor]) -> float:
+    """sqrt(sum ||num_l||^2 / sum ||den_l||^2): one relative norm over all layers."""
+    top = sum(float(n.pow(2).sum()) for n in num)
+    bottom = sum(float(d.pow(2).sum()) for d in den)
+    return (top / bottom) ** 0.5
+
+
+def edit_effects(
+    W: Sequence[torch.Tensor],
+    W_edited: Sequence[torch.Tensor],
+    erased: tuple[torch.Tensor, torch.Tensor],
+    retained: tuple[torch.Tensor, torch.Tensor],
+    states: torch.Tensor,
+) -> EditEffects:
+    """How far an edit maps the erased concepts' states and moves the retained ones (`EditEffects`).
+
+    ``erased`` / ``retained`` are (h_co, h_gen) pairs as `concept_token_states` gives them; ``states`` any
+    token states (rows) whose outputs should not change. Float64; layers are (out, in) matrices.
+    """
+    W = [w.to(torch.float64) for w in W]
+    dW = [w1.to(torch.float64) - w for w, w1 in zip(W, W_edited, strict=True)]
+    (ce, ge), (cr, gr) = ([t.to(torch.float64) for t in pair] for pair in (erased, retained))
+    H = states.to(torch.float64)
+    return EditEffects(
+        erased_left=_relative(
+            [ce @ (w + d).T - ge @ w.T for w, d in zip(W, dW, strict=True)], [(ce - ge) @ w.T for w in W]
+        ),
+        retained_distortion=_relative([cr @ d.T for d in dW], [(cr - gr) @ w.T for w in W]),
+        output_change=_relative([H @ d.T for d in dW], [H @ w.T for w in W]),
+    )
+
+
 def principal_dims(D: torch.Tensor, shares: Sequence[float] = (0.9, 0.99)) -> dict[float, int]:
     """Fewest principal directions holding each share of the variance of D's rows about their mean.
 
