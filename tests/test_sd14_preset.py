@@ -158,6 +158,7 @@ def test_erase_specs_keep_maces_published_settings(config, tmp_path):
         mace = study.erase_spec(config, task, "default")["mace"]
         assert mace["domain_weight"] == EraseConfig.celebrity(n).domain_weight, task
         assert mace["lambda1"] == EraseConfig.celebrity(n).lambda1
+        assert mace["domain_preserve"] == [], task  # no celebrity cache, no unconditional prompt
 
 
 def test_maces_training_images_are_sampled_uncompiled_in_the_erased_models_dtype(config):

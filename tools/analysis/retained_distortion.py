@@ -8,9 +8,11 @@ For each key/value layer W and edit W' (relative norms, summed over layers and t
                         against the concept's own signal, its difference from the mapping concept
   retained_output_change ||(W' - W) h|| / ||W h||                       over every token of the retained prompts
   cache_change          ||(W' - W) h|| / ||W h||                       over every token the cache holds
+  unconditional_change  ||(W' - W) h|| / ||W h||                       over the unconditional prompt's tokens,
+                        which classifier-free guidance pairs with every image
 The study's images judge the same thing downstream; this isolates the closed form (no LoRA, no fusion).
 
-Usage:  python tools/analysis/retained_distortion.py --task identity_100 --scales 1 10 100 [--out CSV]
+Usage:  python tools/analysis/retained_distortion.py --task identity_100 [--erase default ...] --scales 1 10 100 [--out CSV]
 Runs on CPU in about a minute a task on the toy world (text encoder and key/value weights only).
 """
 
@@ -34,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", nargs="+", default=["config.yaml"])
     ap.add_argument("--task", nargs="+", required=True)
-    ap.add_argument("--erase", default="default")
+    ap.add_argument("--erase", nargs="+", default=["default"], help="erase variants")
     ap.add_argument(
         "--scales", nargs="+", type=float, default=[1.0], help="factors on the study's cache weight"
     )
@@ -45,13 +47,13 @@ def main() -> None:
     W = [base_linear(pipe.unet, n).weight.detach().to(torch.float64) for n in names]
     rows = []
     with torch.no_grad():
-        for task in args.task:
+        for task, erase in ((task, erase) for task in args.task for erase in args.erase):
             t = config["tasks"][task]
-            spec = study.erase_spec(config, task, args.erase, world)
+            spec = study.erase_spec(config, task, erase, world)
             mace = dict(spec["mace"])
             mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
             cfg = EraseConfig.from_dict(mace)
-            mapping = study.probe_mappings(config, task, args.erase)
+            mapping = study.probe_mappings(config, task, erase)
             co_e, gen_e = concept_token_states(pipe, eval_prompt_sets(world, t["erase"]), mapping)
             co_r, gen_r = concept_token_states(
                 pipe, eval_prompt_sets(world, t["retain"]), main_mapping(mapping)
@@ -59,6 +61,7 @@ def main() -> None:
             retained_prompts = [p for n in t["retain"] for p in world.eval_prompts(world.concept(n))]
             H_r = collect_token_embeddings(pipe, retained_prompts).to(torch.float64)
             H_cache = collect_token_embeddings(pipe, list(cfg.domain_preserve)).to(torch.float64)
+            H_uncond = collect_token_embeddings(pipe, [study.unconditional_prompt(config)]).to(torch.float64)
             for scale in args.scales:
                 c = dataclasses.replace(cfg, domain_weight=cfg.domain_weight * scale)
                 E_prior = _prior_embeddings(pipe, c)
@@ -66,9 +69,10 @@ def main() -> None:
                 W1 = refine_weights(W, co_e, gen_e, E_prior, c.lambda1, c.ridge, c.rcond, c.on_singular, info)
                 retained_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_r)
                 cache_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_cache)
+                uncond_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_uncond)
                 row = dict(
                     task=task,
-                    erase=args.erase,
+                    erase=erase,
                     n_erased=len(t["erase"]),
                     n_cache_prompts=len(cfg.domain_preserve),
                     scale=scale,
@@ -80,6 +84,7 @@ def main() -> None:
                     retained_distortion=retained_effects.retained_distortion,
                     retained_output_change=retained_effects.output_change,
                     cache_change=cache_effects.output_change,
+                    unconditional_change=uncond_effects.output_change,
                     solve=info.get("method", ""),
                 )
                 rows.append(row)
