@@ -143,8 +143,11 @@ def test_study_specs_a_uce_erasure_with_the_tasks_mapping_and_retained_names(con
     in_ftsets = {n for fs in config["finetune_sets"].values() for n in fs.get("concepts", [])}
     preserved = set(spec["uce"]["preserve"])
     assert preserved and not preserved & (erased_anywhere | in_ftsets)
-    # MACE's in-domain cache holds the prompts of exactly the concepts whose names UCE preserves
-    assert all(any(n in p for n in preserved) for p in mace["mace"]["domain_preserve"])
+    # MACE's in-domain cache holds the prompts of exactly the concepts whose names UCE preserves, and the
+    # unconditional prompt (erase_defaults.*.preserve_unconditional)
+    concept_prompts = [p for p in mace["mace"]["domain_preserve"] if p != study.unconditional_prompt(config)]
+    assert len(concept_prompts) == len(mace["mace"]["domain_preserve"]) - 1
+    assert all(any(n in p for n in preserved) for p in concept_prompts)
     cfg = {
         **config,
         "erase_variants": {**config["erase_variants"], "u0": {"method": "uce", "preserve": "none"}},
