@@ -144,7 +144,7 @@ def test_edit_effects_match_a_row_by_row_computation():
     ]
     W1 = [w + 0.3 * torch.randn(w.shape, generator=g, dtype=torch.float64) for w in W]
     ce, ge, cr, gr, H = (torch.randn(n, 7, generator=g, dtype=torch.float64) for n in (6, 6, 4, 4, 9))
-    eff = edit_effects(W, W1, (ce, ge), (cr, gr), H)
+    eff = edit_effects(W, W1, (ce, ge), (cr, gr), {"tokens": H})
 
     def ratio(num_rows, den_rows):
         return np.sqrt(sum(np.sum(r**2) for r in num_rows) / sum(np.sum(r**2) for r in den_rows))
@@ -168,11 +168,16 @@ def test_edit_effects_match_a_row_by_row_computation():
     )
     assert eff.erased_left == pytest.approx(left, rel=1e-10)
     assert eff.retained_distortion == pytest.approx(dist, rel=1e-10)
-    assert eff.output_change == pytest.approx(change, rel=1e-10)
+    assert eff.output_change == {"tokens": pytest.approx(change, rel=1e-10)}
+    size = np.sqrt(
+        sum(np.sum((w1 - w) ** 2) for w, w1 in zip(Wn, W1n, strict=True)) / sum(np.sum(w**2) for w in Wn)
+    )
+    assert eff.edit_rel_norm == pytest.approx(size, rel=1e-10)
     # no edit: every erased concept left whole, nothing retained moved
-    none = edit_effects(W, W, (ce, ge), (cr, gr), H)
+    none = edit_effects(W, W, (ce, ge), (cr, gr), {"tokens": H})
     assert (
         none.erased_left == pytest.approx(1.0)
         and none.retained_distortion == 0.0
-        and none.output_change == 0.0
+        and none.output_change == {"tokens": 0.0}
+        and none.edit_rel_norm == 0.0
     )

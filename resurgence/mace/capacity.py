@@ -74,11 +74,12 @@ def erasure_tradeoff(
 class EditEffects:
     """What a key/value edit W -> W' does to concept states, relative norms over all layers and rows."""
 
+    edit_rel_norm: float  # ||W' - W|| / ||W||, the edit's size
     erased_left: float  # ||W' h_co - W h_gen|| / ||W (h_co - h_gen)||, erased concepts (0: fully mapped)
     retained_distortion: (
         float  # ||(W' - W) h_co|| / ||W (h_co - h_gen)||, retained: change against own signal
     )
-    output_change: float  # ||(W' - W) h|| / ||W h|| over the given token states (e.g. every retained token)
+    output_change: dict[str, float]  # per named state set: ||(W' - W) h|| / ||W h|| over its rows
 
 
 def _relative(num: Sequence[torch.Tensor], den: Sequence[torch.Tensor]) -> float:
@@ -93,23 +94,27 @@ def edit_effects(
     W_edited: Sequence[torch.Tensor],
     erased: tuple[torch.Tensor, torch.Tensor],
     retained: tuple[torch.Tensor, torch.Tensor],
-    states: torch.Tensor,
+    states: Mapping[str, torch.Tensor],
 ) -> EditEffects:
     """How far an edit maps the erased concepts' states and moves the retained ones (`EditEffects`).
 
-    ``erased`` / ``retained`` are (h_co, h_gen) pairs as `concept_token_states` gives them; ``states`` any
-    token states (rows) whose outputs should not change. Float64; layers are (out, in) matrices.
+    ``erased`` / ``retained`` are (h_co, h_gen) pairs as `concept_token_states` gives them; ``states`` named
+    sets of token states (rows) whose outputs should not change. Float64; layers are (out, in) matrices.
     """
     W = [w.to(torch.float64) for w in W]
     dW = [w1.to(torch.float64) - w for w, w1 in zip(W, W_edited, strict=True)]
     (ce, ge), (cr, gr) = ([t.to(torch.float64) for t in pair] for pair in (erased, retained))
-    H = states.to(torch.float64)
+    changes = {}
+    for name, H in states.items():
+        H = H.to(torch.float64)
+        changes[name] = _relative([H @ d.T for d in dW], [H @ w.T for w in W])
     return EditEffects(
+        edit_rel_norm=_relative(dW, W),
         erased_left=_relative(
             [ce @ (w + d).T - ge @ w.T for w, d in zip(W, dW, strict=True)], [(ce - ge) @ w.T for w in W]
         ),
         retained_distortion=_relative([cr @ d.T for d in dW], [(cr - gr) @ w.T for w in W]),
-        output_change=_relative([H @ d.T for d in dW], [H @ w.T for w in W]),
+        output_change=changes,
     )
 
 

@@ -67,9 +67,13 @@ def main() -> None:
                 E_prior = _prior_embeddings(pipe, c)
                 info: dict = {}
                 W1 = refine_weights(W, co_e, gen_e, E_prior, c.lambda1, c.ridge, c.rcond, c.on_singular, info)
-                retained_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_r)
-                cache_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_cache)
-                uncond_effects = edit_effects(W, W1, (co_e, gen_e), (co_r, gen_r), H_uncond)
+                effects = edit_effects(
+                    W,
+                    W1,
+                    (co_e, gen_e),
+                    (co_r, gen_r),
+                    {"retained": H_r, "cache": H_cache, "unconditional": H_uncond},
+                )
                 row = dict(
                     task=task,
                     erase=erase,
@@ -77,14 +81,12 @@ def main() -> None:
                     n_cache_prompts=len(cfg.domain_preserve),
                     scale=scale,
                     cache_weight_per_row=c.lambda1 * c.domain_weight,
-                    edit_rel_norm=edit_effects(
-                        W, W1, (co_e, gen_e), (co_r, gen_r), torch.eye(W[0].shape[1])
-                    ).output_change,
-                    erased_left=retained_effects.erased_left,
-                    retained_distortion=retained_effects.retained_distortion,
-                    retained_output_change=retained_effects.output_change,
-                    cache_change=cache_effects.output_change,
-                    unconditional_change=uncond_effects.output_change,
+                    edit_rel_norm=effects.edit_rel_norm,
+                    erased_left=effects.erased_left,
+                    retained_distortion=effects.retained_distortion,
+                    retained_output_change=effects.output_change["retained"],
+                    cache_change=effects.output_change["cache"],
+                    unconditional_change=effects.output_change["unconditional"],
                     solve=info.get("method", ""),
                 )
                 rows.append(row)
