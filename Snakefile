@@ -12,7 +12,7 @@ from resurgence.config import (
     schema_path,
     validate_config,
 )
-from resurgence import jobs, study
+from resurgence import jobs, layout, study
 
 min_version("9.0")
 
@@ -60,7 +60,7 @@ wildcard_constraints:
     step=r"\d+",
     experiment=r"fig\d+|control|methods",
     variant=r"[A-Za-z0-9_]+",
-    state=study.STATE_PATTERN,
+    state=layout.STATE_PATTERN,
 
 
 include: "workflow/rules/common.smk"

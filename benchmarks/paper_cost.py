@@ -23,8 +23,9 @@ import statistics
 from pathlib import Path
 
 import torch
+from common import RESULTS  # benchmarks/ is on sys.path when run as a script
 
-from resurgence import study
+from resurgence import layout, study
 from resurgence.config import load_config
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.generate.engine import GenerationConfig, resolve_dtype
@@ -33,7 +34,6 @@ from resurgence.models.pipeline import ARCHITECTURES
 from resurgence.world import get_world
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 # The architecture whose rows price a preset world by default: its released model at 512 px.
 DEFAULT_ARCH = {"sd14": "sd14", "sd21": "sd21_base"}
 
@@ -67,7 +67,7 @@ def work_counts(config: dict) -> dict[str, float]:
                 continue
             states.add((run.task, state))
             erased = sum(prompts_of(n) for n in t["erase"]) * seeds
-            step = study.parse_state(run.task, state).get("step")
+            step = layout.parse_state(run.task, state).get("step")
             if step is not None and int(step) < final:  # trajectory checkpoints: erased concepts only
                 images += erased
                 continue

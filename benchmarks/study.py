@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
-from resurgence.study import RESULTS
+from resurgence.layout import BENCHMARKS, RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a job that loads models imports before its first line of work (`resurgence.stages` and the stage's libraries).
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}) after {wall:.0f} s")
-    stages = stage_profile(ROOT / RESULTS / "benchmarks")
+    stages = stage_profile(ROOT / BENCHMARKS)
     jobs = sum(s["jobs"] for s in stages.values())
     job_s = sum(s["job_s"] for s in stages.values())
     startup = startup_seconds()

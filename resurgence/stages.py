@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from resurgence import layout
 from resurgence.world import get_world
 
 log = logging.getLogger("resurgence")
@@ -134,7 +135,7 @@ def run_erase(args: Namespace) -> None:
 
         from resurgence.erasure import esd
 
-        state = Path(args.out_dir) / "checkpoints"
+        state = Path(args.out_dir) / layout.CHECKPOINTS
         cfg = esd.ESDConfig.from_dict(spec["esd"])
         erasure = esd.erase_concepts(
             pipe, concepts, cfg, device, state_dir=state, model_key=weights_key(args.models)
@@ -236,12 +237,10 @@ def run_finetune(args: Namespace) -> None:
 
 def checkpoint_dir(finetune_dir: str | Path, step: int) -> Path:
     """The kept checkpoint of a fine-tune run at ``step`` (the final weights at the last step)."""
-    from resurgence.finetune.train import FINAL, TRAIN_LOG, checkpoint_path
-
-    log_ = json.loads((Path(finetune_dir) / TRAIN_LOG).read_text())
+    log_ = json.loads((Path(finetune_dir) / layout.TRAIN_LOG).read_text())
     if step >= int(log_["config"]["steps"]):
-        return Path(finetune_dir) / FINAL
-    ckpt = checkpoint_path(finetune_dir, step)
+        return Path(finetune_dir) / layout.FINAL
+    ckpt = layout.checkpoint_path(finetune_dir, step)
     if not ckpt.exists():
         raise FileNotFoundError(
             f"{ckpt} missing: set finetune checkpoint_every to divide the trajectory steps"
@@ -267,14 +266,14 @@ def weights_key(
     """The identity of the weights a job starts from (`generate_to_dir`'s ``model_key``, `finetune`'s
     ``model_key``): the model specs, and the content digests of the base pipeline, of the erased LoRA and
     of the fine-tuned weights at ``step``, so that images and checkpoints of other weights are never reused."""
-    from resurgence.erasure.artifact import DENSE_FILE, LORA_FILE
+    from resurgence.erasure.artifact import DENSE_FILE
     from resurgence.finetune.train import TRAINING_STATE
     from resurgence.state import content_digest
 
     base = pipeline_folder(str(models["pipeline"])) if models.get("pipeline") else None
     digests = {"pipeline": content_digest(base) if base else None}
     if erasure:
-        digests["erasure"] = content_digest(Path(erasure) / LORA_FILE)
+        digests["erasure"] = content_digest(Path(erasure) / layout.ERASED_LORA)
         if (Path(erasure) / DENSE_FILE).is_file():  # a dense edit (ESD): the LoRA alone is empty
             digests["erasure_dense"] = content_digest(Path(erasure) / DENSE_FILE)
     if finetune:
@@ -304,7 +303,7 @@ def run_generate(args: Namespace) -> None:
         r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")
     ]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]
-    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    index = [json.loads(line) for line in (out / layout.IMAGES_INDEX).read_text().splitlines()]
     by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index if not r.get("sample")}
     from PIL import Image
 
@@ -320,7 +319,7 @@ def run_generate(args: Namespace) -> None:
         caps = [r for r in index if r["role"] == "caption"][:8]
         cells = [Image.open(out / r["file_name"]).convert("RGB") for r in caps]
         labels, ncols = ["captions"], max(1, len(cells))
-    save_grid(cells, out / "grid.png", rows=max(1, len(labels)), cols=ncols, labels=labels)
+    save_grid(cells, out / layout.IMAGES_GRID, rows=max(1, len(labels)), cols=ncols, labels=labels)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -341,7 +340,7 @@ def run_evaluate(args: Namespace) -> None:
     images_dir, ref_dir = Path(args.images), Path(args.reference)
 
     def read(folder: Path, roles: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[Any]]:
-        index = [json.loads(x) for x in (folder / "index.jsonl").read_text().splitlines()]
+        index = [json.loads(x) for x in (folder / layout.IMAGES_INDEX).read_text().splitlines()]
         records = [r for r in index if r["role"] in roles]
         return records, [Image.open(folder / r["file_name"]).convert("RGB") for r in records]
 
@@ -391,7 +390,7 @@ def run_reversion(args: Namespace) -> None:
     import pandas as pd
 
     from resurgence.erasure.artifact import DENSE_FILE, apply_erasure, kv_weights, load_report
-    from resurgence.finetune.train import TRAIN_LOG, list_checkpoints, load_finetuned
+    from resurgence.finetune.train import list_checkpoints, load_finetuned
     from resurgence.mace.capacity import concept_token_states, eval_prompt_sets
     from resurgence.metrics.reversion import reversion
     from resurgence.metrics.tables import write_table
@@ -425,7 +424,7 @@ def run_reversion(args: Namespace) -> None:
     spec = load_report(args.erasure)["spec"]
     prompts = eval_prompt_sets(get_world(spec["world"]), [c["name"] for c in spec["concepts"]])
     embeddings, _ = concept_token_states(pipe, prompts, args.mapping)
-    final = int(json.loads((Path(args.finetune) / TRAIN_LOG).read_text())["config"]["steps"])
+    final = int(json.loads((Path(args.finetune) / layout.TRAIN_LOG).read_text())["config"]["steps"])
     steps = sorted({s for s, _ in list_checkpoints(args.finetune) if s < final} | {final})
     rows = []
     for step in steps:
@@ -460,10 +459,10 @@ def run_tables(args: Namespace) -> None:
     exp = Experiment(name=args.experiment, figure=args.experiment, runs=args.runs)
     tidy = select(read_tidy(args.inputs), exp)
     out = Path(args.out_dir)
-    write_tidy(tidy, out / "tidy.csv")
+    write_tidy(tidy, out / layout.TIDY)
     summary = summarize(tidy)
-    write_summary(summary, out / "summary.csv")
-    write_summary(resurgence_rate(summary), out / "resurgence.csv")
+    write_summary(summary, out / layout.SUMMARY)
+    write_summary(resurgence_rate(summary), out / layout.RESURGENCE)
 
 
 def run_figure(args: Namespace) -> None:
@@ -491,5 +490,5 @@ def run_reversion_summary(args: Namespace) -> None:
 def run_grids(args: Namespace) -> None:
     from resurgence.metrics.figures import image_grid_figure
 
-    grids = {str(Path(p).parent).split("images/", 1)[-1]: p for p in args.inputs}
+    grids = {layout.images_label(p): p for p in args.inputs}
     image_grid_figure(grids, args.out)

@@ -6,21 +6,19 @@ triggers a rerun) are exactly the spec its job runs with.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from resurgence import layout
 from resurgence.config import ConfigError, deep_merge
 from resurgence.generate import UNCONDITIONAL_PROMPT
 from resurgence.models.availability import check_available
 from resurgence.world import World, get_world
 
-RESULTS = "results"
 # Experiments with a target of their own, outside `all`: they retrain the toy text-to-image model (GPU).
 OPTIONAL_EXPERIMENTS: dict[str, str] = {"control": "exact_unlearning_control", "fig14": "geometry_sweep"}
-STATE_PATTERN = r"base|[^/]+/erased|[^/]+/[^/]+/[^/]+/step-\d+"
 # Free captions that MACE preserves are drawn with their own seed, apart from the evaluation captions.
 PRESERVE_CAPTION_SEED = 7_000_003
 
@@ -35,82 +33,36 @@ class Run:
     ftmethod: str = "lora"
 
 
-# ----------------------------------------------------------------------------- paths
-
-
-def erase_dir(task: str, erase: str) -> str:
-    return f"{RESULTS}/erase/{task}/{erase}"
+# ----------------------------------------------------------------------------- paths (`resurgence.layout`)
 
 
 def ftset_dir(config: dict[str, Any], ftset: str, task: str) -> str:
     """Random sets are shared by every task; tercile sets depend on the task's erased concepts."""
     if config["finetune_sets"][ftset]["kind"] == "random":
-        return f"{RESULTS}/ftdata/random/{ftset}"
-    return f"{RESULTS}/ftdata/tercile/{task}/{ftset}"
+        return layout.random_ftset_dir(ftset)
+    return layout.tercile_ftset_dir(task, ftset)
 
 
 def finetune_dir(run: Run) -> str:
-    return f"{RESULTS}/finetune/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}"
+    return layout.finetune_dir(run.task, run.erase, run.ftset, run.ftmethod)
 
 
 def reversion_csv(run: Run) -> str:
-    """How far a fine-tune run's checkpoints undo its erasure (`resurgence.metrics.reversion`)."""
-    return f"{RESULTS}/reversion/{run.task}/{run.erase}/{run.ftset}/{run.ftmethod}/reversion.csv"
+    return layout.reversion_csv(run.task, run.erase, run.ftset, run.ftmethod)
 
 
-def resurgence_table(experiment: str) -> str:
-    """An experiment's resurgence table (`metrics.tables.resurgence_rate` of its runs)."""
-    return f"{RESULTS}/tables/{experiment}/resurgence.csv"
-
-
-REVERSION_TABLE = f"{RESULTS}/tables/reversion/reversion.csv"
-REVERSION_FIGURE = f"{RESULTS}/figures/reversion.png"
-
-
-def state_id(run: Run | None, stage: str, step: int | None = None) -> str:
-    """The model-state part of image/metric paths: base, <erase>/erased, or <erase>/<set>/<method>/step-N."""
-    if stage == "base":
-        return "base"
-    assert run is not None
-    if stage == "erased":
-        return f"{run.erase}/erased"
-    return f"{run.erase}/{run.ftset}/{run.ftmethod}/step-{step}"
-
-
-def parse_state(task: str, state: str) -> dict[str, Any]:
-    """Inverse of `state_id`: the tidy-table fields of a model state."""
-    if not re.fullmatch(STATE_PATTERN, state):
-        raise ValueError(f"not a model state: {state!r}")
-    parts = state.split("/")
-    if parts == ["base"]:
-        return dict(task=task, erase="none", ftset="none", ftmethod="none", state="base", step=0)
-    if len(parts) == 2:
-        return dict(task=task, erase=parts[0], ftset="none", ftmethod="none", state="erased", step=0)
-    return dict(
-        task=task,
-        erase=parts[0],
-        ftset=parts[1],
-        ftmethod=parts[2],
-        state="finetuned",
-        step=int(parts[3][5:]),
-    )
+def state_id(run: Run, stage: str, step: int | None = None) -> str:
+    """A run's model state (`layout.state_id`): erased, or fine-tuned at ``step``."""
+    return layout.state_id(stage, run.erase, run.ftset, run.ftmethod, "" if step is None else step)
 
 
 def state_fields(config: dict[str, Any], task: str, state: str) -> dict[str, Any]:
     """`parse_state` plus ``is_final``: whether a fine-tuned state is the run's last step."""
-    fields = parse_state(task, state)
+    fields = layout.parse_state(task, state)
     final = (
         fields["state"] != "finetuned" or fields["step"] >= finetune_spec(config, fields["ftmethod"])["steps"]
     )
     return dict(fields, is_final=bool(final))
-
-
-def images_index(task: str, state: str) -> str:
-    return f"{RESULTS}/images/{task}/{state}/index.jsonl"
-
-
-def metrics_csv(task: str, state: str) -> str:
-    return f"{RESULTS}/metrics/{task}/{state}/tidy.csv"
 
 
 # ----------------------------------------------------------------------------- models
@@ -118,9 +70,7 @@ def metrics_csv(task: str, state: str) -> str:
 
 def toy_models_dir(config: dict[str, Any]) -> str:
     tw = config.get("toyworld", {})
-    return (
-        f"{RESULTS}/toyworld/models" if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
-    )
+    return layout.TOY_MODELS_DIR if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
 
 
 def toy_knowledge(config: dict[str, Any]) -> dict[str, Any]:
@@ -156,10 +106,6 @@ def check_toy_knowledge(config: dict[str, Any]) -> None:
                 f"config key 'toyworld.knowledge' is {want}, but the {model} model in {toy_models_dir(config)!r} "
                 f"learned {got}; set toyworld.knowledge to that, or retrain (toyworld.retrain: true)"
             )
-
-
-def variant_dir(variant: str) -> str:
-    return f"{RESULTS}/variants/{variant}"
 
 
 def task_variant(config: dict[str, Any], task: str) -> str | None:
@@ -206,7 +152,7 @@ def task_models(config: dict[str, Any], task: str) -> dict[str, Any]:
     models = model_specs(config)
     variant = task_variant(config, task)
     if variant is not None:
-        models = {**models, "pipeline": f"{variant_dir(variant)}/t2i"}
+        models = {**models, "pipeline": f"{layout.variant_dir(variant)}/t2i"}
     return models
 
 
@@ -254,7 +200,7 @@ def shipped_weights(config: dict[str, Any], task: str | None, reads: tuple[str, 
     unknown = [key for key in reads if key not in TOY_MODEL_FOLDERS]
     if unknown:
         raise ValueError(f"reads: {unknown[0]!r} is not one of {sorted(TOY_MODEL_FOLDERS)}")
-    manifest = Path(toy_models_dir(config)) / "manifest.json"
+    manifest = Path(layout.manifest_file(toy_models_dir(config)))
     digests = _model_digests(str(manifest), manifest.stat().st_mtime_ns if manifest.exists() else 0)
     overridden = set(config.get("models", {}))
     variant = task_variant(config, task) if task is not None else None
@@ -742,7 +688,7 @@ def experiment_metrics(config: dict[str, Any], experiment: str) -> list[str]:
     paths: dict[str, None] = {}
     for run in experiment_runs(config, experiment):
         for s in run_states(config, run):
-            paths[metrics_csv(run.task, s)] = None
+            paths[layout.metrics_csv(run.task, s)] = None
     return list(paths)
 
 
@@ -868,10 +814,10 @@ def check_checkpoints(config: dict[str, Any]) -> None:
 
 
 def figure_targets(config: dict[str, Any]) -> list[str]:
-    targets = [f"{RESULTS}/figures/{e}.png" for e in study_experiments(config)]
+    targets = [layout.figure(e) for e in study_experiments(config)]
     if (config.get("trajectory") or {}).get("experiment"):
-        targets.append(f"{RESULTS}/figures/trajectory.png")
-    targets += [f"{RESULTS}/figures/grids.png", REVERSION_FIGURE]
+        targets.append(layout.figure("trajectory"))
+    targets += [layout.figure("grids"), layout.REVERSION_FIGURE]
     return targets
 
 
@@ -896,7 +842,7 @@ def reversion_inputs(config: dict[str, Any]) -> dict[str, list[str]]:
     metrics: dict[str, None] = {}
     for run in runs:
         for s in resurgence_states(config, run):
-            metrics[metrics_csv(run.task, s)] = None
+            metrics[layout.metrics_csv(run.task, s)] = None
     return {"reversion": [reversion_csv(r) for r in runs], "metrics": list(metrics)}
 
 
@@ -918,7 +864,7 @@ def grid_inputs(config: dict[str, Any]) -> list[str]:
     paths: dict[str, None] = {}
     for run in experiment_runs(config, first):
         for s in resurgence_states(config, run):
-            paths[f"{RESULTS}/images/{run.task}/{s}/grid.png"] = None
+            paths[layout.images_grid(run.task, s)] = None
     return list(paths)
 
 
@@ -933,10 +879,10 @@ def run_summary(config: dict[str, Any]) -> str:
 
     figures = [t for t in figure_targets(config) if Path(t).is_file()]
     lines = [
-        f"resurgence: {len(figures)} figures in {RESULTS}/figures/, tables in {RESULTS}/tables/",
+        f"resurgence: {len(figures)} figures in {layout.FIGURES}/, tables in {layout.TABLES}/",
         "resurgence: the HTML report: snakemake --report report.html (same config options as this run)",
     ]
-    table = Path(resurgence_table(HEADLINE_EXPERIMENT))
+    table = Path(layout.resurgence_table(HEADLINE_EXPERIMENT))
     if HEADLINE_EXPERIMENT in config.get("experiments", {}) and table.is_file():
         import pandas as pd
 

@@ -12,6 +12,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from resurgence import layout
 from resurgence.finetune import train
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.data import (
@@ -294,7 +295,7 @@ def test_checkpoints_of_other_inputs_are_discarded(base_pipe, ft_set, other_set,
 
 def test_checkpoints_without_a_key_are_discarded(base_pipe, ft_set, tmp_path):
     finetune(copy.deepcopy(base_pipe), ft_set, _cfg(steps=2, checkpoint_every=2), tmp_path, progress=False)
-    (tmp_path / train.CHECKPOINTS / "resume_key.json").unlink()  # state written before checkpoints had keys
+    (tmp_path / layout.CHECKPOINTS / "resume_key.json").unlink()  # state written before checkpoints had keys
     log = finetune(
         copy.deepcopy(base_pipe), ft_set, _cfg(steps=4, checkpoint_every=2), tmp_path, progress=False
     )

@@ -190,24 +190,24 @@ def test_weights_key_follows_the_weights_content(tmp_path):
     """The fine-tune-set, fine-tune and generation stages key their images and checkpoints on this."""
     import os
 
-    from resurgence.erasure.artifact import LORA_FILE
+    from resurgence.layout import ERASE_REPORT, ERASED_LORA
     from resurgence.stages import weights_key
 
     pipeline, erasure = tmp_path / "t2i", tmp_path / "erase"
     for d in (pipeline, erasure):
         d.mkdir()
     (pipeline / "w.safetensors").write_bytes(b"1234")
-    (erasure / LORA_FILE).write_bytes(b"abcd")
+    (erasure / ERASED_LORA).write_bytes(b"abcd")
     models = {"pipeline": str(pipeline)}
     key = weights_key(models, erasure=str(erasure))
     assert weights_key(models, erasure=str(erasure)) == key
     assert weights_key(models) != key
-    (erasure / "report.json").write_text("{}")  # the erasure's report is not its weights
-    st = (erasure / LORA_FILE).stat()
-    os.utime(erasure / LORA_FILE, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    (erasure / ERASE_REPORT).write_text("{}")  # the erasure's report is not its weights
+    st = (erasure / ERASED_LORA).stat()
+    os.utime(erasure / ERASED_LORA, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
     assert weights_key(models, erasure=str(erasure)) == key
-    (erasure / LORA_FILE).write_bytes(b"abce")  # rewritten: same size, mtime set back
-    os.utime(erasure / LORA_FILE, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (erasure / ERASED_LORA).write_bytes(b"abce")  # rewritten: same size, mtime set back
+    os.utime(erasure / ERASED_LORA, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert weights_key(models, erasure=str(erasure)) != key
     key = weights_key(models)
     (pipeline / "w.safetensors").write_bytes(b"12345")
@@ -218,7 +218,8 @@ def test_weights_key_follows_the_weights_content(tmp_path):
 
 
 def test_weights_key_of_a_finetune_step_is_that_checkpoint(tmp_path):
-    from resurgence.finetune.train import FINAL, TRAIN_LOG, TRAINING_STATE, checkpoint_path
+    from resurgence.finetune.train import TRAINING_STATE
+    from resurgence.layout import FINAL, TRAIN_LOG, checkpoint_path
     from resurgence.stages import weights_key
 
     run = tmp_path / "ft"

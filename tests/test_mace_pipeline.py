@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from resurgence.erasure.artifact import (
-    LORA_FILE,
     ConceptSpec,
     apply_deltas,
     apply_erasure,
@@ -19,6 +18,7 @@ from resurgence.erasure.artifact import (
     lora_deltas,
     save_erasure,
 )
+from resurgence.layout import ERASED_LORA
 from resurgence.mace.attention import AttentionProbe, probing_cross_attention
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.erase import erase_concepts, mapping_prompts
@@ -142,14 +142,14 @@ def test_erase_save_and_apply(pipe, tokdir, tmp_path, caplog) -> None:
     assert set(erasure.concept_loras) == {"Ann X", "Bob Y"}
 
     out = save_erasure(erasure, tmp_path / "erasure")
-    assert (out / LORA_FILE).is_file() and (out / "concepts" / "ann-x.safetensors").is_file()
+    assert (out / ERASED_LORA).is_file() and (out / "concepts" / "ann-x.safetensors").is_file()
     assert (out / "concepts" / "bob-y.safetensors").is_file()
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["preserve"] == list(PRESERVE) and report["lora_file"] == LORA_FILE
+    assert report["config"]["preserve"] == list(PRESERVE) and report["lora_file"] == ERASED_LORA
 
     img_base = render(pipe)
     # plain diffusers loading works and changes the images
-    pipe.load_lora_weights(str(out), weight_name=LORA_FILE, adapter_name="check")
+    pipe.load_lora_weights(str(out), weight_name=ERASED_LORA, adapter_name="check")
     img_lora = render(pipe)
     pipe.unload_lora_weights()
     assert np.abs(img_lora - img_base).max() > 1e-4

@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import load_file
 from snakemake_helpers import run, snakemake
 
-from resurgence import study
+from resurgence import layout, study
 from resurgence.config import load_config
-from resurgence.finetune.train import FINAL, LORA_WEIGHTS, TRAIN_LOG, checkpoint_path
+from resurgence.finetune.train import LORA_WEIGHTS
+from resurgence.layout import FINAL, TRAIN_LOG, checkpoint_path
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def clean_finetune(work: Path, overlays: list[str], out: Path) -> dict[str, torc
     config = load_config([work / "config.yaml", work / "config.smoke.yaml", *(work / o for o in overlays)])
     run(
         [sys.executable, "-m", "resurgence", "finetune", "--spec", json.dumps(study.finetune_spec(config, RUN.ftmethod)),
-         "--models", json.dumps(study.model_specs(config)), "--erasure", study.erase_dir(RUN.task, RUN.erase),
+         "--models", json.dumps(study.model_specs(config)), "--erasure", layout.erase_dir(RUN.task, RUN.erase),
          "--data", study.ftset_dir(config, RUN.ftset, RUN.task), "--out-dir", str(out), "--device", "auto"],
         cwd=work, OMP_NUM_THREADS=JOB_THREADS,
     )  # fmt: skip

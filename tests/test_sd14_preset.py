@@ -12,7 +12,7 @@ import pytest
 import yaml
 from snakemake_helpers import job_counts, snakemake
 
-from resurgence import study
+from resurgence import layout, study
 from resurgence.config import ConfigError, deep_merge, load_config
 from resurgence.models import availability
 
@@ -274,7 +274,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     runs = study.all_runs(config)
     scored = {_state(p) for e in config["experiments"] for p in study.experiment_metrics(config, e)}
     rendered = scored | {_state(p) for p in study.grid_inputs(config)}
-    kinds = [study.parse_state(t, s)["state"] for t, s in rendered]
+    kinds = [layout.parse_state(t, s)["state"] for t, s in rendered]
     n_exp = len(config["experiments"])
     return {
         "all": 1,

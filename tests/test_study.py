@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resurgence import study
+from resurgence import layout, study
 from resurgence.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,12 +19,12 @@ def config() -> dict:
 
 def test_state_ids_round_trip(config):
     run = study.Run(task="identity_10", erase="lambda1_0.001", ftset="tercile_2", ftmethod="full")
-    assert study.parse_state("identity_10", study.state_id(None, "base")) == dict(
+    assert layout.parse_state("identity_10", layout.state_id("base")) == dict(
         task="identity_10", erase="none", ftset="none", ftmethod="none", state="base", step=0
     )
-    erased = study.parse_state("identity_10", study.state_id(run, "erased"))
+    erased = layout.parse_state("identity_10", study.state_id(run, "erased"))
     assert (erased["erase"], erased["state"]) == ("lambda1_0.001", "erased")
-    ft = study.parse_state("identity_10", study.state_id(run, "finetuned", 150))
+    ft = layout.parse_state("identity_10", study.state_id(run, "finetuned", 150))
     assert (ft["erase"], ft["ftset"], ft["ftmethod"], ft["state"], ft["step"]) == (
         "lambda1_0.001",
         "tercile_2",
@@ -33,7 +33,7 @@ def test_state_ids_round_trip(config):
         150,
     )
     with pytest.raises(ValueError):
-        study.parse_state("identity_10", "nonsense/state")
+        layout.parse_state("identity_10", "nonsense/state")
 
 
 def test_erase_spec_resolves_mapping_per_concept(config):
@@ -256,11 +256,11 @@ def test_run_summary_prints_where_the_figures_are_and_the_headline_accuracies(co
     assert h.loc["object_ship", ["base", "erased", "finetuned"]].tolist() == pytest.approx([1.0, 0.0, 0.05])
     monkeypatch.chdir(tmp_path)
     assert len(study.run_summary(config).splitlines()) == 2  # no table yet: where things go, no numbers
-    path = Path(study.resurgence_table(study.HEADLINE_EXPERIMENT))
+    path = Path(layout.resurgence_table(study.HEADLINE_EXPERIMENT))
     path.parent.mkdir(parents=True)
     table.to_csv(path, index=False)
-    (tmp_path / study.RESULTS / "figures").mkdir()
-    (tmp_path / study.RESULTS / "figures" / "fig5.png").write_bytes(b"png")
+    Path(layout.FIGURES).mkdir()
+    Path(layout.figure("fig5")).write_bytes(b"png")
     text = study.run_summary(config)
     assert "1 figures in results/figures/" in text
     assert "mean over 2 seeds" in text

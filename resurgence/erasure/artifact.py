@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 from resurgence.io import read_json, save_safetensors, write_json
+from resurgence.layout import ERASE_REPORT, ERASED_LORA
 
-LORA_FILE = "erased_lora.safetensors"
 # Dense changes of parameters a LoRA cannot carry exactly or cheaply (full-rank weights, convolutions,
 # biases: ESD's fine-tuned layers), keyed by parameter name; written only by methods that make them.
 DENSE_FILE = "erased_dense.safetensors"
-REPORT_FILE = "report.json"
 ADAPTER_NAME = "erasure"  # the adapter name while an erasure is fused (unloaded after)
 
 
@@ -172,7 +171,7 @@ def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
         "producer": f"resurgence.{method}",
         "note": f"{method.upper()} erasure: fuse at scale 1 into the base model",
     }
-    save_safetensors(lora, out / LORA_FILE, metadata=meta)
+    save_safetensors(lora, out / ERASED_LORA, metadata=meta)
     if erasure.dense:
         save_safetensors(
             erasure.dense, out / DENSE_FILE, metadata={**meta, "note": "add to the named parameters"}
@@ -188,7 +187,7 @@ def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
         )
         concept_files[name] = str(path.relative_to(out))
     report = dict(erasure.report)
-    report["lora_file"] = LORA_FILE
+    report["lora_file"] = ERASED_LORA
     report["lora_ranks"] = {
         k[len("unet.") : -len(".lora_A.weight")]: int(v.shape[0])
         for k, v in lora.items()
@@ -198,16 +197,16 @@ def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
     if erasure.dense:
         report["dense_file"] = DENSE_FILE
         report["dense_parameters"] = len(erasure.dense)
-    write_json(out / REPORT_FILE, report)
+    write_json(out / ERASE_REPORT, report)
     return out
 
 
 def load_report(out_dir: str | Path) -> dict[str, Any]:
-    return read_json(Path(out_dir) / REPORT_FILE)
+    return read_json(Path(out_dir) / ERASE_REPORT)
 
 
 def apply_erasure(
-    pipe, out_dir: str | Path, weight_name: str = LORA_FILE, rtol: float = 1e-5
+    pipe, out_dir: str | Path, weight_name: str = ERASED_LORA, rtol: float = 1e-5
 ) -> dict[str, torch.Tensor]:
     """Load the erasure LoRA, fuse it and unload the adapter, then add the dense deltas (if any); check
     that every changed weight == base + delta.

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from resurgence.generate.engine import GenerationConfig, generate_to_dir
 from resurgence.io import atomic_path, write_json
+from resurgence.layout import MANIFEST
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
@@ -89,7 +90,7 @@ def build_finetune_set(
     if clash:
         raise ValueError(f"extra_manifest would overwrite manifest keys {clash}")
     manifest.update(extra_manifest or {})
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import resource
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.data import FinetuneImageDataset, collate
 from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
+from resurgence.layout import CHECKPOINTS, FINAL, TRAIN_LOG, checkpoint_path, checkpoint_step
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key, content_digest
 
@@ -43,10 +43,6 @@ logger = logging.getLogger(__name__)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ADAPTER = "default"
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
-TRAIN_LOG = "train_log.json"
 # Optimizer, schedule and RNG of a checkpoint: what resuming needs beyond the weights.
 TRAINING_STATE = "state.pt"
 # Fields that may differ between a run and the run resuming it: the LR schedule does not depend on
@@ -189,20 +185,15 @@ def resume_point(checkpoints: list[tuple[int, Path]], cfg: FinetuneConfig) -> Pa
     return have[max(usable)] if usable else None
 
 
-def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
-    """Where a run in ``out_dir`` keeps its checkpoint of ``step``."""
-    return Path(out_dir) / CHECKPOINTS / f"step-{step:06d}"
-
-
 def list_checkpoints(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``out_dir/checkpoints`` as (step, path), by step."""
     root = Path(out_dir) / CHECKPOINTS
     found = []
     if root.is_dir():
         for d in root.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and (d / TRAINING_STATE).is_file():
-                found.append((int(m.group(1)), d))
+            step = checkpoint_step(d.name)
+            if step is not None and (d / TRAINING_STATE).is_file():
+                found.append((step, d))
     return sorted(found)
 
 

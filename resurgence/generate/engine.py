@@ -24,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from resurgence.generate import UNCONDITIONAL_PROMPT
 from resurgence.io import atomic_path
+from resurgence.layout import IMAGES_INDEX
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
 from resurgence.progress import progress_bar
 
@@ -306,7 +307,7 @@ def generate_to_dir(
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 img.save(tmp, format="PNG")
-    with atomic_path(out / "index.jsonl") as tmp:
+    with atomic_path(out / IMAGES_INDEX) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
     return rows
 

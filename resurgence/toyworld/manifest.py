@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from resurgence.io import read_json
+from resurgence.layout import MANIFEST
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     """``out_dir/manifest.json``, or an empty one (no models yet)."""
-    path = Path(out_dir) / "manifest.json"
+    path = Path(out_dir) / MANIFEST
     return read_json(path) if path.exists() else {"models": {}}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from resurgence.io import write_json
+from resurgence.layout import MANIFEST
 from resurgence.state import file_sha256
 from resurgence.toyworld.manifest import read_manifest, trained_knowledge
 
@@ -142,7 +143,7 @@ def model_files(root: str | os.PathLike) -> dict[str, str]:
 def verify_manifest(root: str | os.PathLike) -> list[str]:
     """Files whose sha256 differs from the manifest (empty when the weights are intact)."""
     root = Path(root)
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = json.loads((root / MANIFEST).read_text())
     bad = []
     for rel, digest in manifest["files"].items():
         p = root / rel
@@ -231,7 +232,7 @@ def record_geometry(
     clip = load_clip({"kind": "toy", "path": str(out / "clip")}, device=device)
     world = toy_world(int(manifest["models"]["t2i"]["seed"] or 0))
     manifest["geometry"] = geometry_report(world, cfg, erase_sets, clip=clip, pipe=pipe)
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest["geometry"]
 
 
@@ -282,7 +283,7 @@ def record_model(
         wall_s=round(wall_s, 1),
     )
     manifest["files"] = model_files(out)
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST, manifest)
 
 
 def import_models(
@@ -298,7 +299,7 @@ def import_models(
     from resurgence.io import atomic_path
 
     src, dst = Path(src_dir), Path(dst_dir)
-    src_manifest = json.loads((src / "manifest.json").read_text())
+    src_manifest = json.loads((src / MANIFEST).read_text())
     names = names or [n for n in MODELS if n in src_manifest["models"]]
     missing = [n for n in names if n not in src_manifest["models"] or not (src / n).is_dir()]
     if missing:
@@ -310,7 +311,7 @@ def import_models(
             shutil.copytree(src / name, tmp, dirs_exist_ok=True)
         manifest["models"][name] = src_manifest["models"][name]
     manifest["files"] = model_files(dst)
-    write_json(dst / "manifest.json", manifest)
+    write_json(dst / MANIFEST, manifest)
     return names
 
 
@@ -329,4 +330,4 @@ def record_quality(out_dir: str | os.PathLike, quality: dict[str, Any]) -> None:
         "host",
     )
     manifest["quality"] = {k: quality[k] for k in keep if k in quality}
-    write_json(Path(out_dir) / "manifest.json", manifest)
+    write_json(Path(out_dir) / MANIFEST, manifest)

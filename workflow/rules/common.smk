@@ -12,11 +12,11 @@ def models_input(wildcards=None):
     """The toy models a job reads: the retrained world's, and its task's world variant's."""
     out = []
     if config["world"] == "toy" and config.get("toyworld", {}).get("retrain", False):
-        out.append(f"{study.toy_models_dir(config)}/manifest.json")
+        out.append(layout.manifest_file(study.toy_models_dir(config)))
     task = getattr(wildcards, "task", None) if wildcards is not None else None
     if task is not None and study.task_variant(config, task) is not None:
         out.append(
-            f"{study.variant_dir(study.task_variant(config, task))}/manifest.json"
+            layout.manifest_file(layout.variant_dir(study.task_variant(config, task)))
         )
     return out
 
@@ -34,7 +34,7 @@ def weights(*reads):
 
 
 def toyworld_quality_target():
-    return ["results/toyworld/quality.json"] if config["world"] == "toy" else []
+    return [layout.TOY_QUALITY] if config["world"] == "toy" else []
 
 
 def device():
@@ -48,7 +48,7 @@ def gen_settings():
 
 
 def ftdata_manifest(wc):
-    return f"{study.ftset_dir(config, wc.ftset, wc.task)}/manifest.json"
+    return layout.manifest_file(study.ftset_dir(config, wc.ftset, wc.task))
 
 
 def finetuned_roles(wc):

@@ -5,12 +5,12 @@ rule erase:
     input:
         models_input,
     output:
-        lora="results/erase/{task}/{erase}/erased_lora.safetensors",
-        report="results/erase/{task}/{erase}/report.json",
+        lora=layout.erased_lora("{task}", "{erase}"),
+        report=layout.erase_report("{task}", "{erase}"),
     log:
-        "logs/erase/{task}/{erase}.log",
+        layout.log_file("erase", "{task}/{erase}"),
     benchmark:
-        "results/benchmarks/erase/{task}/{erase}.tsv"
+        layout.benchmark_file("erase", "{task}/{erase}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -3,14 +3,14 @@
 
 rule evaluate:
     input:
-        images="results/images/{task}/{state}/index.jsonl",
-        reference="results/images/{task}/base/index.jsonl",
+        images=layout.images_index("{task}", "{state}"),
+        reference=layout.images_index("{task}", "base"),
     output:
-        tidy="results/metrics/{task}/{state}/tidy.csv",
+        tidy=layout.metrics_csv("{task}", "{state}"),
     log:
-        "logs/evaluate/{task}/{state}.log",
+        layout.log_file("evaluate", "{task}/{state}"),
     benchmark:
-        "results/benchmarks/evaluate/{task}/{state}.tsv"
+        layout.benchmark_file("evaluate", "{task}/{state}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -5,14 +5,14 @@
 
 rule finetune:
     input:
-        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
+        erasure=layout.erased_lora("{task}", "{erase}"),
         data=ftdata_manifest,
     output:
-        log="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
+        log=layout.train_log("{task}", "{erase}", "{ftset}", "{ftmethod}"),
     log:
-        "logs/finetune/{task}/{erase}/{ftset}/{ftmethod}.log",
+        layout.log_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}"),
     benchmark:
-        "results/benchmarks/finetune/{task}/{erase}/{ftset}/{ftmethod}.tsv"
+        layout.benchmark_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -5,11 +5,11 @@ rule ftdata_random:
     input:
         models_input(),
     output:
-        manifest="results/ftdata/random/{ftset}/manifest.json",
+        manifest=layout.manifest_file(layout.random_ftset_dir("{ftset}")),
     log:
-        "logs/ftdata/random/{ftset}.log",
+        layout.log_file("ftdata", "random/{ftset}"),
     benchmark:
-        "results/benchmarks/ftdata/random/{ftset}.tsv"
+        layout.benchmark_file("ftdata", "random/{ftset}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -33,11 +33,11 @@ rule ftdata_tercile:
     input:
         models_input(),
     output:
-        manifest="results/ftdata/tercile/{task}/{ftset}/manifest.json",
+        manifest=layout.manifest_file(layout.tercile_ftset_dir("{task}", "{ftset}")),
     log:
-        "logs/ftdata/tercile/{task}/{ftset}.log",
+        layout.log_file("ftdata", "tercile/{task}/{ftset}"),
     benchmark:
-        "results/benchmarks/ftdata/tercile/{task}/{ftset}.tsv"
+        layout.benchmark_file("ftdata", "tercile/{task}/{ftset}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

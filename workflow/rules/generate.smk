@@ -6,12 +6,12 @@ rule generate_base:
     input:
         models_input,
     output:
-        index="results/images/{task}/base/index.jsonl",
-        grid="results/images/{task}/base/grid.png",
+        index=layout.images_index("{task}", "base"),
+        grid=layout.images_grid("{task}", "base"),
     log:
-        "logs/generate/{task}/base.log",
+        layout.log_file("generate", "{task}/base"),
     benchmark:
-        "results/benchmarks/generate/{task}/base.tsv"
+        layout.benchmark_file("generate", "{task}/base")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -31,14 +31,14 @@ rule generate_base:
 
 rule generate_erased:
     input:
-        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
+        erasure=layout.erased_lora("{task}", "{erase}"),
     output:
-        index="results/images/{task}/{erase}/erased/index.jsonl",
-        grid="results/images/{task}/{erase}/erased/grid.png",
+        index=layout.images_index("{task}", "{erase}/erased"),
+        grid=layout.images_grid("{task}", "{erase}/erased"),
     log:
-        "logs/generate/{task}/{erase}/erased.log",
+        layout.log_file("generate", "{task}/{erase}/erased"),
     benchmark:
-        "results/benchmarks/generate/{task}/{erase}/erased.tsv"
+        layout.benchmark_file("generate", "{task}/{erase}/erased")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -58,15 +58,17 @@ rule generate_erased:
 
 rule generate_finetuned:
     input:
-        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
-        finetune="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
+        erasure=layout.erased_lora("{task}", "{erase}"),
+        finetune=layout.train_log("{task}", "{erase}", "{ftset}", "{ftmethod}"),
     output:
-        index="results/images/{task}/{erase}/{ftset}/{ftmethod}/step-{step}/index.jsonl",
-        grid="results/images/{task}/{erase}/{ftset}/{ftmethod}/step-{step}/grid.png",
+        index=layout.images_index("{task}", "{erase}/{ftset}/{ftmethod}/step-{step}"),
+        grid=layout.images_grid("{task}", "{erase}/{ftset}/{ftmethod}/step-{step}"),
     log:
-        "logs/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.log",
+        layout.log_file("generate", "{task}/{erase}/{ftset}/{ftmethod}/step-{step}"),
     benchmark:
-        "results/benchmarks/generate/{task}/{erase}/{ftset}/{ftmethod}/step-{step}.tsv"
+        layout.benchmark_file(
+            "generate", "{task}/{erase}/{ftset}/{ftmethod}/step-{step}"
+        )
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -5,19 +5,19 @@ rule tables:
     input:
         lambda wc: study.experiment_metrics(config, wc.experiment),
     output:
-        tidy="results/tables/{experiment}/tidy.csv",
+        tidy=layout.tidy_table("{experiment}"),
         summary=report(
-            "results/tables/{experiment}/summary.csv",
+            layout.summary_table("{experiment}"),
             category="Tables",
             caption="../report/summary.rst",
         ),
         resurgence=report(
-            study.resurgence_table("{experiment}"),
+            layout.resurgence_table("{experiment}"),
             category="Tables",
             caption="../report/resurgence.rst",
         ),
     log:
-        "logs/tables/{experiment}.log",
+        layout.log_file("tables", "{experiment}"),
     conda:
         "../../envs/resurgence.yaml"
     resources:
@@ -34,15 +34,15 @@ rule tables:
 
 rule figure:
     input:
-        summary="results/tables/{experiment}/summary.csv",
+        summary=layout.summary_table("{experiment}"),
     output:
         png=report(
-            "results/figures/{experiment}.png",
+            layout.figure("{experiment}"),
             category="Figures",
             caption="../report/figure.rst",
         ),
     log:
-        "logs/figures/{experiment}.log",
+        layout.log_file("figures", "{experiment}"),
     conda:
         "../../envs/resurgence.yaml"
     resources:
@@ -57,15 +57,15 @@ rule figure:
 
 rule trajectory_figure:
     input:
-        summary=lambda wc: f"results/tables/{config['trajectory']['experiment']}/summary.csv",
+        summary=lambda wc: layout.summary_table(config["trajectory"]["experiment"]),
     output:
         png=report(
-            "results/figures/trajectory.png",
+            layout.figure("trajectory"),
             category="Figures",
             caption="../report/figure.rst",
         ),
     log:
-        "logs/figures/trajectory.log",
+        layout.log_file("figures", "trajectory"),
     conda:
         "../../envs/resurgence.yaml"
     resources:
@@ -80,12 +80,12 @@ rule grids_figure:
         lambda wc: study.grid_inputs(config),
     output:
         png=report(
-            "results/figures/grids.png",
+            layout.figure("grids"),
             category="Figures",
             caption="../report/grids.rst",
         ),
     log:
-        "logs/figures/grids.log",
+        layout.log_file("figures", "grids"),
     conda:
         "../../envs/resurgence.yaml"
     resources:
@@ -98,11 +98,11 @@ rule grids_figure:
 # Targets outside `all` (study.OPTIONAL_EXPERIMENTS): each retrains the toy text-to-image model on a GPU.
 rule exact_unlearning_control:
     input:
-        study.resurgence_table("control"),
-        "results/figures/control.png",
+        layout.resurgence_table("control"),
+        layout.figure("control"),
 
 
 rule geometry_sweep:
     input:
-        study.resurgence_table("fig14"),
-        "results/figures/fig14.png",
+        layout.resurgence_table("fig14"),
+        layout.figure("fig14"),

@@ -3,14 +3,14 @@
 
 rule reversion:
     input:
-        erasure="results/erase/{task}/{erase}/erased_lora.safetensors",
-        finetune="results/finetune/{task}/{erase}/{ftset}/{ftmethod}/train_log.json",
+        erasure=layout.erased_lora("{task}", "{erase}"),
+        finetune=layout.train_log("{task}", "{erase}", "{ftset}", "{ftmethod}"),
     output:
-        csv="results/reversion/{task}/{erase}/{ftset}/{ftmethod}/reversion.csv",
+        csv=layout.reversion_csv("{task}", "{erase}", "{ftset}", "{ftmethod}"),
     log:
-        "logs/reversion/{task}/{erase}/{ftset}/{ftmethod}.log",
+        layout.log_file("reversion", "{task}/{erase}/{ftset}/{ftmethod}"),
     benchmark:
-        "results/benchmarks/reversion/{task}/{erase}/{ftset}/{ftmethod}.tsv"
+        layout.benchmark_file("reversion", "{task}/{erase}/{ftset}/{ftmethod}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -36,17 +36,17 @@ rule reversion_summary:
         unpack(lambda wc: study.reversion_inputs(config)),
     output:
         table=report(
-            study.REVERSION_TABLE,
+            layout.REVERSION_TABLE,
             category="Tables",
             caption="../report/reversion.rst",
         ),
         png=report(
-            study.REVERSION_FIGURE,
+            layout.REVERSION_FIGURE,
             category="Figures",
             caption="../report/reversion.rst",
         ),
     log:
-        "logs/figures/reversion.log",
+        layout.log_file("figures", "reversion"),
     conda:
         "../../envs/resurgence.yaml"
     resources:

@@ -3,11 +3,11 @@
 
 rule toyworld_train:
     output:
-        manifest="results/toyworld/models/manifest.json",
+        manifest=layout.manifest_file(layout.TOY_MODELS_DIR),
     log:
-        "logs/toyworld/train.log",
+        layout.log_file("toyworld", "train"),
     benchmark:
-        "results/benchmarks/toyworld/train.tsv"
+        layout.benchmark_file("toyworld", "train")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -22,7 +22,7 @@ rule toyworld_train:
         calibration=as_json(study.calibration_sets(config)),
         device=device(),
     shell:
-        "python -m resurgence toyworld train --out-dir results/toyworld/models --profile {params.profile}"
+        "python -m resurgence toyworld train --out-dir $(dirname {output.manifest}) --profile {params.profile}"
         " --seed {params.seed} --knowledge {params.knowledge:q} --calibration {params.calibration:q}"
         " --device {params.device} > {log} 2>&1"
 
@@ -31,11 +31,11 @@ rule toyworld_quality:
     input:
         models_input(),
     output:
-        quality="results/toyworld/quality.json",
+        quality=layout.TOY_QUALITY,
     log:
-        "logs/toyworld/quality.log",
+        layout.log_file("toyworld", "quality"),
     benchmark:
-        "results/benchmarks/toyworld/quality.tsv"
+        layout.benchmark_file("toyworld", "quality")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -63,11 +63,11 @@ rule toyworld_quality:
 
 rule toyworld_variant:
     output:
-        manifest="results/variants/{variant}/manifest.json",
+        manifest=layout.manifest_file(layout.variant_dir("{variant}")),
     log:
-        "logs/toyworld/variant_{variant}.log",
+        layout.log_file("toyworld", "variant_{variant}"),
     benchmark:
-        "results/benchmarks/toyworld/variant_{variant}.tsv"
+        layout.benchmark_file("toyworld", "variant_{variant}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -87,6 +87,6 @@ rule toyworld_variant:
         profile=config.get("toyworld", {}).get("train_profile", "auto"),
         device=device(),
     shell:
-        "python -m resurgence toyworld train --out-dir results/variants/{wildcards.variant} --only t2i"
+        "python -m resurgence toyworld train --out-dir $(dirname {output.manifest}) --only t2i"
         " --profile {params.profile} --seed {params.seed} --knowledge {params.knowledge:q}"
         " --exclude {params.exclude:q} {params.steps} --device {params.device} > {log} 2>&1"
