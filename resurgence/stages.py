@@ -60,7 +60,8 @@ def erase_generation_config(settings: dict[str, Any], dtype: str):
 
 
 def load_segmenter(models: dict[str, Any], device: str):
-    from resurgence.models.segment import GroundedSAMSegmenter, ToySegmenter
+    from resurgence.models.segment import GroundedSAMSegmenter
+    from resurgence.toyworld.detector import ToySegmenter
 
     spec = models["segmenter"]
     if spec["kind"] == "toy":
@@ -330,8 +331,8 @@ def run_evaluate(args: Namespace) -> None:
     CLIP zero-shot's for identities) on concept images, CLIP score and FID on captions."""
     from PIL import Image
 
-    from resurgence.evaluate.base import fid_kwargs, get_evaluators, identity_metric
     from resurgence.evaluate.fid import frechet_distance
+    from resurgence.evaluate.registry import fid_kwargs, get_evaluators, identity_metric
     from resurgence.metrics.tables import TIDY_COLUMNS, write_tidy
 
     device = pick_device(args.device)

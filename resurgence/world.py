@@ -8,9 +8,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from resurgence.toyworld.concepts import IDENTITY_TEMPLATES, OBJECT_TEMPLATES, Concept
+Domain = Literal["identity", "object"]
+Traits = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A concept of a world; ``traits`` are the toy world's visual traits (identities) or drawing keys (objects)."""
+
+    name: str
+    domain: Domain
+    synonyms: tuple[str, ...] = ()
+    traits: Traits = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.synonyms)
+
+    def trait(self, key: str) -> str:
+        for k, v in self.traits:
+            if k == key:
+                return v
+        raise KeyError(f"{self.name!r} has no trait {key!r}")
+
+
+# Paper App. C.1 evaluation templates.
+IDENTITY_TEMPLATES: tuple[str, ...] = (
+    "A portrait of {}",
+    "An image capturing {} at a public event",
+    "A sketch of {}",
+    "An oil painting of {}",
+    "{} in an official photo",
+)
+OBJECT_TEMPLATES: tuple[str, ...] = ("a photo of the {}",)
 
 
 class World(Protocol):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resurgence.evaluate.base import Evaluator, get_evaluators, identity_metric
+from resurgence.evaluate.base import Evaluator
 from resurgence.evaluate.celebrity import (
     NONE_LABEL,
     ClipCelebrityIdentifier,
@@ -21,7 +21,8 @@ from resurgence.evaluate.celebrity import (
     load_gcd_detector,
     name_key,
 )
-from resurgence.evaluate.identity import IdentityAccuracy, load_identity_detector
+from resurgence.evaluate.identity import IdentityAccuracy
+from resurgence.evaluate.registry import get_evaluators, identity_metric, load_identity_detector
 from resurgence.models.availability import GCD_FILES
 
 ROOT = Path(__file__).resolve().parents[1]

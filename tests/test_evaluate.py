@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resurgence.evaluate import fid as fidmod
-from resurgence.evaluate.base import Evaluator, get_evaluators, same_concept
+from resurgence.evaluate.base import Evaluator, same_concept
 from resurgence.evaluate.clip_metrics import ClipAccuracy, ClipScore
 from resurgence.evaluate.identity import IdentityAccuracy
+from resurgence.evaluate.registry import get_evaluators
 from resurgence.models.clip import ClipModel, load_clip
 from resurgence.toyworld.clip import ToyClipTrainConfig, build_toy_clip, save_toy_clip
 from resurgence.toyworld.detector import NONE_LABEL, DetectorNet, IdentityDetector

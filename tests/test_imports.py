@@ -134,3 +134,55 @@ def test_the_conda_environment_pins_what_pyproject_declares():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     pinned = {r.replace(" ", "") for r in pip if not r.startswith("-e")}
     assert pinned == {r.replace(" ", "") for r in project["dependencies"]}
+
+
+def resurgence_imports(path: Path) -> set[str]:
+    """The project modules one file imports (``resurgence.x.y``), at module level or inside functions."""
+    names = set()
+    for node in ast.walk(_parse(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "resurgence" or node.module.startswith("resurgence."):
+                for alias in node.names:  # `from package import module` names the module
+                    sub = f"{node.module}.{alias.name}"
+                    is_module = (ROOT / (sub.replace(".", "/") + ".py")).is_file()
+                    names.add(sub if is_module else node.module)
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("resurgence.")}
+    return names
+
+
+# Who may import whom: the evaluators import their interface and never the registry that builds them (no
+# import loop); the world protocol and the model wrappers, which the SD presets share, import nothing of the
+# toy world (the world's factory, `get_world`, alone names it, inside the function).
+LAYERS = {
+    "resurgence/evaluate/base.py": set(),
+    "resurgence/evaluate/identity.py": {"resurgence.evaluate.base"},
+    "resurgence/evaluate/clip_metrics.py": {"resurgence.evaluate.base", "resurgence.models.clip"},
+    "resurgence/evaluate/celebrity.py": {
+        "resurgence.evaluate.base",
+        "resurgence.evaluate.identity",
+        "resurgence.evaluate.gcd_worker",
+        "resurgence.models.availability",
+        "resurgence.models.clip",
+    },
+    "resurgence/evaluate/gcd_worker.py": set(),
+}
+
+
+@pytest.mark.parametrize("path", sorted(LAYERS))
+def test_evaluators_import_only_what_is_below_them(path):
+    extra = resurgence_imports(ROOT / path) - LAYERS[path]
+    assert not extra, f"{path} imports {sorted(extra)}"
+
+
+def test_world_protocol_and_models_import_no_toy_world_at_module_level():
+    for path in [ROOT / "resurgence" / "world.py", *sorted((ROOT / "resurgence" / "models").glob("*.py"))]:
+        tree = ast.parse(path.read_text())
+        top = {
+            node.module
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("resurgence.toyworld")
+        }
+        assert not top, f"{path.relative_to(ROOT)} imports {sorted(top)}"

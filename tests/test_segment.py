@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resurgence.models.segment import GroundedSAMSegmenter, Segmenter, ToySegmenter, dino_caption, union_masks
-from resurgence.toyworld.detector import SegmenterNet, ToySegmenterModel
+from resurgence.models.segment import GroundedSAMSegmenter, Segmenter, dino_caption, union_masks
+from resurgence.toyworld.detector import SegmenterNet, ToySegmenter, ToySegmenterModel
 
 
 def rand_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:

@@ -11,7 +11,6 @@ import pytest
 
 from resurgence.toyworld.concepts import (
     CIFAR10,
-    IDENTITY_TEMPLATES,
     MAPPING_PHRASES,
     CaptionMix,
     ToyWorld,
@@ -19,6 +18,7 @@ from resurgence.toyworld.concepts import (
     toy_world,
 )
 from resurgence.toyworld.render import TRAIT_KEYS, TRAIT_VALUES
+from resurgence.world import IDENTITY_TEMPLATES
 
 APP_C_OBJECTS = [
     "trout",

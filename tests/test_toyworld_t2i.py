@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from resurgence.models.pipeline import ARCHITECTURES, TINY, TOY, load_pipeline
-from resurgence.toyworld.concepts import Concept
 from resurgence.toyworld.t2i import (
     T2ITrainConfig,
     build_toy_pipeline,
@@ -22,6 +21,7 @@ from resurgence.toyworld.t2i import (
     train_text_to_image,
     world_words,
 )
+from resurgence.world import Concept
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("square", "stripe")

@@ -74,69 +74,8 @@ def gcd_display_name(label: Any) -> str:
 
 # ----------------------------------------------------------------------------- GCD
 
-# Runs inside GCD's own environment (Python >= 3.6: no annotations, no walrus), or exec'd in-process.
-# load(resources, use_cuda, margin, size) -> models; predict(models, arrays) -> per image None (no face)
-# or {"top": [[label, prob], ...] of the first face cluster, "faces": n}. `python worker.py RES IN OUT CUDA`
-# reads IN/*.png (sorted) and writes the list as JSON to OUT.
-GCD_WORKER_SOURCE = r"""
-import json
-import os
-import sys
-
-import numpy as np
-
-
-def load(resources, use_cuda=False, margin=0.2, size=224):
-    os.environ.setdefault("APP_RECOGNITION_WEIGHTS_FILE", "face_recognition/best_model_states.pkl")
-    from model_training.helpers.labels import Labels
-    from model_training.helpers.face_recognizer import FaceRecognizer
-    from model_training.preprocessors.face_detection.face_detector import FaceDetector
-
-    labels = Labels(resources_path=resources)
-    detector = FaceDetector(resources, margin=margin, use_cuda=use_cuda)
-    recognizer = FaceRecognizer(labels=labels, resources_path=resources, use_cuda=use_cuda, top_n=5)
-    try:  # GCD's own resize (scipy.misc.imresize, bilinear); gone from recent SciPy
-        from model_training.utils import preprocess_image
-        from scipy.misc import imresize  # noqa: F401
-    except Exception:
-        from PIL import Image
-
-        def preprocess_image(img, image_size):
-            return np.asarray(Image.fromarray(np.asarray(img, dtype=np.uint8)).resize(
-                (image_size, image_size), Image.BILINEAR))
-    return {"detector": detector, "recognizer": recognizer, "preprocess": preprocess_image, "size": size}
-
-
-def predict(models, arrays):
-    out = []
-    for img in arrays:
-        faces = models["detector"].perform_single(np.asarray(img)[:, :, :3])
-        crops = [models["preprocess"](face, models["size"]) for face, _ in faces]
-        clusters = models["recognizer"].perform(crops) if crops else []
-        if not clusters:
-            out.append(None)
-            continue
-        top = [[str(label), float(prob)] for label, prob in clusters[0][0]]
-        out.append({"top": top, "faces": len(crops)})
-    return out
-
-
-def main(argv):
-    resources, in_dir, out_path, use_cuda = argv[1], argv[2], argv[3], argv[4] == "1"
-    from PIL import Image
-
-    files = sorted(f for f in os.listdir(in_dir) if f.endswith(".png"))
-    arrays = [np.asarray(Image.open(os.path.join(in_dir, f)).convert("RGB")) for f in files]
-    models = load(resources, use_cuda=use_cuda)
-    result = predict(models, arrays)
-    with open(out_path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(out_path + ".tmp", out_path)
-
-
-if __name__ == "__main__":
-    main(sys.argv)
-"""
+# GCD's worker: run by GCD's own interpreter as a script, or imported here (`InProcessGCD`).
+GCD_WORKER = Path(__file__).with_name("gcd_worker.py")
 
 
 class GCDBackend(Protocol):
@@ -164,15 +103,15 @@ class InProcessGCD:
     """GCD imported into this interpreter (its ``model_training`` package must be importable here)."""
 
     def __init__(self, resources: str | Path, use_cuda: bool = False) -> None:
-        ns: dict[str, Any] = {"__name__": "resurgence_gcd_worker"}
-        exec(compile(GCD_WORKER_SOURCE, "<gcd_worker>", "exec"), ns)
+        from resurgence.evaluate import gcd_worker
+
         try:
-            self.models = ns["load"](str(resources), use_cuda=use_cuda)
+            self.models = gcd_worker.load(str(resources), use_cuda=use_cuda)
         except ImportError as e:
             raise ImportError(
                 f"the Giphy Celebrity Detector (package 'model_training') cannot be imported here ({e}); {GCD_INSTALL}"
             ) from e
-        self._predict = ns["predict"]
+        self._predict = gcd_worker.predict
 
     def faces(self, arrays: Sequence[np.ndarray]) -> list[dict[str, Any] | None]:
         return self._predict(self.models, arrays)
@@ -203,14 +142,13 @@ class SubprocessGCD:
             in_dir.mkdir()
             for i, a in enumerate(arrays):
                 Image.fromarray(np.asarray(a, dtype=np.uint8)).save(in_dir / f"{i:08d}.png")
-            worker = Path(tmp, "gcd_worker.py")
-            worker.write_text(GCD_WORKER_SOURCE)
             out = Path(tmp, "out.json")
             env = dict(os.environ if self.env is None else self.env)
             proc = subprocess.run(
                 [
                     self.python,
-                    str(worker),
+                    "-c",  # the worker's source, run from the temp folder: nothing of this package shadows GCD's
+                    GCD_WORKER.read_text(),
                     self.resources,
                     str(in_dir),
                     str(out),

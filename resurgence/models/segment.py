@@ -3,7 +3,7 @@
 MACE (Lu et al.) trains each per-concept LoRA to suppress cross-attention inside the region
 that Grounded-SAM finds for the concept phrase. `GroundedSAMSegmenter` is that pipeline
 (Grounding DINO boxes from the phrase, then SAM masks from the boxes) through transformers;
-`ToySegmenter` is the toy world's trained stand-in. Both satisfy `Segmenter`.
+`resurgence.toyworld.detector.ToySegmenter` is the toy world's trained stand-in. Both satisfy `Segmenter`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from resurgence.models.clip import to_pil_list
-from resurgence.toyworld.detector import ToySegmenterModel
 
 
 @runtime_checkable
@@ -26,28 +25,6 @@ class Segmenter(Protocol):
     def segment(self, images: list[Image.Image], phrase: str) -> np.ndarray:
         """bool masks ``N x H x W`` (each at its image's size; images of one call share a size)."""
         ...
-
-
-class ToySegmenter:
-    """The toy world's segmenter: a small U-Net trained on rendered masks.
-
-    The phrase is not used: every toy render shows one concept on a background, so "the
-    concept's foreground" is well defined without grounding.
-    """
-
-    def __init__(self, model: ToySegmenterModel, threshold: float = 0.5) -> None:
-        self.model = model
-        self.threshold = threshold
-
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float = 0.5
-    ) -> ToySegmenter:
-        """From a folder written by `resurgence.toyworld.detector.train_segmenter`."""
-        return cls(ToySegmenterModel.load(path, device), threshold)
-
-    def segment(self, images: list[Image.Image], phrase: str) -> np.ndarray:
-        return self.model.predict(images, threshold=self.threshold)
 
 
 def dino_caption(phrase: str) -> str:

@@ -13,7 +13,6 @@ import random
 import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Literal
 
 import numpy as np
 
@@ -27,40 +26,9 @@ from resurgence.toyworld.render import (
     Figure,
     RenderSpec,
 )
+from resurgence.world import IDENTITY_TEMPLATES, OBJECT_TEMPLATES, Concept, Domain, Traits
 
-Domain = Literal["identity", "object"]
-Traits = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Concept:
-    """A concept the world can draw; ``traits`` are visual traits (identities) or drawing keys (objects)."""
-
-    name: str
-    domain: Domain
-    synonyms: tuple[str, ...] = ()
-    traits: Traits = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.synonyms)
-
-    def trait(self, key: str) -> str:
-        for k, v in self.traits:
-            if k == key:
-                return v
-        raise KeyError(f"{self.name!r} has no trait {key!r}")
-
-
-# Paper App. C.1 templates, and the render style each one asks for.
-IDENTITY_TEMPLATES: tuple[str, ...] = (
-    "A portrait of {}",
-    "An image capturing {} at a public event",
-    "A sketch of {}",
-    "An oil painting of {}",
-    "{} in an official photo",
-)
-OBJECT_TEMPLATES: tuple[str, ...] = ("a photo of the {}",)
+# The render style each of the paper's templates (`resurgence.world`) asks for.
 TEMPLATE_STYLES: dict[str, str] = {
     "A portrait of {}": "portrait",
     "An image capturing {} at a public event": "public_event",

@@ -16,13 +16,12 @@ from torch.utils.data import Dataset
 
 from resurgence.toyworld.concepts import (
     DEFAULT_MIX,
-    IDENTITY_TEMPLATES,
-    OBJECT_TEMPLATES,
     CaptionMix,
     ToyWorld,
     toy_world,
 )
 from resurgence.toyworld.render import RenderSpec, render
+from resurgence.world import IDENTITY_TEMPLATES, OBJECT_TEMPLATES
 
 Kind = Literal["t2i", "identity", "object", "all"]
 KINDS: tuple[str, ...] = ("t2i", "identity", "object", "all")

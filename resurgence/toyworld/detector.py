@@ -580,3 +580,25 @@ def train_segmenter(
         write_json(tmp / "metrics.json", metrics)
     drop_train_state(ckpt_path)
     return metrics
+
+
+class ToySegmenter:
+    """The toy world's segmenter (`resurgence.models.segment.Segmenter`): a small U-Net trained on rendered masks.
+
+    The phrase is not used: every toy render shows one concept on a background, so "the
+    concept's foreground" is well defined without grounding.
+    """
+
+    def __init__(self, model: ToySegmenterModel, threshold: float = 0.5) -> None:
+        self.model = model
+        self.threshold = threshold
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float = 0.5
+    ) -> ToySegmenter:
+        """From a folder written by `resurgence.toyworld.detector.train_segmenter`."""
+        return cls(ToySegmenterModel.load(path, device), threshold)
+
+    def segment(self, images: list[Image.Image], phrase: str) -> np.ndarray:
+        return self.model.predict(images, threshold=self.threshold)

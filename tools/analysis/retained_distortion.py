@@ -10,6 +10,8 @@ For each key/value layer W and edit W' (relative norms, summed over layers and t
   cache_change          ||(W' - W) h|| / ||W h||                       over every token the cache holds
   unconditional_change  ||(W' - W) h|| / ||W h||                       over the unconditional prompt's tokens,
                         which classifier-free guidance pairs with every image
+  heldout_caption_change ||(W' - W) h|| / ||W h||                      over every token of the evaluation's free
+                        captions (`evaluation.captions`: CLIP score and FID), none of which the cache holds
 The study's images judge the same thing downstream; this isolates the closed form (no LoRA, no fusion).
 
 Usage:  python tools/analysis/retained_distortion.py --task identity_100 [--erase default ...] --scales 1 10 100 [--out CSV]
@@ -62,6 +64,10 @@ def main() -> None:
             H_r = collect_token_embeddings(pipe, retained_prompts).to(torch.float64)
             H_cache = collect_token_embeddings(pipe, list(cfg.domain_preserve)).to(torch.float64)
             H_uncond = collect_token_embeddings(pipe, [study.unconditional_prompt(config)]).to(torch.float64)
+            caps = config["evaluation"]["captions"]
+            H_heldout = collect_token_embeddings(pipe, world.free_captions(caps["n"], caps["seed"])).to(
+                torch.float64
+            )
             for scale in args.scales:
                 c = dataclasses.replace(cfg, domain_weight=cfg.domain_weight * scale)
                 E_prior = _prior_embeddings(pipe, c)
@@ -72,13 +78,14 @@ def main() -> None:
                     W1,
                     (co_e, gen_e),
                     (co_r, gen_r),
-                    {"retained": H_r, "cache": H_cache, "unconditional": H_uncond},
+                    {"retained": H_r, "cache": H_cache, "unconditional": H_uncond, "heldout": H_heldout},
                 )
                 row = dict(
                     task=task,
                     erase=erase,
                     n_erased=len(t["erase"]),
                     n_cache_prompts=len(cfg.domain_preserve),
+                    n_prior_captions=len(cfg.preserve),
                     scale=scale,
                     cache_weight_per_row=c.lambda1 * c.domain_weight,
                     edit_rel_norm=effects.edit_rel_norm,
@@ -87,6 +94,7 @@ def main() -> None:
                     retained_output_change=effects.output_change["retained"],
                     cache_change=effects.output_change["cache"],
                     unconditional_change=effects.output_change["unconditional"],
+                    heldout_caption_change=effects.output_change["heldout"],
                     solve=info.get("method", ""),
                 )
                 rows.append(row)
