@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     world = get_world(config)
     spec = study.erase_spec(config, args.task, args.erase, world)
     mace = dict(spec["mace"])
-    mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
     if args.images_per_concept:
         mace["images_per_concept"] = args.images_per_concept
     if args.lora_steps:

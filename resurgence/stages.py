@@ -155,9 +155,7 @@ def run_erase(args: Namespace) -> None:
         return
     segmenter = load_segmenter(args.models, device)
     gen_cfg = erase_generation_config(args.generation, args.models.get("dtype", "float32"))
-    mace = dict(spec["mace"])
-    mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
-    cfg = EraseConfig.from_dict(mace)  # the spec is complete: no preset defaults are filled in here
+    cfg = EraseConfig.from_dict(spec["mace"])  # the spec is complete: no preset defaults are filled in here
     prompts_of = {c.name: c.prompts for c in concepts}
 
     def image_source(name: str, n: int, seed: int):

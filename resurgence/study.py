@@ -407,7 +407,7 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
         else EraseConfig.objects(names)
     )
     settings = erase_settings(config, task, erase)
-    settings.pop("mapping", None)
+    settings.pop("mapping", None)  # resolved per concept (`_mapped_concepts`), below
     n_captions = int(settings.pop("preserve_captions", 0))
     domain_preserve = settings.pop("domain_preserve", "none")
     if "domain_weight_scale" in settings:
@@ -427,9 +427,11 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     cfg = dataclasses.replace(
         preset, preserve=tuple(preserve), domain_preserve=tuple(domain_preserve), **settings
     )
-    mace = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "mapping"}
-    mace = {k: list(v) if isinstance(v, tuple) else v for k, v in mace.items()}
     concepts = _mapped_concepts(config, world, task, erase)
+    # MACE's complete config, the mapping resolved per concept as the concepts carry it: the job builds
+    # `EraseConfig.from_dict` from it as it is.
+    cfg = dataclasses.replace(cfg, mapping={c["name"]: c["mapping"] for c in concepts})
+    mace = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
     return dict(
         world=world_ref(config), task=task, erase=erase, domain=t["domain"], concepts=concepts, mace=mace
     )

@@ -45,7 +45,13 @@ def test_erase_spec_resolves_mapping_per_concept(config):
     for c in spec["concepts"]:
         gender = world.concept(c["name"]).trait("gender")
         assert c["mapping"] == f"a {gender} celebrity"
-    assert "mapping" not in spec["mace"]
+    # MACE's config is complete as it stands: the job reads it without putting the mapping back
+    from resurgence.mace.config import EraseConfig
+
+    cfg = EraseConfig.from_dict(spec["mace"])
+    assert {c["name"]: cfg.mapping_for(c["name"]) for c in spec["concepts"]} == {
+        c["name"]: c["mapping"] for c in spec["concepts"]
+    }
     plain = study.erase_spec(config, "object_ship", "default")
     assert [c["mapping"] for c in plain["concepts"]] == ["ground"]
     lam = study.erase_spec(config, "object_ship", "lambda1_0.01")

@@ -52,9 +52,7 @@ def main() -> None:
         for task, erase in ((task, erase) for task in args.task for erase in args.erase):
             t = config["tasks"][task]
             spec = study.erase_spec(config, task, erase, world)
-            mace = dict(spec["mace"])
-            mace["mapping"] = {c["name"]: c["mapping"] for c in spec["concepts"]}
-            cfg = EraseConfig.from_dict(mace)
+            cfg = EraseConfig.from_dict(spec["mace"])
             mapping = study.probe_mappings(config, task, erase)
             co_e, gen_e = concept_token_states(pipe, eval_prompt_sets(world, t["erase"]), mapping)
             co_r, gen_r = concept_token_states(
