@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks",
         type=_json,
         default={},
-        help="the runs' task facts (study.figure_tasks), for control figures",
+        help="the runs' task facts (study.figure_tasks), for the geometry figure",
     )
 
     gr = sub.add_parser("grids", help="compose image grids of base / erased / fine-tuned states")

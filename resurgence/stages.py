@@ -451,12 +451,14 @@ def run_tables(args: Namespace) -> None:
         resurgence_rate,
         select,
         summarize,
+        with_run_settings,
         write_summary,
         write_tidy,
     )
 
     exp = Experiment(name=args.experiment, figure=args.experiment, runs=args.runs)
-    tidy = select(read_tidy(args.inputs), exp)
+    # Each row with its run's settings (`study.run_settings`): the figures read these, not variant names.
+    tidy = with_run_settings(select(read_tidy(args.inputs), exp), args.runs)
     out = Path(args.out_dir)
     write_tidy(tidy, out / layout.TIDY)
     summary = summarize(tidy)

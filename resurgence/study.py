@@ -23,14 +23,20 @@ OPTIONAL_EXPERIMENTS: dict[str, str] = {"control": "exact_unlearning_control", "
 PRESERVE_CAPTION_SEED = 7_000_003
 
 
+# What a run gets for what it does not name: MACE at the task's settings, LoRA, and the task's in-domain
+# random fine-tune set (`default_ftset`). The figures hold these fixed while they vary one factor.
+DEFAULT_ERASE = "default"
+DEFAULT_FTMETHOD = "lora"
+
+
 @dataclass(frozen=True)
 class Run:
     """One erase -> fine-tune run of an experiment."""
 
     task: str
-    erase: str = "default"
+    erase: str = DEFAULT_ERASE
     ftset: str = ""
-    ftmethod: str = "lora"
+    ftmethod: str = DEFAULT_FTMETHOD
 
 
 # ----------------------------------------------------------------------------- paths (`resurgence.layout`)
@@ -381,8 +387,6 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     """
     import dataclasses
 
-    from resurgence.mace.config import EraseConfig
-
     world = world or get_world(config)
     t = config["tasks"][task]
     names = list(t["erase"])
@@ -401,11 +405,7 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
             concepts=concepts,
             method="none",
         )
-    preset = (
-        EraseConfig.celebrity(n_erased=len(names))
-        if t["domain"] == "identity"
-        else EraseConfig.objects(names)
-    )
+    preset = _mace_preset(t)
     settings = erase_settings(config, task, erase)
     settings.pop("mapping", None)  # resolved per concept (`_mapped_concepts`), below
     n_captions = int(settings.pop("preserve_captions", 0))
@@ -437,17 +437,19 @@ def erase_spec(config: dict[str, Any], task: str, erase: str, world: World | Non
     )
 
 
-def _preset_mapping(task: dict[str, Any]) -> Any:
-    """MACE's published mapping concept for the task's domain (`EraseConfig.celebrity` / `.objects`)."""
+def _mace_preset(task: dict[str, Any]) -> Any:
+    """MACE's published settings for the task (`EraseConfig.celebrity` / `.objects`), before the config's."""
     from resurgence.mace.config import EraseConfig
 
     names = list(task["erase"])
-    preset = (
-        EraseConfig.celebrity(n_erased=len(names))
-        if task["domain"] == "identity"
-        else EraseConfig.objects(names)
-    )
-    return preset.mapping
+    if task["domain"] == "identity":
+        return EraseConfig.celebrity(n_erased=len(names))
+    return EraseConfig.objects(names)
+
+
+def _preset_mapping(task: dict[str, Any]) -> Any:
+    """MACE's published mapping concept for the task's domain."""
+    return _mace_preset(task).mapping
 
 
 def _mapped_concepts(config: dict[str, Any], world: World, task: str, erase: str) -> list[dict[str, str]]:
@@ -629,7 +631,7 @@ def experiment_runs(config: dict[str, Any], experiment: str) -> list[Run]:
     runs = []
     for i, r in enumerate(config["experiments"][experiment]["runs"]):
         method = r.get("method", "mace")
-        erase = r.get("erase") or ("default" if method == "mace" else method)
+        erase = r.get("erase") or (DEFAULT_ERASE if method == "mace" else method)
         if erase not in config["erase_variants"]:
             raise ConfigError(
                 f"config key 'experiments.{experiment}.runs[{i}]' names erase variant {erase!r}, which "
@@ -641,13 +643,37 @@ def experiment_runs(config: dict[str, Any], experiment: str) -> list[Run]:
                 f"{erase!r} of task {r['task']!r} erases by {erase_method(config, r['task'], erase)!r}"
             )
         ftset = r.get("ftset") or default_ftset(config, r["task"])
-        runs.append(Run(task=r["task"], erase=erase, ftset=ftset, ftmethod=r.get("ftmethod", "lora")))
+        runs.append(
+            Run(task=r["task"], erase=erase, ftset=ftset, ftmethod=r.get("ftmethod", DEFAULT_FTMETHOD))
+        )
     return runs
 
 
 def default_ftset(config: dict[str, Any], task: str) -> str:
     domain = config["tasks"][task]["domain"]
     return f"random_{domain}"
+
+
+def run_settings(config: dict[str, Any], run: Run) -> dict[str, Any]:
+    """What a run varies, resolved from the config (`metrics.tables.RUN_SETTINGS`): the tables carry these
+    as columns and the figures read them, so a renamed variant keeps its place in every figure."""
+    t = config["tasks"][run.task]
+    method = erase_method(config, run.task, run.erase)
+    lambda1 = None
+    if method == "mace":
+        lambda1 = float(erase_settings(config, run.task, run.erase).get("lambda1", _mace_preset(t).lambda1))
+    fs = config["finetune_sets"][run.ftset]
+    return dict(
+        method=method,
+        mapping="; ".join(sorted(set(probe_mappings(config, run.task, run.erase).values()))),
+        lambda1=lambda1,
+        is_default_erase=run.erase == DEFAULT_ERASE,
+        ftset_kind=fs["kind"],
+        ftset_domain=fs.get("domain", t["domain"]),  # tercile sets draw from the task's domain
+        tercile=fs.get("tercile"),
+        is_default_ftset=run.ftset == default_ftset(config, run.task),
+        is_default_ftmethod=run.ftmethod == DEFAULT_FTMETHOD,
+    )
 
 
 def study_experiments(config: dict[str, Any]) -> list[str]:
@@ -755,7 +781,7 @@ def check_study(config: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"config key '{where}.task': {r['task']!r} not in tasks {sorted(config['tasks'])}"
                 )
-            if r.get("erase", "default") not in config["erase_variants"]:
+            if r.get("erase", DEFAULT_ERASE) not in config["erase_variants"]:
                 raise ConfigError(
                     f"config key '{where}.erase': allowed values: {sorted(config['erase_variants'])}"
                 )
@@ -764,7 +790,7 @@ def check_study(config: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"config key '{where}.ftset': {ftset!r} not in {sorted(config['finetune_sets'])}"
                 )
-            if r.get("ftmethod", "lora") not in config["finetune_methods"]:
+            if r.get("ftmethod", DEFAULT_FTMETHOD) not in config["finetune_methods"]:
                 raise ConfigError(
                     f"config key '{where}.ftmethod': allowed values: {sorted(config['finetune_methods'])}"
                 )
@@ -824,17 +850,13 @@ def figure_targets(config: dict[str, Any]) -> list[str]:
 
 
 def figure_tasks(config: dict[str, Any], experiment: str) -> dict[str, dict[str, Any]]:
-    """What a control or method figure needs to know of its runs' tasks: how they were erased (the task's
-    ``erasure``, and ``methods``: each run's erase variant -> its method), their world variant and its
-    knowledge ``shared`` value (the study's own world for tasks without a variant)."""
+    """What the geometry figure (fig14) needs to know of its runs' tasks beside their settings: their world
+    variant and its knowledge ``shared`` value (the study's own world for tasks without a variant)."""
     out: dict[str, dict[str, Any]] = {}
     for run in experiment_runs(config, experiment):
-        t = config["tasks"][run.task]
-        variant = t.get("variant")
+        variant = config["tasks"][run.task].get("variant")
         knowledge = variant_train_spec(config, variant)["knowledge"] if variant else toy_knowledge(config)
-        fact = out.setdefault(run.task, {"erasure": t.get("erasure", "mace"), "variant": variant})
-        fact["shared"] = knowledge["shared"]
-        fact.setdefault("methods", {})[run.erase] = erase_method(config, run.task, run.erase)
+        out[run.task] = {"variant": variant, "shared": knowledge["shared"]}
     return out
 
 
@@ -848,8 +870,9 @@ def reversion_inputs(config: dict[str, Any]) -> dict[str, list[str]]:
     return {"reversion": [reversion_csv(r) for r in runs], "metrics": list(metrics)}
 
 
-def asdict_run(run: Run) -> dict[str, str]:
-    return asdict(run)
+def run_records(config: dict[str, Any], experiment: str) -> list[dict[str, Any]]:
+    """An experiment's runs for the tables stage: each run's keys and `run_settings`."""
+    return [dict(asdict(run), **run_settings(config, run)) for run in experiment_runs(config, experiment)]
 
 
 def label_spec(config: dict[str, Any], task: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from snakemake_helpers import job_counts, snakemake
 
-from resurgence import study
+from resurgence import layout, study
 from resurgence.config import ConfigError, load_config
 from resurgence.erasure.artifact import apply_erasure, kv_module_names, no_erasure, save_erasure
 from resurgence.models.pipeline import build_random_pipeline
@@ -36,7 +36,8 @@ def test_variant_training_changes_one_thing(config):
     assert (
         study.figure_tasks(config, "fig14")["identity_10"]["shared"] == study.toy_knowledge(config)["shared"]
     )
-    assert study.figure_tasks(config, "control")["identity_10_exact"]["erasure"] == "none"
+    exact = study.Run(task="identity_10_exact", ftset="random_identity")
+    assert study.run_settings(config, exact)["method"] == "none"  # the control figure's exact arm
 
 
 @pytest.mark.parametrize(
@@ -81,10 +82,9 @@ def test_the_control_targets_train_their_variants_and_run_their_runs():
     counts = job_counts(out.stdout)
     assert counts["toyworld_variant"] == 1 and counts["erase"] == 2 and counts["finetune"] == 2
     shell = out.stdout
-    assert "--out-dir results/variants/exact_unlearning --only t2i" in shell
-    assert (
-        '"Selrie Wylwick"' in shell.split("results/variants/exact_unlearning --only t2i", 1)[1].split("\n")[0]
-    )
+    train = f"--out-dir $(dirname {layout.manifest_file(layout.variant_dir('exact_unlearning'))}) --only t2i"
+    assert train in shell
+    assert '"Selrie Wylwick"' in shell.split(train, 1)[1].split("\n")[0]
     assert '"method":"none"' in shell  # the control's erase job makes no edit
     # a variant replays the shipped model's UNet step count, not a time budget
     assert f"--unet-steps {study.shipped_unet_steps(load_config(['config.yaml']))} " in shell

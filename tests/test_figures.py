@@ -20,7 +20,7 @@ from resurgence.metrics.figures import (
     grid_figsize,
     image_grid_figure,
 )
-from resurgence.metrics.tables import ACCURACY_METRIC, SUMMARY_KEYS
+from resurgence.metrics.tables import ACCURACY_METRIC, RUN_KEYS, SUMMARY_KEYS, with_run_settings
 
 SEEDS = (0, 1, 2)
 DOMAIN = {"identity_1": "identity", "identity_10": "identity", "object_ship": "object"}
@@ -88,7 +88,31 @@ def make_summary() -> pd.DataFrame:
             rows += _rows(task, "default", f"tercile_{k}", "lora", "finetuned", 200, True, 0.25 + 0.02 * k)
     df = pd.DataFrame(rows)
     df["n"] = 4
+    runs = df.loc[df["state"] == "finetuned", list(RUN_KEYS)].drop_duplicates()
+    df = with_run_settings(df, [dict(r, **run_settings(**r)) for r in runs.to_dict("records")])
     return df.sort_values(list(SUMMARY_KEYS)).reset_index(drop=True)
+
+
+def run_settings(task: str, erase: str, ftset: str, ftmethod: str) -> dict:
+    """What `study.run_settings` resolves for these runs; identity_1 plays the never-trained control model."""
+    domain = DOMAIN[task]
+    method = "none" if task == "identity_1" else ("uce" if erase == "uce" else "mace")
+    tercile = float(ftset.split("_")[1]) if ftset.startswith("tercile") else np.nan
+    return dict(
+        method=method,
+        mapping="an object"
+        if erase == "mapping_object"
+        else {"identity": "a person", "object": "ground"}[domain],
+        lambda1=float(erase.split("_")[1])
+        if erase.startswith("lambda1")
+        else (1e-4 if method == "mace" else np.nan),
+        is_default_erase=erase == "default",
+        ftset_kind="tercile" if ftset.startswith("tercile") else "random",
+        ftset_domain=domain if ftset.startswith("tercile") else ftset.split("_")[1],
+        tercile=tercile,
+        is_default_ftset=ftset == IN_DOMAIN[domain],
+        is_default_ftmethod=ftmethod == "lora",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,39 +133,30 @@ def _check_outputs(png) -> None:
     assert not list(png.parent.glob(".*.tmp"))
 
 
-# What `study.figure_tasks` gives the control figures: identity_1 plays the never-trained control model.
+# What `study.figure_tasks` gives the geometry figure.
 TASKS = {
-    "identity_1": {"erasure": "none", "variant": "exact", "shared": 0.0, "methods": {"default": "none"}},
-    "identity_10": {
-        "erasure": "mace",
-        "variant": None,
-        "shared": 0.83,
-        "methods": {"default": "mace", "uce": "uce"},
-    },
-    "object_ship": {
-        "erasure": "mace",
-        "variant": None,
-        "shared": 0.83,
-        "methods": {"default": "mace", "uce": "uce"},
-    },
+    "identity_1": {"variant": "exact", "shared": 0.0},
+    "identity_10": {"variant": None, "shared": 0.83},
+    "object_ship": {"variant": None, "shared": 0.83},
 }
 
 
 def test_dispatcher_covers_every_paper_figure() -> None:
     assert set(FIGURES) == {f"fig{i}" for i in range(5, 15)} | {"trajectory", "control", "methods"}
-    assert set(figures.TASK_FIGURES) == {"fig14", "control", "methods"}
+    assert set(figures.TASK_FIGURES) == {"fig14"}
 
 
 def test_methods_figure_draws_each_task_once_per_method(summary: pd.DataFrame, tmp_path, monkeypatch) -> None:
     drawn = []
     monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
-    figures.fig_methods(summary, tmp_path / "m.png", tasks=TASKS)
+    # the methods experiment's table: each task's default erasure and UCE's (its tables stage selects them)
+    figures.fig_methods(summary[summary["erase"].isin(["none", "default", "uce"])], tmp_path / "m.png")
     (fig,) = drawn
     labels = {
         ax.get_title(): [t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes if ax.get_title()
     }
     ident = next(v for k, v in labels.items() if "Identity" in k)
-    # identity_1 (no edit) first, then identity_10 by MACE and by UCE; the lambda1 variants are not methods
+    # identity_1 (no edit) first, then identity_10 by MACE and by UCE
     assert [x.split("\n")[-1] for x in ident] == ["No edit", "MACE", "UCE"]
     obj = next(v for k, v in labels.items() if "Object" in k)
     assert [x.split("\n")[-1] for x in obj] == ["MACE", "UCE"]
@@ -158,7 +173,7 @@ def test_control_figure_puts_both_arms_in_one_panel_per_domain_with_data(
     drawn = []
     monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
     only = summary[summary["task"].isin(["identity_1", "identity_10"])]
-    figures.fig_control(only, tmp_path / "c.png", tasks=TASKS)
+    figures.fig_control(only, tmp_path / "c.png")
     (fig,) = drawn
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == 1 and "Identity" in titled[0].get_title()
@@ -174,14 +189,17 @@ def test_methods_figure_keeps_a_methods_variants_apart(summary: pd.DataFrame, tm
     uce = summary[(summary["task"] == "identity_10") & (summary["erase"] == "uce")]
     esd = pd.concat(
         [
-            uce.assign(erase="esd_x"),
-            uce.assign(erase="esd_u", value=uce["value"].where(uce["state"] != "finetuned", 0.8)),
+            uce.assign(erase="esd_x", method="esd"),
+            uce.assign(
+                erase="esd_u", method="esd", value=uce["value"].where(uce["state"] != "finetuned", 0.8)
+            ),
         ]
     )
-    tasks = {**TASKS, "identity_10": {**TASKS["identity_10"], "methods": {"esd_x": "esd", "esd_u": "esd"}}}
+    # identity_10's MACE and UCE rows are left out: its panel shows ESD's two variants beside identity_1
+    rest = summary[~((summary["task"] == "identity_10") & (summary["state"] != "base"))]
     drawn = []
     monkeypatch.setattr(figures, "_write", lambda fig, out: drawn.append(fig))
-    figures.fig_methods(pd.concat([summary, esd]), tmp_path / "m.png", tasks=tasks)
+    figures.fig_methods(pd.concat([rest, esd]), tmp_path / "m.png")
     (fig,) = drawn
     ax = next(a for a in fig.axes if "Identity" in a.get_title())
     assert [t.get_text().split("\n")[-1] for t in ax.get_xticklabels()] == [
@@ -249,7 +267,7 @@ def test_missing_metric_raises_naming_it(summary: pd.DataFrame, tmp_path) -> Non
 
 def test_state_rows_are_shared_by_every_run(summary: pd.DataFrame) -> None:
     """Base and erased bars are copied into each run so before/after sit side by side per variant."""
-    long = figures._state_long(summary, "erased", ACCURACY_METRIC, figures.BASELINE)
+    long = figures._state_long(summary, "erased", ACCURACY_METRIC)
     ship = long[(long.task == "object_ship") & (long.erase == "default")]
     runs = set(zip(ship.ftset, ship.ftmethod, strict=True))
     assert (
@@ -285,9 +303,9 @@ def test_image_grid_figure_stacks_labelled_grids(tmp_path) -> None:
 
 
 def test_lambda_axis_is_ordered_numerically() -> None:
-    rows = [figures._x_lambda(pd.Series(dict(erase=e, domain="object", ftset="random_object", ftmethod="lora")), figures.BASELINE)
-            for e in ("lambda1_1", "lambda1_0", "lambda1_0.001", "default")]  # fmt: skip
-    assert rows[-1] is None
+    flags = dict(is_default_erase=False, is_default_ftset=True, is_default_ftmethod=True)
+    rows = [figures._x_lambda(pd.Series(dict(flags, lambda1=v))) for v in (1.0, 0.0, 1e-3, np.nan)]
+    assert rows[-1] is None  # not a MACE erasure
     assert [label for _, label in sorted(r for r in rows if r)] == ["0", "1e-03", "1e+00"]
     assert list(itertools.islice(FIGURES, 1)) == ["fig5"]
 
@@ -324,3 +342,41 @@ def test_reversion_figure_plots_the_edit_to_update_ratio_on_a_log_axis(tmp_path,
     assert first.get_xscale() == "log" and [a.get_xscale() for a in fig.axes[1:4]] == ["linear"] * 3
     xs = sorted(float(x) for c in first.collections for x, _ in c.get_offsets())
     assert xs == [0.5, 3.0, 60.0]  # the final step of each run, not the step-50 checkpoint
+
+
+def test_figures_read_run_settings_not_variant_names(summary: pd.DataFrame, tmp_path, monkeypatch) -> None:
+    """Renaming variants and fine-tune sets in the config moves nothing: the axes come from the settings."""
+    names = {
+        "erase": {
+            "lambda1_0.01": "weak",
+            "lambda1_1": "strong",
+            "mapping_object": "m2",
+            "default": "base_mace",
+        },
+        "ftset": {"random_identity": "ids", "random_object": "objs", "tercile_2": "middle"},
+    }
+    # each figure gets its experiment's table (fig6: the default and the mapping variant; see config.yaml)
+    tables = {
+        "fig6": summary[summary["erase"].isin(["none", "default", "mapping_object"])],
+        "fig7": summary,
+        "fig9": summary,
+        "fig10": summary,
+    }
+    labels = {}
+    for fig_name, table in tables.items():
+        for when, frame in (("before", table), ("after", table.replace(names))):
+            drawn = []
+            monkeypatch.setattr(figures, "_write", lambda fig, out, drawn=drawn: drawn.append(fig))
+            FIGURES[fig_name](frame, tmp_path / f"{fig_name}.png")
+            labels[when, fig_name] = [
+                (ax.get_title(), [t.get_text() for t in ax.get_xticklabels()]) for ax in drawn[0].axes
+            ]
+        assert labels["after", fig_name] == labels["before", fig_name], fig_name
+    assert ("Erase ship", ["ground (default)", "an object"]) in labels["after", "fig6"]
+    assert ("Erase ship", ["0", "1e-04", "1e-02", "1e+00"]) in labels["after", "fig7"]
+    assert ("Erase ship", ["In-domain", "Out-of-domain"]) in labels["after", "fig10"]
+
+
+def test_figures_without_run_settings_say_which_stage_writes_them(summary: pd.DataFrame, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"lacks the run settings .*'lambda1'.*tables stage"):
+        fig7_lambda(summary.drop(columns="lambda1"), tmp_path / "fig7.png")

@@ -21,6 +21,7 @@ from resurgence.metrics.tables import (
     task_label,
     task_sort_key,
     validate_tidy,
+    with_run_settings,
     write_summary,
     write_tidy,
 )
@@ -297,3 +298,35 @@ def test_task_naming_orders_like_the_paper() -> None:
     assert task_label("object_5") == "Erase 5 objects"
     assert task_label("object_ship") == "Erase ship"
     assert math.isfinite(task_sort_key("weird")[0])
+
+
+RUNS = [
+    dict(task="identity_10", erase="default", ftset="random_identity", ftmethod="lora", method="mace",
+         mapping="a person", lambda1=1e-4, is_default_erase=True, ftset_kind="random", ftset_domain="identity",
+         tercile=None, is_default_ftset=True, is_default_ftmethod=True),
+    dict(task="identity_10", erase="default", ftset="random_object", ftmethod="lora", method="mace",
+         mapping="a person", lambda1=1e-4, is_default_erase=True, ftset_kind="random", ftset_domain="object",
+         tercile=None, is_default_ftset=False, is_default_ftmethod=True),
+    dict(task="identity_10", erase="lambda1_0.001", ftset="random_identity", ftmethod="lora", method="mace",
+         mapping="a person", lambda1=1e-3, is_default_erase=False, ftset_kind="random", ftset_domain="identity",
+         tercile=None, is_default_ftset=True, is_default_ftmethod=True),
+]  # fmt: skip
+
+
+def test_run_settings_go_to_the_rows_they_describe(tidy: pd.DataFrame, tmp_path) -> None:
+    """Fine-tuned rows get their run's settings, erased rows their erasure's, base rows none; the summary
+    keeps them, and they survive the CSV round trip in their types."""
+    exp = Experiment(name="x", figure="x", runs=RUNS)
+    rows = with_run_settings(select(tidy, exp), RUNS)
+    assert len(rows) == len(select(tidy, exp))
+    ft = rows[(rows.state == "finetuned") & (rows.ftset == "random_object")]
+    assert set(ft.ftset_domain) == {"object"} and not ft.is_default_ftset.any() and ft.is_default_erase.all()
+    lam = rows[(rows.state == "erased") & (rows.erase == "lambda1_0.001")]
+    assert set(lam.lambda1) == {1e-3} and set(lam.ftset_kind) == {""} and not lam.is_default_erase.any()
+    base = rows[rows.state == "base"]
+    assert set(base.method) == {""} and base.lambda1.isna().all() and not base.is_default_erase.any()
+    summary = summarize(rows)
+    assert len(summary) == len(summarize(select(tidy, exp)))  # the settings do not split any group
+    write_summary(summary, tmp_path / "s.csv")
+    back = read_summary(tmp_path / "s.csv")
+    pd.testing.assert_frame_equal(back, summary, check_dtype=True)

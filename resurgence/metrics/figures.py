@@ -2,8 +2,11 @@
 
 Every figure function takes a per-seed summary (``tables.summarize``; tidy rows are accepted
 and summarized) and writes a PNG (``DPI``) plus a PDF beside it.  Bars are means over seeds
-with 95% bootstrap intervals (the seed is the unit, as in the paper).  Runs not varied by a
-figure are held at ``BASELINE`` (default erasure, LoRA, random in-domain fine-tune set).
+with 95% bootstrap intervals (the seed is the unit, as in the paper).  Each figure draws the runs
+of its experiment's table and reads what they vary from the tables' run settings
+(``tables.RUN_SETTINGS``: method, mapping, lambda1, fine-tune set kind and domain, tercile, and
+whether the erasure, set and fine-tune method are the ones a run gets when it names none), never
+from a variant's name; factors a figure does not vary are held at those defaults.
 Missing variants give a "no data" panel instead of a crash; input lacking the figure's
 metric altogether raises ``ValueError`` naming it.
 """
@@ -11,9 +14,8 @@ metric altogether raises ``ValueError`` naming it.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,8 @@ from resurgence.evaluate.base import PRESENCE_METRICS  # noqa: E402
 from resurgence.io import atomic_path  # noqa: E402
 from resurgence.metrics.tables import (  # noqa: E402
     ACCURACY_METRIC,
+    ERASE_SETTINGS,
+    RUN_SETTINGS,
     _as_summary,
     _metric_rows,
     final_rows,
@@ -58,47 +62,51 @@ ACC_YLABELS = {
 PathLike = str | os.PathLike
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """The settings a figure holds fixed while it varies one factor (paper Secs. 3-5)."""
-
-    erase: str = "default"
-    ftmethod: str = "lora"
-    ftset: Mapping[str, str] = field(
-        default_factory=lambda: {"identity": "random_identity", "object": "random_object"}
-    )
-
-
-BASELINE = Baseline()
-
-
 # --------------------------------------------------------------------------- data shaping
 
 
-def _state_long(
-    summary: pd.DataFrame, role: str, metric: str | Mapping[str, str], baseline: Baseline
-) -> pd.DataFrame:
-    """Long rows (run columns, seed, state, value): base and erased rows copied into every run.
+RUN_COLUMNS = ["task", "domain", "erase", "ftset", "ftmethod"]
 
-    Runs are the final fine-tuned ones; a task/erase with no fine-tuned run yet gets the
-    baseline run so its erased (and base) bars still show.
+
+def _require_settings(rows: pd.DataFrame, figure: str) -> None:
+    missing = [c for c in RUN_SETTINGS if c not in rows.columns]
+    if missing:
+        raise ValueError(
+            f"{figure}: input lacks the run settings {missing} (tables.RUN_SETTINGS), which the tables stage "
+            "writes: rerun it (snakemake reruns the tables when its runs' settings change)"
+        )
+
+
+def _state_long(summary: pd.DataFrame, role: str, metric: str | Mapping[str, str]) -> pd.DataFrame:
+    """Long rows (run columns and settings, seed, state, value): base and erased rows copied into every run.
+
+    Runs are the final fine-tuned ones; a task/erase with no fine-tuned run yet stands in for the
+    default fine-tune (its fine-tune settings unset), so its erased (and base) bars still show.
     """
     rows = _metric_rows(summary, role, metric)
-    run_cols = ["task", "domain", "erase", "ftset", "ftmethod"]
     final = final_rows(rows)
-    runs = final[run_cols].drop_duplicates()
-    pairs = rows.loc[rows["state"] == "erased", ["task", "domain", "erase"]].drop_duplicates()
+    runs = final[[*RUN_COLUMNS, *RUN_SETTINGS]].drop_duplicates(RUN_COLUMNS)
+    erased_rows = rows[rows["state"] == "erased"]
+    pairs = erased_rows[["task", "domain", "erase", *ERASE_SETTINGS]].drop_duplicates(
+        ["task", "domain", "erase"]
+    )
     tasks = rows.loc[rows["state"] == "base", ["task", "domain"]].drop_duplicates()
     extra_pairs = pairs.merge(runs[["task", "erase"]].drop_duplicates(), how="left", indicator=True)
     extra_pairs = extra_pairs[extra_pairs["_merge"] == "left_only"].drop(columns="_merge")
     extra_tasks = tasks[~tasks["task"].isin(set(runs["task"]) | set(pairs["task"]))].assign(
-        erase=baseline.erase
+        erase="", method="", mapping="", lambda1=np.nan, is_default_erase=True
     )
     extra = pd.concat([extra_pairs, extra_tasks], ignore_index=True)
     extra = extra.assign(
-        ftset=extra["domain"].map(dict(baseline.ftset)).fillna(""), ftmethod=baseline.ftmethod
+        ftset="",
+        ftmethod="",
+        ftset_kind="",
+        ftset_domain="",
+        tercile=np.nan,
+        is_default_ftset=True,
+        is_default_ftmethod=True,
     )
-    runs = pd.concat([runs, extra[run_cols]], ignore_index=True)
+    runs = pd.concat([runs, extra[[*RUN_COLUMNS, *RUN_SETTINGS]]], ignore_index=True)
 
     def mean(sel: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         return sel.groupby([*keys, "seed"], sort=True)["value"].mean().reset_index()
@@ -107,12 +115,12 @@ def _state_long(
         runs.merge(mean(rows[rows["state"] == "base"], ["task", "domain"]), on=["task", "domain"]).assign(
             state="base"
         ),
-        runs.merge(
-            mean(rows[rows["state"] == "erased"], ["task", "domain", "erase"]), on=["task", "domain", "erase"]
-        ).assign(state="erased"),
-        runs.merge(mean(final, run_cols), on=run_cols).assign(state="finetuned"),
+        runs.merge(mean(erased_rows, ["task", "domain", "erase"]), on=["task", "domain", "erase"]).assign(
+            state="erased"
+        ),
+        runs.merge(mean(final, RUN_COLUMNS), on=RUN_COLUMNS).assign(state="finetuned"),
     ]
-    return pd.concat(parts, ignore_index=True)[[*run_cols, "seed", "state", "value"]]
+    return pd.concat(parts, ignore_index=True)[[*RUN_COLUMNS, *RUN_SETTINGS, "seed", "state", "value"]]
 
 
 def _require_metric(summary: pd.DataFrame, metrics: Sequence[str], figure: str) -> None:
@@ -124,73 +132,59 @@ def _require_metric(summary: pd.DataFrame, metrics: Sequence[str], figure: str) 
 # --------------------------------------------------------------------------- x-axis variants
 # Each returns (sort key, label) for a long row, or None when the row is not part of the figure.
 
-XFunc = Callable[[pd.Series, Baseline], "tuple[tuple, str] | None"]
+XFunc = Callable[[pd.Series], "tuple[tuple, str] | None"]
 
 
-def _is_baseline(
-    row: pd.Series, b: Baseline, *, erase: bool = True, ftset: bool = True, ftmethod: bool = True
-) -> bool:
+def _is_baseline(row: pd.Series, *, erase: bool = True, ftset: bool = True, ftmethod: bool = True) -> bool:
+    """Whether a run holds the factors a figure does not vary at their defaults (`tables.RUN_SETTINGS`)."""
     return (
-        (not erase or row["erase"] == b.erase)
-        and (not ftset or row["ftset"] == b.ftset.get(row["domain"]))
-        and (not ftmethod or row["ftmethod"] == b.ftmethod)
+        (not erase or bool(row["is_default_erase"]))
+        and (not ftset or bool(row["is_default_ftset"]))
+        and (not ftmethod or bool(row["is_default_ftmethod"]))
     )
 
 
-def _x_task(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    return (task_sort_key(row["task"]), task_label(row["task"])) if _is_baseline(row, b) else None
+def _x_task(row: pd.Series) -> tuple[tuple, str] | None:
+    return (task_sort_key(row["task"]), task_label(row["task"])) if _is_baseline(row) else None
 
 
-def _x_mapping(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    if not _is_baseline(row, b, erase=False):
+def _x_mapping(row: pd.Series) -> tuple[tuple, str] | None:
+    if not _is_baseline(row, erase=False) or not row["mapping"]:
         return None
-    if row["erase"] == b.erase:
-        return ((0, ""), "default")
-    m = re.fullmatch(r"(?:mapping|map)[_-](.+)", row["erase"])
-    return ((1, m.group(1)), m.group(1).replace("_", " ")) if m else None
+    if row["is_default_erase"]:
+        return ((0, row["mapping"]), f"{row['mapping']} (default)")
+    return ((1, row["mapping"]), row["mapping"])
 
 
-def _lambda_value(erase: str) -> float | None:
-    m = re.fullmatch(r"lambda_?1?[_=-]?(.+)", erase)
-    if not m:
-        return None
-    try:
-        return float(m.group(1))
-    except ValueError:
-        return None
-
-
-def _x_lambda(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    value = _lambda_value(row["erase"])
-    if value is None or not _is_baseline(row, b, erase=False):
+def _x_lambda(row: pd.Series) -> tuple[tuple, str] | None:
+    value = float(row["lambda1"])
+    if np.isnan(value) or not _is_baseline(row, erase=False):
         return None
     label = "0" if value == 0 else np.format_float_scientific(value, trim="-", exp_digits=2)
     return ((value,), label)
 
 
-def _x_ftmethod(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    if not _is_baseline(row, b, ftmethod=False):
+def _x_ftmethod(row: pd.Series) -> tuple[tuple, str] | None:
+    if not row["ftmethod"] or not _is_baseline(row, ftmethod=False):
         return None
     names = {"lora": (0, "LoRA"), "full": (1, "Full")}
     rank, label = names.get(row["ftmethod"], (2, row["ftmethod"]))
     return ((rank, row["ftmethod"]), label)
 
 
-def _x_tercile(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    m = re.search(r"tercile\D*(\d+)$", row["ftset"])
-    if not m or not _is_baseline(row, b, ftset=False):
+def _x_tercile(row: pd.Series) -> tuple[tuple, str] | None:
+    tercile = float(row["tercile"])
+    if np.isnan(tercile) or not _is_baseline(row, ftset=False):
         return None
-    return ((int(m.group(1)),), f"Tercile {m.group(1)}")
+    return ((int(tercile),), f"Tercile {int(tercile)}")
 
 
-def _x_domain(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-    if not _is_baseline(row, b, ftset=False):
+def _x_domain(row: pd.Series) -> tuple[tuple, str] | None:
+    if row["ftset_kind"] != "random" or not _is_baseline(row, ftset=False):
         return None
-    if row["ftset"] == b.ftset.get(row["domain"]):
+    if row["ftset_domain"] == row["domain"]:
         return ((0,), "In-domain")
-    if row["ftset"] in b.ftset.values():
-        return ((1,), "Out-of-domain")
-    return None
+    return ((1,), "Out-of-domain")
 
 
 # --------------------------------------------------------------------------- drawing
@@ -232,11 +226,11 @@ def _legend(fig: Figure, states: Sequence[str], base_ref: bool) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
 
 
-def _with_x(long: pd.DataFrame, spec: _BarSpec, baseline: Baseline) -> pd.DataFrame:
+def _with_x(long: pd.DataFrame, spec: _BarSpec) -> pd.DataFrame:
     """Attach x sort keys and labels; rows the figure does not show are dropped."""
     if long.empty:
         return long.assign(xkey=[], x=[])
-    keyed = [spec.x(row, baseline) for _, row in long.iterrows()]
+    keyed = [spec.x(row) for _, row in long.iterrows()]
     out = long[[k is not None for k in keyed]].copy()
     out["xkey"] = [k[0] for k in keyed if k is not None]
     out["x"] = [k[1] for k in keyed if k is not None]
@@ -299,10 +293,11 @@ def _bar_panel(ax, data: pd.DataFrame, states: Sequence[str], max_chars: int = 5
         ax.tick_params(axis="x", labelrotation=20 if width <= 2 * max_chars else 90)
 
 
-def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec, baseline: Baseline) -> None:
+def _bar_figure(summary: pd.DataFrame, out_path: PathLike, spec: _BarSpec) -> None:
     s = _as_summary(summary)
     _require_metric(s, sorted(set(spec.metric.values())), spec.name)
-    long = _with_x(_state_long(s, spec.role, spec.metric, baseline), spec, baseline)
+    _require_settings(s, spec.name)
+    long = _with_x(_state_long(s, spec.role, spec.metric), spec)
     panels = _panels(long, spec)
     fig = Figure(figsize=FIGSIZE, layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -351,7 +346,7 @@ def _acc_spec(
 # --------------------------------------------------------------------------- paper figures
 
 
-def fig5_resurgence(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig5_resurgence(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 5: accuracy on erased concepts after erasure vs after in-domain fine-tuning, per task."""
     spec = _acc_spec(
         "fig5",
@@ -361,32 +356,31 @@ def fig5_resurgence(summary: pd.DataFrame, out_path: PathLike, *, baseline: Base
         ("identity", "object"),
         x_is_task=True,
     )
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig6_mapping(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig6_mapping(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 6: effect of the mapping concept (erase variants ``mapping_*`` vs ``default``)."""
     _bar_figure(
         summary,
         out_path,
         _acc_spec("fig6", "Effect of the mapping concept", "Mapping concept", _x_mapping),
-        baseline,
     )
 
 
-def fig7_lambda(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig7_lambda(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 7: effect of the cross-attention regularization λ1 (erase variants ``lambda1_<value>``)."""
     spec = _acc_spec("fig7", "Effect of regularization λ1 in cross-attention refinement", "λ1", _x_lambda)
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig8_ftmethod(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig8_ftmethod(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 8: LoRA vs full-parameter fine-tuning."""
     spec = _acc_spec("fig8", "LoRA vs full fine-tuning", "Fine-tuning algorithm", _x_ftmethod)
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig9_terciles(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig9_terciles(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 9: fine-tune sets by CLIP-similarity tercile to the erased concepts (``*tercile_<k>``)."""
     spec = _acc_spec(
         "fig9",
@@ -394,16 +388,16 @@ def fig9_terciles(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseli
         "CLIP-similarity tercile",
         _x_tercile,
     )
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig10_domain(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig10_domain(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 10: in-domain vs out-of-domain random fine-tune sets."""
     spec = _acc_spec("fig10", "In-domain vs out-of-domain fine-tuning", "Fine-tuning set", _x_domain)
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig11_retained(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig11_retained(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 11: accuracy on *retained* concepts before vs after fine-tuning (App. B)."""
     ylabels = {
         "identity": "Identity accuracy on retained identities",
@@ -413,46 +407,47 @@ def fig11_retained(summary: pd.DataFrame, out_path: PathLike, *, baseline: Basel
         "fig11", "Accuracy on retained concepts", "Task", "retained", ACCURACY_METRIC, _x_task,
         ("identity", "object"), ylabels, x_is_task=True,
     )  # fmt: skip
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig12_clip_score(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig12_clip_score(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 12: CLIP score on unrelated captions before vs after fine-tuning (App. B)."""
     spec = _BarSpec(
         "fig12", "CLIP score on unrelated captions", "Task", "caption",
         {"identity": "clip_score", "object": "clip_score"}, _x_task, ("identity", "object"),
         {"identity": "CLIP score", "object": "CLIP score"}, x_is_task=True, only_domains_with_data=True,
     )  # fmt: skip
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig13_fid(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig13_fid(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Fig. 13: FID on unrelated captions before vs after fine-tuning (App. B; lower is better)."""
     spec = _BarSpec(
         "fig13", "FID on unrelated captions (lower is better)", "Task", "caption",
         {"identity": "fid", "object": "fid"}, _x_task, ("identity", "object"),
         {"identity": "FID", "object": "FID"}, x_is_task=True, only_domains_with_data=True,
     )  # fmt: skip
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def fig_trajectory(summary: pd.DataFrame, out_path: PathLike, *, baseline: Baseline = BASELINE) -> None:
+def fig_trajectory(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Accuracy on erased concepts vs fine-tune step (step 0 = erased model), one line per task.
 
     Lines are means over seeds with 95% intervals; dotted lines mark each task's base model.
     """
     s = _as_summary(summary)
     _require_metric(s, sorted(set(ACCURACY_METRIC.values())), "trajectory")
+    _require_settings(s, "trajectory")
     rows = _metric_rows(s, "erased", ACCURACY_METRIC)
-    in_domain = rows["ftset"] == rows["domain"].map(dict(baseline.ftset))
+    default_erase = rows["is_default_erase"].astype(bool)
     steps = rows[
         (rows["state"] == "finetuned")
-        & (rows["erase"] == baseline.erase)
-        & in_domain
-        & (rows["ftmethod"] == baseline.ftmethod)
+        & default_erase
+        & rows["is_default_ftset"].astype(bool)
+        & rows["is_default_ftmethod"].astype(bool)
     ]
     steps = steps.groupby(["task", "domain", "step", "seed"], sort=True)["value"].mean().reset_index()
-    erased = rows[(rows["state"] == "erased") & (rows["erase"] == baseline.erase)]
+    erased = rows[(rows["state"] == "erased") & default_erase]
     erased = (
         erased.groupby(["task", "domain", "seed"], sort=True)["value"].mean().reset_index().assign(step=0)
     )
@@ -584,22 +579,16 @@ def image_grid_figure(
 # --------------------------------------------------------------------------- controls (outside `all`)
 
 
-def fig_control(
-    summary: pd.DataFrame,
-    out_path: PathLike,
-    *,
-    tasks: Mapping[str, Mapping[str, Any]],
-    baseline: Baseline = BASELINE,
-) -> None:
-    """The exact-unlearning control: erased concepts before and after the same fine-tune, MACE-erased vs in
-    a model that never learned them (tasks with ``erasure: none``)."""
+def fig_control(summary: pd.DataFrame, out_path: PathLike) -> None:
+    """The exact-unlearning control: erased concepts before and after the same fine-tune, erased by a method
+    vs in a model that never learned them (tasks with ``erasure: none``: method "none")."""
 
-    def x(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-        if not _is_baseline(row, b):
+    def x(row: pd.Series) -> tuple[tuple, str] | None:
+        if not _is_baseline(row):
             return None
-        if tasks.get(row["task"], {}).get("erasure") == "none":
+        if row["method"] == "none":
             return ((1, row["task"]), "Exact unlearning\n(never trained on them)")
-        return ((0, row["task"]), "MACE")
+        return ((0, row["task"]), METHOD_LABELS.get(row["method"], row["method"]))
 
     # Both arms side by side in one panel per domain (they erase the same concepts); no empty panels.
     spec = _acc_spec(
@@ -611,39 +600,33 @@ def fig_control(
         x_is_task=True,
         only_domains_with_data=True,
     )
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
 # Display names of the erasure methods (`study.ERASE_METHODS`), in the order figures draw them.
 METHOD_LABELS = {"mace": "MACE", "uce": "UCE", "esd": "ESD", "none": "No edit"}
 
 
-def method_label(method: str, erase: str) -> str:
+def method_label(method: str, erase: str, is_default_erase: bool = False) -> str:
     """A method's display name, with its erase variant where that is not the method's only setting
     (ESD's two published variants, esd_x and esd_u, are two bars, not one mean)."""
     label = METHOD_LABELS.get(method, method)
-    return label if erase in ("default", method) else f"{label} ({erase})"
+    return label if is_default_erase or erase == method else f"{label} ({erase})"
 
 
-def fig_methods(
-    summary: pd.DataFrame,
-    out_path: PathLike,
-    *,
-    tasks: Mapping[str, Mapping[str, Any]],
-    baseline: Baseline = BASELINE,
-) -> None:
+def fig_methods(summary: pd.DataFrame, out_path: PathLike) -> None:
     """Resurgence by erasure method (Fig. 5's layout): each task's erased concepts after erasure and after
-    the same in-domain fine-tune, one bar group per task and method (``tasks[t]["methods"]``: erase -> method)."""
+    the same in-domain fine-tune, one bar group per task and method (the runs' ``method`` setting)."""
     order = list(METHOD_LABELS)
 
-    def x(row: pd.Series, b: Baseline) -> tuple[tuple, str] | None:
-        method = tasks.get(row["task"], {}).get("methods", {}).get(row["erase"])
-        if method is None or not _is_baseline(row, b, erase=False):
+    def x(row: pd.Series) -> tuple[tuple, str] | None:
+        method = row["method"]
+        if not method or not _is_baseline(row, erase=False):
             return None
         rank = order.index(method) if method in order else len(order)
         return (
             (task_sort_key(row["task"]), rank, row["erase"]),
-            f"{task_label(row['task'])}\n{method_label(method, row['erase'])}",
+            f"{task_label(row['task'])}\n{method_label(method, row['erase'], bool(row['is_default_erase']))}",
         )
 
     spec = _acc_spec(
@@ -654,21 +637,20 @@ def fig_methods(
         ("identity", "object"),
         x_is_task=True,
     )
-    _bar_figure(summary, out_path, spec, baseline)
+    _bar_figure(summary, out_path, spec)
 
 
-def geometry_points(
-    summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, Any]], baseline: Baseline = BASELINE
-) -> pd.DataFrame:
+def geometry_points(summary: pd.DataFrame, tasks: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Fig. 14's points: per task, seed and metric the erased concepts' value in the base, erased and
-    final fine-tuned states of the baseline run, with the task's ``shared`` value."""
+    final fine-tuned states of the default run, with the task's ``shared`` value."""
     s = _as_summary(summary)
+    _require_settings(s, "fig14")
     s = s[(s["role"] == "erased") & s["task"].isin(list(tasks))]
     if not s.empty:
         keep = [
             r["state"] == "base"
-            or (r["state"] == "erased" and r["erase"] == baseline.erase)
-            or _is_baseline(r, baseline)
+            or (r["state"] == "erased" and bool(r["is_default_erase"]))
+            or (r["state"] == "finetuned" and _is_baseline(r))
             for _, r in s.iterrows()
         ]
         s = s[keep]
@@ -682,11 +664,10 @@ def fig14_geometry(
     out_path: PathLike,
     *,
     tasks: Mapping[str, Mapping[str, Any]],
-    baseline: Baseline = BASELINE,
 ) -> None:
     """Fig. 14: erased concepts' top-1 and true-concept probability, erased vs fine-tuned, against the
     world's shared-structure knob (``tasks[task]["shared"]``), one column per domain."""
-    rows = geometry_points(summary, tasks, baseline)
+    rows = geometry_points(summary, tasks)
     domains = [d for d in ("identity", "object") if (rows["domain"] == d).any()] or ["identity"]
     fig = Figure(figsize=FIGSIZE)
     axes = fig.subplots(2, len(domains), squeeze=False)
@@ -737,14 +718,12 @@ FIGURES: dict[str, Callable[..., None]] = {
     "methods": fig_methods,
 }
 # Figures that also read the study's task facts (`study.figure_tasks`).
-TASK_FIGURES = ("control", "fig14", "methods")
+TASK_FIGURES = ("fig14",)
 
 __all__ = [
-    "BASELINE",
     "DPI",
     "FIGSIZE",
     "FIGURES",
-    "Baseline",
     "fig5_resurgence",
     "fig6_mapping",
     "fig7_lambda",

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,24 @@ SUMMARY_COLUMNS: tuple[str, ...] = (*SUMMARY_KEYS, "value", "n")
 
 # A fine-tuning run is identified by these; base/erased states are shared between runs.
 RUN_KEYS: tuple[str, ...] = ("task", "erase", "ftset", "ftmethod")
+
+# What a run varies, as the study resolved it from the config (`resurgence.study.run_settings`), by the
+# column's type: the figures read these, never a variant's name. Erased rows carry their erasure's,
+# fine-tuned rows their run's too; base rows none ("", NaN, False).
+ERASE_SETTINGS: dict[str, type] = {
+    "method": str,  # the erasure method (study.ERASE_METHODS)
+    "mapping": str,  # the mapping concept(s) of the erased concepts, "; "-joined
+    "lambda1": float,  # MACE's lambda1 (NaN for other methods)
+    "is_default_erase": bool,  # the erasure a run gets when it names none
+}
+FINETUNE_SETTINGS: dict[str, type] = {
+    "ftset_kind": str,  # random | tercile
+    "ftset_domain": str,  # the domain of the fine-tune set's concepts
+    "tercile": float,  # the CLIP-distance tercile of a tercile set (NaN otherwise)
+    "is_default_ftset": bool,  # the task's in-domain random set, which a run gets when it names none
+    "is_default_ftmethod": bool,
+}
+RUN_SETTINGS: dict[str, type] = {**ERASE_SETTINGS, **FINETUNE_SETTINGS}
 
 DOMAINS: tuple[str, ...] = ("identity", "object")
 STATES: tuple[str, ...] = ("base", "erased", "finetuned")
@@ -171,7 +190,36 @@ def validate_tidy(df: pd.DataFrame, columns: Sequence[str] = TIDY_COLUMNS) -> pd
     _check_values(out, "state", STATES)
     _check_values(out, "role", ROLES)
     _check_values(out, "ftmethod", FTMETHODS)
-    return out
+    return _coerce_settings(out)
+
+
+def _coerce_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """`RUN_SETTINGS` columns, where present, in their types (CSV reads them as text; "" is not set)."""
+    for col, kind in RUN_SETTINGS.items():
+        if col not in df.columns:
+            continue
+        if kind is str:
+            df[col] = df[col].fillna("").astype(str)
+        elif kind is float:
+            df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="raise").astype(float)
+        else:
+            df[col] = _to_bool(df[col].replace("", False).fillna(False), col)
+    return df
+
+
+def with_run_settings(df: pd.DataFrame, runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """``df`` (tidy or summary rows) with the `RUN_SETTINGS` of ``runs`` (dicts of `RUN_KEYS` and
+    settings): fine-tuned rows get their run's, erased rows their erasure's, base rows none."""
+    table = pd.DataFrame([dict(r) for r in runs], columns=[*RUN_KEYS, *RUN_SETTINGS])
+    out = df.drop(columns=[c for c in RUN_SETTINGS if c in df.columns]).reset_index(drop=True)
+    rows = out.assign(_row=np.arange(len(out)))
+    erase = table[["task", "erase", *ERASE_SETTINGS]].drop_duplicates(["task", "erase"])
+    finetune = table[[*RUN_KEYS, *FINETUNE_SETTINGS]].drop_duplicates(list(RUN_KEYS))
+    by_erase = rows.loc[rows["state"] != "base", ["_row", "task", "erase"]].merge(erase, how="left")
+    by_run = rows.loc[rows["state"] == "finetuned", ["_row", *RUN_KEYS]].merge(finetune, how="left")
+    out = rows.merge(by_erase.drop(columns=["task", "erase"]), on="_row", how="left")
+    out = out.merge(by_run.drop(columns=list(RUN_KEYS)), on="_row", how="left").drop(columns="_row")
+    return _coerce_settings(out)
 
 
 def _read_csvs(paths: PathLike | Iterable[PathLike]) -> pd.DataFrame:
@@ -215,13 +263,14 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     the (non-NaN) tidy rows averaged.  Rows are sorted by ``SUMMARY_KEYS``.
     """
     tidy = validate_tidy(df)
+    settings = [c for c in RUN_SETTINGS if c in tidy.columns]  # functions of the keys: carried along
     out = (
-        tidy.groupby(list(SUMMARY_KEYS), dropna=False, sort=True)["value"]
+        tidy.groupby([*SUMMARY_KEYS, *settings], dropna=False, sort=True)["value"]
         .agg(value="mean", n="count")
         .reset_index()
     )
     out["n"] = out["n"].astype(np.int64)
-    return _sorted(out[list(SUMMARY_COLUMNS)], SUMMARY_KEYS)
+    return _sorted(out[[*SUMMARY_COLUMNS, *settings]], SUMMARY_KEYS)
 
 
 def _as_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -24,9 +24,7 @@ rule tables:
         mem_mb=2000,
         runtime=10,
     params:
-        runs=lambda wc: as_json(
-            [study.asdict_run(r) for r in study.experiment_runs(config, wc.experiment)]
-        ),
+        runs=lambda wc: as_json(study.run_records(config, wc.experiment)),
     shell:
         "python -m resurgence tables --experiment {wildcards.experiment} --runs {params.runs:q} --inputs {input}"
         " --out-dir $(dirname {output.tidy}) > {log} 2>&1"
