@@ -3,15 +3,9 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from resurgence.config import (
-    coerce_strings,
-    drop_disabled,
-    read_config_file,
-    schema_path,
-    validate_config,
-)
+from resurgence.config import prepare_config, read_config_file
 from resurgence import jobs, layout, study
 
 min_version("9.0")
@@ -32,11 +26,9 @@ read_config_file("config.yaml")
 configfile: "config.yaml"
 
 
-# A bad config stops the run here, before any job, naming the key and the allowed values.
-drop_disabled(config)
-coerce_strings(config)
-validate_config(config)
-validate(config, str(schema_path()))
+# A bad config stops the run here, before any job, naming the key and the allowed values; the schema's
+# defaults are filled in once, here.
+prepare_config(config)
 study.check_study(config)
 
 

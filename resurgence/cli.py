@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from resurgence.config import load_schema, schema_default
+
 
 def _json(value: str) -> Any:
     if value.startswith("@"):
@@ -29,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = twsub.add_parser("train", help="train every toy model (or --only some) from scratch")
     t.add_argument("--out-dir", required=True)
     t.add_argument(
-        "--profile", choices=["auto", "gpu", "cpu", "smoke"], default="auto", help="auto: gpu with CUDA"
+        "--profile",
+        choices=load_schema()["properties"]["toyworld"]["properties"]["train_profile"]["enum"],
+        default=schema_default("toyworld", "train_profile"),
+        help="auto: gpu with CUDA",
     )
     t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=schema_default("toyworld", "seed"))
     t.add_argument("--device", default="auto")
     t.add_argument(
         "--knowledge", type=_json, default=None, help="toyworld.knowledge: the concept geometry (JSON)"
@@ -63,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--images", type=int, default=4, help="images per concept and template")
+    q.add_argument("--seed", type=int, default=schema_default("toyworld", "seed"))
+    q.add_argument(
+        "--images",
+        type=int,
+        default=schema_default("toyworld", "quality_images"),
+        help="images per concept and template",
+    )
     q.add_argument(
         "--concepts",
         type=int,

@@ -29,6 +29,16 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(schema_path().read_text())
 
 
+def schema_default(*path: str) -> Any:
+    """The schema's ``default:`` of the config key ``path`` (e.g. ``("toyworld", "seed")``): for the CLI,
+    whose stages run without Snakemake too, so that each default is written in the schema alone."""
+    root = load_schema()
+    node: dict[str, Any] = root
+    for key in path:
+        node = _resolve(node, root)["properties"][key]
+    return copy.deepcopy(_resolve(node, root)["default"])
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge, the same rule Snakemake applies to ``--configfile`` overlays."""
     out = copy.deepcopy(dict(base))
@@ -178,6 +188,36 @@ def coerce_strings(
     return config
 
 
+def apply_defaults(
+    config: Any, schema: dict[str, Any] | None = None, root: dict[str, Any] | None = None
+) -> Any:
+    """Fill every key the schema gives a ``default:`` and the config leaves unset, in place: the schema is
+    where those defaults are written (settings backed by a dataclass take the dataclass's instead)."""
+    root = root if root is not None else load_schema()
+    schema = _resolve(schema if schema is not None else root, root)
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        for key, sub in props.items():
+            if key not in config and "default" in _resolve(sub, root):
+                config[key] = copy.deepcopy(_resolve(sub, root)["default"])
+        extra = schema.get("additionalProperties")
+        for key, value in config.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                apply_defaults(value, sub, root)
+    return config
+
+
+def prepare_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A merged config made ready to run, in place: nulls dropped, strings coerced, defaults filled,
+    validated once (the Snakefile and `load_config` both call this)."""
+    drop_disabled(config)
+    coerce_strings(config)
+    apply_defaults(config)
+    validate_config(config)
+    return config
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """One config file as a mapping; a missing, unreadable or malformed file is a `ConfigError` naming it."""
     p = Path(path)
@@ -209,7 +249,4 @@ def load_config(
         config = deep_merge(config, read_config_file(p))
     if overrides:
         config = deep_merge(config, overrides)
-    drop_disabled(config)
-    coerce_strings(config)
-    validate_config(config)
-    return config
+    return prepare_config(config)

@@ -75,8 +75,8 @@ def state_fields(config: dict[str, Any], task: str, state: str) -> dict[str, Any
 
 
 def toy_models_dir(config: dict[str, Any]) -> str:
-    tw = config.get("toyworld", {})
-    return layout.TOY_MODELS_DIR if tw.get("retrain", False) else tw.get("weights", "resources/toyworld")
+    tw = config["toyworld"]
+    return layout.TOY_MODELS_DIR if tw["retrain"] else tw["weights"]
 
 
 def toy_knowledge(config: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def toy_knowledge(config: dict[str, Any]) -> dict[str, Any]:
     from resurgence.toyworld.knowledge import KnowledgeConfig
 
     try:
-        return asdict(KnowledgeConfig.from_dict(config.get("toyworld", {}).get("knowledge")))
+        return asdict(KnowledgeConfig.from_dict(config["toyworld"].get("knowledge")))
     except ValueError as err:
         raise ConfigError(f"config key 'toyworld.knowledge': {err}") from None
 
@@ -101,7 +101,7 @@ def calibration_sets(config: dict[str, Any]) -> dict[str, list[str]]:
 
 def check_toy_knowledge(config: dict[str, Any]) -> None:
     """The shipped toy models must have learned the configured concept geometry (else retrain)."""
-    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+    if config["world"] != "toy" or config["toyworld"]["retrain"]:
         return
     from resurgence.toyworld.manifest import trained_knowledge
 
@@ -130,7 +130,7 @@ def variant_train_spec(config: dict[str, Any], variant: str) -> dict[str, Any]:
     return {
         "knowledge": knowledge,
         "exclude": exclude,
-        "seed": int(config.get("toyworld", {}).get("seed", 0)),
+        "seed": int(config["toyworld"]["seed"]),
         "unet_steps": shipped_unet_steps(config),
     }
 
@@ -146,7 +146,7 @@ def shipped_unet_steps(config: dict[str, Any]) -> int | None:
     variant replays so that it differs from the study's model in its one change; None when unknown."""
     from resurgence.toyworld.manifest import read_manifest
 
-    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+    if config["world"] != "toy" or config["toyworld"]["retrain"]:
         return None
     t2i = read_manifest(toy_models_dir(config)).get("models", {}).get("t2i", {})
     steps = t2i.get("metrics", {}).get("unet", {}).get("steps")
@@ -201,7 +201,7 @@ def shipped_weights(config: dict[str, Any], task: str | None, reads: tuple[str, 
     Empty where the DAG tracks the weights otherwise: a retrained world's and a world variant's
     manifests are job inputs, and real models are identified by their specs (the ``models`` param).
     """
-    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+    if config["world"] != "toy" or config["toyworld"]["retrain"]:
         return {}
     unknown = [key for key in reads if key not in TOY_MODEL_FOLDERS]
     if unknown:
@@ -326,7 +326,7 @@ def world_ref(config: dict[str, Any]) -> dict[str, Any]:
     """The part of the config that defines the world (enough for a job to rebuild it)."""
     ref: dict[str, Any] = {
         "world": config["world"],
-        "toyworld": {"seed": int(config.get("toyworld", {}).get("seed", 0))},
+        "toyworld": {"seed": int(config["toyworld"]["seed"])},
     }
     if config["world"] != "toy":
         ref.update(
@@ -537,7 +537,6 @@ def _esd_spec(config: dict[str, Any], task: str, erase: str) -> dict[str, Any]:
 
 def ftset_spec(config: dict[str, Any], ftset: str, task: str | None = None) -> dict[str, Any]:
     fs = dict(config["finetune_sets"][ftset])
-    fs.setdefault("seed", 0)
     spec = dict(name=ftset, **fs)
     if fs["kind"] == "tercile":
         if task is None:
@@ -559,10 +558,8 @@ def tercile_candidates(config: dict[str, Any], task: str, world: World | None = 
 
 
 def finetune_spec(config: dict[str, Any], ftmethod: str) -> dict[str, Any]:
-    spec = dict(config["finetune_methods"][ftmethod])
-    spec.setdefault("checkpoint_every", spec["steps"])
-    spec.setdefault("seed", 0)
-    return spec
+    """A fine-tune method's config entry as the job reads it (`FinetuneConfig.from_dict` fills its defaults)."""
+    return dict(config["finetune_methods"][ftmethod])
 
 
 def generation_spec(
@@ -571,8 +568,8 @@ def generation_spec(
     """What a generation job renders for one model state of a task (compact; see `expand_records`)."""
     t = config["tasks"][task]
     caps = config["evaluation"]["captions"]
-    with_captions = "caption" in roles and t["domain"] in caps.get("domains", ["identity"])
-    samples = int(config["evaluation"].get("images_per_prompt", {}).get(t["domain"], 1))
+    with_captions = "caption" in roles and t["domain"] in caps["domains"]
+    samples = int(config["evaluation"]["images_per_prompt"][t["domain"]])
     return dict(
         world=world_ref(config),
         task=task,
@@ -580,7 +577,7 @@ def generation_spec(
         erase=list(t["erase"]) if "erased" in roles else [],
         retain=list(t.get("retain", [])) if "retained" in roles else [],
         seeds=[int(s) for s in config["seeds"]],
-        captions=dict(n=int(caps.get("n", 100)), seed=int(caps.get("seed", 0))) if with_captions else None,
+        captions=dict(n=int(caps["n"]), seed=int(caps["seed"])) if with_captions else None,
         generation=dict(config["generation"]),
         # Only when > 1, so that specs (and Snakemake's params) of one-image studies stay as they were.
         **({"samples": samples} if samples > 1 else {}),
@@ -730,7 +727,7 @@ TOY_MODEL_FILES = {
 
 def missing_toy_models(config: dict[str, Any]) -> list[str]:
     """Toy models absent from the configured weights folder (none when they will be retrained)."""
-    if config["world"] != "toy" or config.get("toyworld", {}).get("retrain", False):
+    if config["world"] != "toy" or config["toyworld"]["retrain"]:
         return []
     root = Path(toy_models_dir(config))
     return [name for name, rel in TOY_MODEL_FILES.items() if not (root / rel).is_file()]
@@ -815,19 +812,21 @@ def check_study(config: dict[str, Any]) -> None:
 def check_checkpoints(config: dict[str, Any]) -> None:
     """Every fine-tune keeps a checkpoint at each trajectory step: settings that cannot are rejected here,
     before any job, instead of failing after the erase and fine-tune jobs have run."""
+    from resurgence.finetune.config import FinetuneConfig
+
     for name in config["finetune_methods"]:
-        spec = finetune_spec(config, name)
-        if spec["checkpoint_every"] > spec["steps"]:
+        spec = FinetuneConfig.from_dict(finetune_spec(config, name))
+        if spec.checkpoint_every > spec.steps:
             raise ConfigError(
-                f"config key 'finetune_methods.{name}.checkpoint_every': {spec['checkpoint_every']} is more than "
-                f"its steps ({spec['steps']}), so no checkpoint would be kept; allowed values: 1 to {spec['steps']}"
+                f"config key 'finetune_methods.{name}.checkpoint_every': {spec.checkpoint_every} is more than "
+                f"its steps ({spec.steps}), so no checkpoint would be kept; allowed values: 1 to {spec.steps}"
             )
     traj = config.get("trajectory") or {}
     if not traj.get("experiment"):
         return
     for name in sorted({run.ftmethod for run in experiment_runs(config, traj["experiment"])}):
-        spec = finetune_spec(config, name)
-        steps, every = spec["steps"], spec["checkpoint_every"]
+        spec = FinetuneConfig.from_dict(finetune_spec(config, name))
+        steps, every = spec.steps, spec.checkpoint_every
         for step in traj.get("steps", []):
             if step > steps:
                 raise ConfigError(

@@ -97,7 +97,7 @@ def get_world(config: dict[str, Any]) -> World:
     if config["world"] == "toy":
         from resurgence.toyworld.concepts import toy_world
 
-        return toy_world(int(config.get("toyworld", {}).get("seed", 0)))
+        return toy_world(int(config["toyworld"]["seed"]))
     # Synonyms (config key `synonyms: {concept: [..]}`) join the concept's evaluation prompts and CLIP labels.
     synonyms = {k: tuple(v) for k, v in (config.get("synonyms") or {}).items()}
     concepts: dict[str, Concept] = {}

@@ -237,3 +237,58 @@ def test_unreadable_config_files_are_named(tmp_path, content, fragment):
         path.write_text(content)
     with pytest.raises(ConfigError, match=rf"config file '{re.escape(str(path))}' {fragment}"):
         load_config([ROOT / "config.yaml", path])
+
+
+# Settings sections the code reads through a dataclass: the dataclass holds their defaults, the schema
+# names the same fields and gives no default. Extra schema keys are study-level ones the study resolves
+# before the dataclass is built (`study.erase_spec`), or the method selector.
+DATACLASS_SECTIONS = {
+    ("generation",): ("resurgence.generate.engine", "GenerationConfig", set()),
+    ("finetune_methods", "*"): ("resurgence.finetune.config", "FinetuneConfig", set()),
+    ("toyworld", "knowledge"): ("resurgence.toyworld.knowledge", "KnowledgeConfig", set()),
+    ("erase_defaults", "identity"): (
+        "resurgence.mace.config",
+        "EraseConfig",
+        {"domain_weight_scale", "preserve_captions", "preserve_unconditional", "method"},
+    ),
+    ("erase_methods", "uce"): ("resurgence.erasure.config", "UCEConfig", {"mapping", "method"}),
+    ("erase_methods", "esd"): ("resurgence.erasure.config", "ESDConfig", {"method"}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(DATACLASS_SECTIONS))
+def test_schema_sections_and_their_dataclasses_stay_in_step(path):
+    import dataclasses
+    import importlib
+
+    from resurgence.config import _resolve, load_schema
+
+    module, name, study_keys = DATACLASS_SECTIONS[path]
+    root = load_schema()
+    section = root
+    for key in path:
+        section = _resolve(section, root)
+        section = section["additionalProperties"] if key == "*" else section["properties"][key]
+    props = {k: _resolve(v, root) for k, v in _resolve(section, root)["properties"].items()}
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    assert set(props) - study_keys == fields, f"schema {'.'.join(path)} vs {name}"
+    assert not [k for k in fields if "default" in props[k]], "a default in both the schema and the dataclass"
+
+
+def test_schema_defaults_are_filled_once_where_unset(tmp_path):
+    from resurgence.config import apply_defaults
+
+    config = load_config([ROOT / "config.yaml"])
+    trimmed = load_config([ROOT / "config.yaml"])
+    del (
+        trimmed["toyworld"],
+        trimmed["evaluation"]["images_per_prompt"],
+        trimmed["evaluation"]["captions"]["seed"],
+    )
+    apply_defaults(trimmed)
+    assert trimmed["toyworld"] == {k: v for k, v in config["toyworld"].items() if k != "knowledge"}
+    assert trimmed["toyworld"]["weights"] == "resources/toyworld" and trimmed["toyworld"]["seed"] == 0
+    assert trimmed["evaluation"]["images_per_prompt"] == {"identity": 1, "object": 1}
+    assert trimmed["evaluation"]["captions"]["seed"] == config["evaluation"]["captions"]["seed"] == 1000
+    assert config["finetune_sets"]["tercile_1"]["seed"] == 0  # inside a named entry too
+    assert apply_defaults(config) == load_config([ROOT / "config.yaml"])  # set values stay as they are

@@ -144,8 +144,11 @@ def test_config_from_dict_rejects_unknown_and_missing_keys():
     assert cfg.target_modules == ("to_k", "to_v") and cfg.lora_alpha == 4.0
     with pytest.raises(ValueError, match="lerning_rate"):
         FinetuneConfig.from_dict({**d, "lerning_rate": 1.0})
-    with pytest.raises(ValueError, match="seed"):
-        FinetuneConfig.from_dict({k: v for k, v in d.items() if k != "seed"})
+    with pytest.raises(ValueError, match="learning_rate"):
+        FinetuneConfig.from_dict({k: v for k, v in d.items() if k != "learning_rate"})
+    # the defaults, written only here: seed 0, and without checkpoint_every only the final weights
+    bare = FinetuneConfig.from_dict({k: v for k, v in d.items() if k not in ("seed", "checkpoint_every")})
+    assert (bare.seed, bare.checkpoint_every) == (0, 10)
     with pytest.raises(ValueError, match="method"):
         FinetuneConfig.from_dict({**d, "method": "dora"})
 

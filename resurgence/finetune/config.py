@@ -14,6 +14,8 @@ class FinetuneConfig:
 
     ``alpha`` None means ``alpha = rank`` (scale 1, as diffusers' train_text_to_image_lora.py).
     ``steps`` counts optimizer updates; each consumes ``batch_size * grad_accum`` images.
+    ``checkpoint_every`` None keeps the final weights only (``steps``). The defaults here are the only
+    ones (the config schema's ``finetune_methods`` names these fields and gives none).
     """
 
     method: Literal["lora", "full"] = "lora"
@@ -24,14 +26,16 @@ class FinetuneConfig:
     alpha: float | None = None
     target_modules: tuple[str, ...] = LORA_TARGETS
     train_text_encoder: bool = False
-    checkpoint_every: int
-    seed: int
+    checkpoint_every: int | None = None
+    seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     lr_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every is None:  # frozen, hence object.__setattr__
+            object.__setattr__(self, "checkpoint_every", self.steps)
         if self.method not in ("lora", "full"):
             raise ValueError(f"method must be 'lora' or 'full', got {self.method!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):

@@ -11,7 +11,7 @@ def as_json(obj):
 def models_input(wildcards=None):
     """The toy models a job reads: the retrained world's, and its task's world variant's."""
     out = []
-    if config["world"] == "toy" and config.get("toyworld", {}).get("retrain", False):
+    if config["world"] == "toy" and config["toyworld"]["retrain"]:
         out.append(layout.manifest_file(study.toy_models_dir(config)))
     task = getattr(wildcards, "task", None) if wildcards is not None else None
     if task is not None and study.task_variant(config, task) is not None:
@@ -38,7 +38,7 @@ def toyworld_quality_target():
 
 
 def device():
-    return config.get("device", "auto")
+    return config["device"]
 
 
 def gen_settings():

@@ -16,8 +16,8 @@ rule toyworld_train:
         mem_mb=16000,
         runtime=60,
     params:
-        seed=config.get("toyworld", {}).get("seed", 0),
-        profile=config.get("toyworld", {}).get("train_profile", "auto"),
+        seed=config["toyworld"]["seed"],
+        profile=config["toyworld"]["train_profile"],
         knowledge=as_json(study.toy_knowledge(config)),
         calibration=as_json(study.calibration_sets(config)),
         device=device(),
@@ -46,11 +46,11 @@ rule toyworld_quality:
     params:
         models=as_json(MODELS),
         weights=weights("pipeline", "clip", "detector", "segmenter"),
-        seed=config.get("toyworld", {}).get("seed", 0),
-        images=config.get("toyworld", {}).get("quality_images", 4),
+        seed=config["toyworld"]["seed"],
+        images=config["toyworld"]["quality_images"],
         concepts=lambda wc: (
             f"--concepts {config['toyworld']['quality_concepts']}"
-            if "quality_concepts" in config.get("toyworld", {})
+            if "quality_concepts" in config["toyworld"]
             else ""
         ),
         generation=as_json(gen_settings()),
@@ -82,9 +82,9 @@ rule toyworld_variant:
         exclude=lambda wc: as_json(
             study.variant_train_spec(config, wc.variant)["exclude"]
         ),
-        seed=config.get("toyworld", {}).get("seed", 0),
+        seed=config["toyworld"]["seed"],
         steps=lambda wc: study.variant_steps_arg(config, wc.variant),
-        profile=config.get("toyworld", {}).get("train_profile", "auto"),
+        profile=config["toyworld"]["train_profile"],
         device=device(),
     shell:
         "python -m resurgence toyworld train --out-dir $(dirname {output.manifest}) --only t2i"
