@@ -329,8 +329,7 @@ def run_evaluate(args: Namespace) -> None:
     CLIP zero-shot's for identities) on concept images, CLIP score and FID on captions."""
     from PIL import Image
 
-    from resurgence.evaluate.fid import frechet_distance
-    from resurgence.evaluate.registry import fid_kwargs, get_evaluators, identity_metric
+    from resurgence.evaluate.registry import get_evaluators, identity_metric
     from resurgence.metrics.tables import TIDY_COLUMNS, write_tidy
 
     device = pick_device(args.device)
@@ -351,31 +350,29 @@ def run_evaluate(args: Namespace) -> None:
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
     records, images = read(images_dir, ("erased", "retained"))
     caps, cap_images = read(images_dir, ("caption",))
-    names = views + (["clip_score"] if caps else [])
-    evaluators = get_evaluators(args.models, label_set=label_set, device=device, names=names)
+    # Captions: CLIP score per image, and FID of the set against the base model's caption images.
+    caption_views = ["clip_score", "fid"] if caps else []
+    reference = read(ref_dir, ("caption",))[1] if caps else None
+    evaluators = get_evaluators(
+        args.models, label_set=label_set, device=device, names=views + caption_views, reference=reference
+    )
     rows = [row for view in views for row in evaluators[view].evaluate(images, records)]
-    if caps:
+    for view in caption_views:
         # One caption set per state: its rows share the set's seed, so summaries average over captions.
-        rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators["clip_score"].evaluate(cap_images, caps)]
-        _, ref_images = read(ref_dir, ("caption",))
-        fid = frechet_distance(cap_images, ref_images, **fid_kwargs(args.models, device))
-        rows.append(
-            dict(role="caption", concept="", prompt="", seed=caps[0]["seed"], metric="fid", value=float(fid))
-        )
+        rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators[view].evaluate(cap_images, caps)]
     state = dict(args.state, domain=labels["domain"])
-    tidy = []
-    for r in rows:
-        template = ""
-        if r.get("concept"):
-            phrases = sorted(world.concept(r["concept"]).names, key=len, reverse=True)
-            template = next((r["prompt"].replace(p, "{}") for p in phrases if p in r["prompt"]), "")
-        tidy.append(
-            {
-                **state,
-                **{k: r.get(k, "") for k in ("concept", "role", "prompt", "seed", "metric", "value")},
-                "template": template,
-            }
+    if any(r.get("concept") and "template" not in r for r in records):
+        raise ValueError(
+            f"{images_dir / layout.IMAGES_INDEX} predates records that carry their prompt's template: "
+            f"delete {images_dir} and rerun, so that its images are generated again"
         )
+    tidy = [
+        {
+            **state,
+            **{k: r.get(k, "") for k in ("concept", "role", "prompt", "template", "seed", "metric", "value")},
+        }
+        for r in rows
+    ]
     import pandas as pd
 
     write_tidy(pd.DataFrame(tidy, columns=list(TIDY_COLUMNS)), args.out)

@@ -597,9 +597,11 @@ def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dic
     for role, names in (("erased", spec["erase"]), ("retained", spec["retain"])):
         for name in names:
             c = world.concept(name)
-            for prompt in world.eval_prompts(c):
+            for template, prompt in world.eval_templates(c):
                 for seed in spec["seeds"]:
-                    records.append(dict(role=role, concept=c.name, prompt=prompt, seed=int(seed)))
+                    records.append(
+                        dict(role=role, concept=c.name, prompt=prompt, template=template, seed=int(seed))
+                    )
                     for k in range(1, int(spec.get("samples", 1))):
                         noise = int(seed) + NOISE_STRIDE * k
                         records.append(
@@ -607,6 +609,7 @@ def expand_records(spec: dict[str, Any], world: World | None = None) -> list[dic
                                 role=role,
                                 concept=c.name,
                                 prompt=prompt,
+                                template=template,
                                 seed=int(seed),
                                 sample=k,
                                 noise_seed=noise,

@@ -52,14 +52,23 @@ class World(Protocol):
 
     def eval_prompts(self, concept: Concept) -> list[str]: ...
 
+    def eval_templates(self, concept: Concept) -> list[tuple[str, str]]:
+        """(template, prompt) of each of `eval_prompts`, in their order: the records carry the template."""
+        ...
+
     def free_captions(self, n: int, seed: int) -> list[str]: ...
+
+
+def template_pairs(concept: Concept) -> list[tuple[str, str]]:
+    """The paper's evaluation prompts (App. C.1), each with its template: every template x every name."""
+    if concept.domain == "identity":
+        return [(t, t.format(concept.name)) for t in IDENTITY_TEMPLATES]
+    return [(t, t.format(n)) for n in concept.names for t in OBJECT_TEMPLATES]
 
 
 def template_prompts(concept: Concept) -> list[str]:
     """Evaluation prompts of the paper (App. C.1): every template x every name of the concept."""
-    if concept.domain == "identity":
-        return [t.format(concept.name) for t in IDENTITY_TEMPLATES]
-    return [t.format(n) for n in concept.names for t in OBJECT_TEMPLATES]
+    return [prompt for _, prompt in template_pairs(concept)]
 
 
 # Worlds of real models (their concepts listed in the config): SD v1.4's and SD v2.1's.
@@ -81,6 +90,9 @@ class ListedWorld:
 
     def eval_prompts(self, concept: Concept) -> list[str]:
         return template_prompts(concept)
+
+    def eval_templates(self, concept: Concept) -> list[tuple[str, str]]:
+        return template_pairs(concept)
 
     def free_captions(self, n: int, seed: int) -> list[str]:
         import random

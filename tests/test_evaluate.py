@@ -274,3 +274,20 @@ def test_fid_argument_errors(clip, monkeypatch, tmp_path):
     monkeypatch.setattr(fidmod, "INCEPTION_CACHE", tmp_path / "absent.pth")
     with pytest.raises(RuntimeError, match="Inception"):
         fidmod.frechet_distance(a, a, "inception")
+
+
+def test_fid_evaluator_is_the_set_distance_in_one_row(toy_dir, clip):
+    """FID as an evaluator (the registry builds it with the base model's caption images as reference): one
+    row per image set, the same value as `frechet_distance` with the world's CLIP features."""
+    rng = np.random.default_rng(1)
+    a = [Image.fromarray(x) for x in rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)]
+    b = [Image.fromarray(x) for x in rng.integers(0, 128, (12, 16, 16, 3), dtype=np.uint8)]
+    models = {"clip": {"kind": "toy", "path": str(toy_dir)}}
+    ev = get_evaluators(models, names=["fid"], reference=b)["fid"]
+    assert isinstance(ev, Evaluator) and ev.name == "fid"
+    records = [{"role": "caption", "prompt": f"p{i}", "seed": 1000 + i} for i in range(len(a))]
+    (row,) = ev.evaluate(a, records)
+    assert row["metric"] == "fid" and row["seed"] == 1000 and row["role"] == "caption"
+    assert row["value"] == pytest.approx(fidmod.frechet_distance(a, b, "clip", clip=clip), rel=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        get_evaluators(models, names=["fid"])

@@ -188,6 +188,12 @@ def test_expand_records_counts(config):
         "a photo of the boat",
     }
     assert not [r for r in obj if r["role"] == "caption"]
+    # each concept record carries its template (the tidy tables' template column), samples too
+    assert {r["template"] for r in obj if r["role"] == "erased"} == {"a photo of the {}"}
+    world = study.get_world(config)
+    for r in records + obj:
+        if r["role"] != "caption":
+            assert r["prompt"] in {r["template"].format(n) for n in world.concept(r["concept"]).names}
     # trajectory checkpoints are scored on erased concepts only
     traj = study.expand_records(study.generation_spec(config, "identity_10", ("erased",)))
     assert {r["role"] for r in traj} == {"erased"}

@@ -142,6 +142,27 @@ def frechet_distance(
         raise
 
 
+class FrechetDistance:
+    """FID of a state's caption images against the base model's (``reference``), as an `Evaluator`: one row
+    for the whole set (role, concept and prompt of a set, the first record's seed)."""
+
+    name = "fid"
+
+    def __init__(self, reference: Sequence[Image.Image], **kwargs: Any) -> None:
+        self.reference = reference
+        self.kwargs = kwargs  # `frechet_distance` options (`registry.fid_kwargs`)
+
+    def evaluate(self, images: list[Image.Image], records: list[dict]) -> list[dict]:
+        if len(images) != len(records):
+            raise ValueError(f"{len(images)} images but {len(records)} records")
+        value = frechet_distance(images, self.reference, **self.kwargs)
+        return [
+            dict(
+                role="caption", concept="", prompt="", seed=records[0]["seed"], metric=self.name, value=value
+            )
+        ]
+
+
 def _inception_help(cause: BaseException) -> str:
     return (
         f"torch-fidelity's Inception-v3 weights ({INCEPTION_FILE}) are not available offline. Download "

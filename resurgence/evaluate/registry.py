@@ -19,6 +19,7 @@ from resurgence.evaluate.celebrity import (
     load_gcd_detector,
 )
 from resurgence.evaluate.clip_metrics import ClipAccuracy, ClipScore
+from resurgence.evaluate.fid import FrechetDistance
 from resurgence.evaluate.identity import Detector, IdentityAccuracy
 from resurgence.models.clip import load_clip
 
@@ -94,6 +95,7 @@ def get_evaluators(
     device: str = "cpu",
     names: Sequence[str] | None = None,
     world: Any | None = None,
+    reference: Sequence[Any] | None = None,
 ) -> dict[str, Evaluator]:
     """Evaluators of a world, keyed by metric name; only ``names`` are built (models load lazily otherwise).
 
@@ -105,9 +107,10 @@ def get_evaluators(
 
     ``identity_acc`` is the detector's (toy or GCD); a ``clip_zero_shot`` detector reports
     ``identity_acc_clip`` instead (`identity_metric`), and ``identity_acc_clip`` can also be asked
-    for beside a GCD/toy detector (CLIP zero-shot with ``models["clip"]``).
+    for beside a GCD/toy detector (CLIP zero-shot with ``models["clip"]``). ``fid`` scores a set of images
+    against ``reference`` (the base model's caption images) with the world's features (`fid_kwargs`).
     """
-    known = ("identity_acc", "identity_acc_clip", "clip_acc", "clip_score")
+    known = ("identity_acc", "identity_acc_clip", "clip_acc", "clip_score", "fid")
     unknown = set(names or ()) - set(known)
     if unknown:
         raise ValueError(f"unknown evaluators {sorted(unknown)}; known: {list(known)}")
@@ -126,6 +129,8 @@ def get_evaluators(
             f"the {detector_kind(models)!r} detector is reported as {identity_metric(models)!r}, not 'identity_acc' "
             "(identity_acc is the toy detector's or the Giphy Celebrity Detector's); ask for that metric instead"
         )
+    if "fid" in names and reference is None:
+        raise ValueError("fid needs the reference images (the base model's caption images)")
     if "identity_acc_clip" in names and not identity_names:
         raise ValueError("identity_acc_clip needs celebrity names: a label_set (or a world with identities)")
     clip_cache: list[Any] = []
@@ -149,13 +154,17 @@ def get_evaluators(
         "identity_acc_clip": clip_identity,
         "clip_acc": lambda: ClipAccuracy(clip(), label_set or {}),
         "clip_score": lambda: ClipScore(clip()),
+        "fid": lambda: FrechetDistance(reference or [], **fid_kwargs(models, device, clip)),
     }
     return {n: builders[n]() for n in names}
 
 
-def fid_kwargs(models: Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """`frechet_distance` options of a world: toy CLIP features for the toy CLIP, Inception otherwise."""
+def fid_kwargs(
+    models: Mapping[str, Any], device: str = "cpu", clip: Callable[[], Any] | None = None
+) -> dict[str, Any]:
+    """`frechet_distance` options of a world: toy CLIP features for the toy CLIP (``clip()``, else loaded
+    here), Inception otherwise."""
     clip_spec = models.get("clip") or {}
     if clip_spec.get("kind") == "toy":
-        return {"features": "clip", "clip": load_clip(clip_spec, device=device)}
+        return {"features": "clip", "clip": clip() if clip else load_clip(clip_spec, device=device)}
     return {"features": "inception", "cuda": str(device).startswith("cuda")}

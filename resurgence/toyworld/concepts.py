@@ -26,7 +26,15 @@ from resurgence.toyworld.render import (
     Figure,
     RenderSpec,
 )
-from resurgence.world import IDENTITY_TEMPLATES, OBJECT_TEMPLATES, Concept, Domain, Traits
+from resurgence.world import (
+    IDENTITY_TEMPLATES,
+    OBJECT_TEMPLATES,
+    Concept,
+    Domain,
+    Traits,
+    template_pairs,
+    template_prompts,
+)
 
 # The render style each of the paper's templates (`resurgence.world`) asks for.
 TEMPLATE_STYLES: dict[str, str] = {
@@ -319,10 +327,11 @@ class ToyWorld:
     # ---------------------------------------------------------------- prompts
     def eval_prompts(self, concept: Concept | str) -> list[str]:
         """Paper's evaluation prompts: 5 identity templates, or the object template x (name, synonyms)."""
-        c = concept if isinstance(concept, Concept) else self.concept(concept)
-        if c.domain == "identity":
-            return [t.format(c.name) for t in IDENTITY_TEMPLATES]
-        return [t.format(n) for n in c.names for t in OBJECT_TEMPLATES]
+        return template_prompts(concept if isinstance(concept, Concept) else self.concept(concept))
+
+    def eval_templates(self, concept: Concept | str) -> list[tuple[str, str]]:
+        """`eval_prompts` with the template of each."""
+        return template_pairs(concept if isinstance(concept, Concept) else self.concept(concept))
 
     def mapping_prompts(self, phrase: str) -> list[str]:
         """Prompts that render a mapping concept (the phrase in the templates MACE substitutes it into)."""
