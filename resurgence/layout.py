@@ -70,6 +70,7 @@ def parse_state(task: str, state: str) -> dict[str, Any]:
 
 
 def erase_dir(task: str, erase: str) -> str:
+    """An erasure's folder: its LoRA, its dense changes (ESD) and its report; ESD's training state while it runs."""
     return f"{RESULTS}/erase/{task}/{erase}"
 
 
@@ -121,14 +122,6 @@ def images_dir(task: str, state: str) -> str:
     return f"{RESULTS}/images/{task}/{state}"
 
 
-def images_index(task: str, state: str) -> str:
-    return f"{images_dir(task, state)}/{IMAGES_INDEX}"
-
-
-def images_grid(task: str, state: str) -> str:
-    return f"{images_dir(task, state)}/{IMAGES_GRID}"
-
-
 def images_label(path: str | Path) -> str:
     """``task/state`` of a file in a model state's images folder (inverse of `images_dir`)."""
     parts = Path(path).parent.parts
@@ -138,7 +131,19 @@ def images_label(path: str | Path) -> str:
     raise ValueError(f"{path} is not in a model state's images folder ({images_dir('<task>', '<state>')})")
 
 
+def images_index(task: str, state: str) -> str:
+    """A model state's image index, written last: its presence means the folder is complete."""
+    return f"{images_dir(task, state)}/{IMAGES_INDEX}"
+
+
+def images_grid(task: str, state: str) -> str:
+    """A model state's image grid for people to look at (first seed, up to 8 concepts x their prompts);
+    the grids figure stacks them."""
+    return f"{images_dir(task, state)}/{IMAGES_GRID}"
+
+
 def metrics_csv(task: str, state: str) -> str:
+    """One evaluation job's tidy rows: every score of one model state's images (`metrics.tables`)."""
     return f"{RESULTS}/metrics/{task}/{state}/{TIDY}"
 
 
