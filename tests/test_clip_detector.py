@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -13,34 +12,23 @@ from PIL import Image
 
 from resurgence.toyworld import clip as toyclip
 from resurgence.toyworld import detector as det
+from resurgence.world import Concept
 
 # ----------------------------------------------------------------------------- a tiny fake world
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 80, 230), (230, 210, 40), (200, 60, 200), (40, 210, 210)]
 
 
-@dataclass(frozen=True)
-class FakeConcept:
-    name: str
-    domain: str
-    synonyms: tuple[str, ...] = ()
-    traits: tuple = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.synonyms)
-
-
 class FakeWorld:
     def __init__(self) -> None:
-        self.identities = [FakeConcept(n, "identity") for n in ("alice smith", "bob jones", "carla diaz")]
+        self.identities = [Concept(n, "identity") for n in ("alice smith", "bob jones", "carla diaz")]
         self.objects = [
-            FakeConcept("truck", "object", ("lorry",)),
-            FakeConcept("ship", "object", ("boat",)),
-            FakeConcept("bird", "object"),
+            Concept("truck", "object", ("lorry",)),
+            Concept("ship", "object", ("boat",)),
+            Concept("bird", "object"),
         ]
 
-    def eval_prompts(self, c: FakeConcept) -> list[str]:
+    def eval_prompts(self, c: Concept) -> list[str]:
         if c.domain == "identity":
             return [f"A portrait of {c.name}", f"A sketch of {c.name}"]
         return [f"a photo of the {n}" for n in c.names]
