@@ -66,25 +66,25 @@ def measure_quality(
 
     pipe = load_pipeline(models["pipeline"], device=device)
     gen_cfg = GenerationConfig(**generation)
-    id_prompts = [(c.name, p) for c in world.identities[:concepts] for p in world.eval_prompts(c)]
-    obj_prompts = [(c.name, p) for c in world.objects[:concepts] for p in world.eval_prompts(c)]
+    id_prompts = [(c.name, p, t) for c in world.identities[:concepts] for t, p in world.eval_templates(c)]
+    obj_prompts = [(c.name, p, t) for c in world.objects[:concepts] for t, p in world.eval_templates(c)]
     per = {}
     t0 = time.time()
     n_generated = 0
     for key, items in (("identity", id_prompts), ("object", obj_prompts)):
-        recs = [(c, p, s) for c, p in items for s in range(images)]
-        imgs = generate(pipe, [p for _, p, _ in recs], [1000 + s for *_, s in recs], gen_cfg, device=device)
+        recs = [(c, p, t, s) for c, p, t in items for s in range(images)]
+        imgs = generate(pipe, [r[1] for r in recs], [1000 + r[3] for r in recs], gen_cfg, device=device)
         n_generated += len(imgs)
         if key == "identity":
             pred, _ = detector.predict(imgs)
         else:
             pred = clip.zero_shot(imgs, prompts_of)
-        correct = [p == c for (c, _, _), p in zip(recs, pred, strict=True)]
+        correct = [p == r[0] for r, p in zip(recs, pred, strict=True)]
         per[key] = float(np.mean(correct))
         by_template: dict[str, list[bool]] = {}
-        for (c, p, _), ok in zip(recs, correct, strict=True):
+        for (c, p, t, _), ok in zip(recs, correct, strict=True):
             # identities: one key per template; objects: the class name vs a synonym in the prompt
-            key_ = p.replace(c, "{}") if key == "identity" else ("name" if p.endswith(f" {c}") else "synonym")
+            key_ = t if key == "identity" else ("name" if p == t.format(c) else "synonym")
             by_template.setdefault(key_, []).append(ok)
         result[f"t2i_{key}_by_template"] = {t: float(np.mean(v)) for t, v in sorted(by_template.items())}
         result[f"t2i_{key}_images"] = len(imgs)
