@@ -116,6 +116,28 @@ def test_lora_training_lowers_masked_attention(pipe) -> None:
     assert after["mass"] < before["mass"] - 0.02
 
 
+def test_concept_lora_is_a_function_of_its_seed(pipe) -> None:
+    """Two trainings with one seed give the same LoRA whatever the global RNG holds (peft initialises the
+    adapter from it), another seed another LoRA, and the caller's RNG is left where it was."""
+    images, masks = image_source("Ann X", 2, 0)
+    cfg = EraseConfig.celebrity(lora_steps=2, lora_lr=5e-2)
+
+    def train(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(global_seed)
+        state, _ = train_concept_lora(pipe, ANN.prompts, ANN.phrases, images, masks, cfg, "cpu", seed=seed)
+        return state
+
+    first, again = train(0, global_seed=1), train(0, global_seed=2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = train(1, global_seed=1)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    train_concept_lora(pipe, ANN.prompts, ANN.phrases, images, masks, cfg, "cpu", seed=0)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_erase_save_and_apply(pipe, tokdir, tmp_path, caplog) -> None:
     cfg = EraseConfig.celebrity(
         lora_steps=2, images_per_concept=2, preserve=PRESERVE, domain_preserve=("a photo of Cat Z",)

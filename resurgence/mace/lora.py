@@ -126,15 +126,20 @@ def train_concept_lora(
     p_t = importance_weights(T) if cfg.importance_sampling else None
 
     unet.requires_grad_(False)
-    unet.add_adapter(
-        LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_rank,
-            init_lora_weights="gaussian",
-            target_modules=LORA_TARGETS,
-        ),
-        adapter_name=adapter_name,
-    )
+    # peft draws the LoRA's initial weights from the global RNG: seed a fork of it with the concept's seed, so
+    # that an erasure is a function of its config (a rerun gives the same LoRA) and the caller's RNG is untouched.
+    cuda = [unet.device.index or 0] if unet.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        unet.add_adapter(
+            LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            ),
+            adapter_name=adapter_name,
+        )
     losses: list[float] = []
     try:
         params = [p for p in unet.parameters() if p.requires_grad]
