@@ -6,7 +6,9 @@ the full training config (less the fields a resumed run may change) and the cont
 its inputs. A job resumes only under an identical key; any other state is discarded, and the job
 log says which parts of the key differ.
 
-Content digests are sha256 over file bytes. Digests of large files (Stable Diffusion's weights)
+Content digests are sha256 over file bytes; a safetensors file's header is taken with its keys sorted, since
+the safetensors writer orders the metadata differently from process to process (two writes of the same
+tensors and metadata differ in bytes). Digests of large files (Stable Diffusion's weights)
 are memoised per machine under the file's (path, size, inode, mtime, ctime): ctime changes with
 every write and cannot be set back, so a rewritten file is always hashed again.
 """
@@ -48,20 +50,43 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def safetensors_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a safetensors file with its JSON header's keys sorted (metadata order is not content)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        try:
+            if size > os.fstat(f.fileno()).st_size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(size))
+        except ValueError:  # not a safetensors file after all: its bytes, as any other file's
+            return file_sha256(path)
+        h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    return safetensors_sha256(path) if path.suffix == ".safetensors" else file_sha256(path)
+
+
 def _memo_path(path: Path) -> Path:
     real = path.resolve()
     st = real.stat()
-    stamp = f"{real}\0{st.st_size}\0{st.st_dev}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+    stamp = (
+        f"{real}\0{st.st_size}\0{st.st_dev}\0{st.st_ino}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0sorted-header"
+    )
     return cache_dir() / "digests" / hashlib.sha256(stamp.encode()).hexdigest()
 
 
 def _file_digest(path: Path) -> str:
     if path.stat().st_size < MEMO_MIN_BYTES:
-        return file_sha256(path)
+        return _sha256_of(path)
     memo = _memo_path(path)
     if memo.is_file():
         return memo.read_text().strip()
-    digest = file_sha256(path)
+    digest = _sha256_of(path)
     try:
         with atomic_path(memo) as tmp:
             tmp.write_text(digest)

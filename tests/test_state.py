@@ -26,6 +26,31 @@ def test_file_digest_is_sha256_of_its_bytes(tmp_path):
     assert state.content_digest(f) == hashlib.sha256(b"weights" * 1000).hexdigest()
 
 
+def _safetensors_bytes(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def test_safetensors_digest_ignores_the_header_key_order_and_nothing_else(tmp_path):
+    """The safetensors writer orders metadata differently from process to process: two writes of the same
+    tensors and metadata must key alike, any change of a tensor or a metadata value must not."""
+    meta = {"format": "pt", "producer": "resurgence.uce", "note": "n"}
+    tensor = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    data = bytes(range(8))
+    files = {
+        "a": _safetensors_bytes({"__metadata__": meta, "w": tensor}, data),
+        "b": _safetensors_bytes({"w": tensor, "__metadata__": dict(reversed(list(meta.items())))}, data),
+        "value": _safetensors_bytes({"__metadata__": {**meta, "note": "m"}, "w": tensor}, data),
+        "tensor": _safetensors_bytes({"__metadata__": meta, "w": tensor}, bytes(range(1, 9))),
+    }
+    digests = {}
+    for name, raw in files.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(raw)
+        digests[name] = state.content_digest(tmp_path / f"{name}.safetensors")
+    assert files["a"] != files["b"] and digests["a"] == digests["b"]
+    assert len({digests["a"], digests["value"], digests["tensor"]}) == 3
+
+
 def test_folder_digest_covers_names_and_bytes_but_not_hidden_or_ignored_files(tmp_path):
     d = tmp_path / "set"
     (d / "images").mkdir(parents=True)
