@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from resurgence.config import load_schema, schema_default
+from resurgence.config import load_schema
 
 
 def _json(value: str) -> Any:
@@ -24,6 +24,8 @@ def _json(value: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resurgence", description=__doc__)
+    # The toy world's defaults are the config schema's, written there alone.
+    toy = load_schema()["properties"]["toyworld"]["properties"]
     sub = p.add_subparsers(dest="stage", required=True)
 
     tw = sub.add_parser("toyworld", help="train the toy world's models or measure their quality")
@@ -32,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out-dir", required=True)
     t.add_argument(
         "--profile",
-        choices=load_schema()["properties"]["toyworld"]["properties"]["train_profile"]["enum"],
-        default=schema_default("toyworld", "train_profile"),
+        choices=toy["train_profile"]["enum"],
+        default=toy["train_profile"]["default"],
         help="auto: gpu with CUDA",
     )
     t.add_argument("--only", nargs="*", choices=["t2i", "clip", "detector", "segmenter"])
-    t.add_argument("--seed", type=int, default=schema_default("toyworld", "seed"))
+    t.add_argument("--seed", type=int, default=toy["seed"]["default"])
     t.add_argument("--device", default="auto")
     t.add_argument(
         "--knowledge", type=_json, default=None, help="toyworld.knowledge: the concept geometry (JSON)"
@@ -68,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = twsub.add_parser("quality", help="the toy world's quality gates -> quality.json")
     q.add_argument("--models", type=_json, required=True)
     q.add_argument("--generation", type=_json, required=True)
-    q.add_argument("--seed", type=int, default=schema_default("toyworld", "seed"))
+    q.add_argument("--seed", type=int, default=toy["seed"]["default"])
     q.add_argument(
         "--images",
         type=int,
-        default=schema_default("toyworld", "quality_images"),
+        default=toy["quality_images"]["default"],
         help="images per concept and template",
     )
     q.add_argument(

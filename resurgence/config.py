@@ -11,10 +11,12 @@ import os
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # imported where configs are validated: the stages' CLI reads only the schema
+    import jsonschema
 
 
 class ConfigError(ValueError):
@@ -27,16 +29,6 @@ def schema_path() -> Path:
 
 def load_schema() -> dict[str, Any]:
     return yaml.safe_load(schema_path().read_text())
-
-
-def schema_default(*path: str) -> Any:
-    """The schema's ``default:`` of the config key ``path`` (e.g. ``("toyworld", "seed")``): for the CLI,
-    whose stages run without Snakemake too, so that each default is written in the schema alone."""
-    root = load_schema()
-    node: dict[str, Any] = root
-    for key in path:
-        node = _resolve(node, root)["properties"][key]
-    return copy.deepcopy(_resolve(node, root)["default"])
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,10 +84,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"config key '{key}': {error.message}"
 
 
-def validate_config(config: Mapping[str, Any]) -> None:
+def validate_config(config: Mapping[str, Any], schema: dict[str, Any] | None = None) -> None:
     """Raise `ConfigError` listing every schema violation, each naming its key and the allowed values."""
-    validator_cls = jsonschema.validators.validator_for(load_schema())
-    validator = validator_cls(load_schema())
+    import jsonschema
+
+    schema = schema if schema is not None else load_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     if errors:
         lines = []
@@ -211,10 +205,11 @@ def apply_defaults(
 def prepare_config(config: dict[str, Any]) -> dict[str, Any]:
     """A merged config made ready to run, in place: nulls dropped, strings coerced, defaults filled,
     validated once (the Snakefile and `load_config` both call this)."""
+    schema = load_schema()
     drop_disabled(config)
-    coerce_strings(config)
-    apply_defaults(config)
-    validate_config(config)
+    coerce_strings(config, root=schema)
+    apply_defaults(config, root=schema)
+    validate_config(config, schema)
     return config
 
 

@@ -349,6 +349,11 @@ def run_evaluate(args: Namespace) -> None:
     )
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
     records, images = read(images_dir, ("erased", "retained"))
+    if any(r.get("concept") and "template" not in r for r in records):
+        raise ValueError(
+            f"{images_dir / layout.IMAGES_INDEX} predates records that carry their prompt's template: "
+            f"delete {images_dir} and rerun, so that its images are generated again"
+        )
     caps, cap_images = read(images_dir, ("caption",))
     # Captions: CLIP score per image, and FID of the set against the base model's caption images.
     caption_views = ["clip_score", "fid"] if caps else []
@@ -361,11 +366,6 @@ def run_evaluate(args: Namespace) -> None:
         # One caption set per state: its rows share the set's seed, so summaries average over captions.
         rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators[view].evaluate(cap_images, caps)]
     state = dict(args.state, domain=labels["domain"])
-    if any(r.get("concept") and "template" not in r for r in records):
-        raise ValueError(
-            f"{images_dir / layout.IMAGES_INDEX} predates records that carry their prompt's template: "
-            f"delete {images_dir} and rerun, so that its images are generated again"
-        )
     tidy = [
         {
             **state,
