@@ -17,6 +17,8 @@
 # ROUND=13: (CPU) dog and horse, which ground's images are judged as, at their mapping "an object".
 # ROUND=14: (CPU, with efficacy_one_seed.yaml alone) identity_100 at its default settings after refine.NULL_RCOND.
 # ROUND=15: (CPU, with efficacy_sweep.yaml, efficacy_precise.yaml and efficacy_one_seed.yaml) identity_5 at x3.
+# ROUND=18: (CPU, with sampler_ddim15.yaml) every erasure task of the default study, base and default erasure,
+#           sampled (and MACE's training images drawn) by DDIM at 15 steps instead of 25 (issue 20).
 if [ "${ROUND:-1}" = 1 ]; then
   for t in identity_5 identity_100; do
     echo "results/metrics/$t/base/tidy.csv"
@@ -91,6 +93,11 @@ elif [ "${ROUND}" = 13 ]; then
 elif [ "${ROUND}" = 14 ]; then
   echo "results/metrics/identity_100/base/tidy.csv"
   echo "results/metrics/identity_100/default/erased/tidy.csv"
+elif [ "${ROUND}" = 18 ]; then
+  for t in identity_1 identity_5 identity_10 identity_100 object_ship object_automobile object_bird object_5; do
+    echo "results/metrics/$t/base/tidy.csv"
+    echo "results/metrics/$t/default/erased/tidy.csv"
+  done
 elif [ "${ROUND}" = 15 ]; then
   echo "results/metrics/identity_5/base/tidy.csv"
   echo "results/metrics/identity_5/dws3/erased/tidy.csv"
