@@ -6,7 +6,7 @@ import sys
 from snakemake.utils import min_version
 
 from resurgence.config import prepare_config, read_config_file
-from resurgence import jobs, layout, study
+from resurgence import forkserver, jobs, layout, progress, study
 
 min_version("9.0")
 
@@ -32,10 +32,25 @@ prepare_config(config)
 study.check_study(config)
 
 
+# Local jobs fork from one interpreter that has imported the libraries (resurgence.forkserver): the
+# imports cost ~8 s a job on a 2-core CPU. A job it cannot vouch for starts on its own.
+onstart:
+    if workflow.is_main_process and workflow.local_exec and config["fork_server"]:
+        forkserver.start_server(layout.log_file("forkserver", "server"))
+    # A line a minute: jobs done of all, by rule, what runs now, an estimate of the time left.
+    if workflow.is_main_process:
+        progress.watch_study(workflow.dag, workflow.cores)
+
+
 # The end of a successful run: where its figures are and Fig. 5's headline numbers (`study.run_summary`).
 onsuccess:
+    forkserver.stop_server()
     if workflow.is_main_process:
         print(study.run_summary(config), file=sys.stderr)
+
+
+onerror:
+    forkserver.stop_server()
 
 
 # One GPU per job: jobs inherit the number of GPUs (--resources gpu=N) and claim a free one each

@@ -10,22 +10,29 @@ Run it on a checkout whose `results/` holds no study (a clean clone), e.g.
 
     python benchmarks/study.py --cores 2                                 # the default study
     python benchmarks/study.py --cores 2 --configfile config.smoke.yaml  # the smoke preset
+
+``--compare-fork-server`` runs the study twice, one after the other, each in a fresh copy of this
+checkout: every job in a fresh interpreter (``fork_server: false``, the baseline) and every job forked
+from the warm interpreter (`resurgence.forkserver`). One row gives both wall times, their ratio, and
+whether every metric and table file came out byte-identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
-from resurgence.layout import BENCHMARKS, RESULTS
+from resurgence.layout import BENCHMARKS, METRICS, RESULTS, TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a job that loads models imports before its first line of work (`resurgence.stages` and the stage's libraries).
@@ -58,6 +65,65 @@ def startup_seconds(repeats: int = 3) -> float:
     )
 
 
+def copy_checkout(dest: Path) -> Path:
+    """This checkout's tracked and not-ignored files (no results, no virtual environment) in ``dest``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    dest.mkdir(parents=True)
+    packed = subprocess.run(
+        ["tar", "cf", "-", "--null", "-T", "-"], cwd=ROOT, input=files, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "xf", "-"], cwd=dest, input=packed, check=True)
+    return dest
+
+
+def run_study(root: Path, cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in {root} ({proc.returncode}) after {wall:.0f} s")
+    return wall
+
+
+def result_digests(root: Path) -> dict[str, str]:
+    """sha256 of every metric and table file of a study, by path."""
+    out = {}
+    for folder in (METRICS, TABLES):
+        for f in sorted((root / folder).rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def compare_fork_server(cmd: list[str], label: str, args: argparse.Namespace) -> None:
+    arms = {"fresh_interpreters": "fork_server=false", "fork_server": "fork_server=true"}
+    walls, stages, digests = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
+        for arm, setting in arms.items():
+            root = copy_checkout(Path(tmp) / arm)
+            walls[arm] = round(run_study(root, [*cmd, "--config", setting]), 1)
+            stages[arm] = stage_profile(root / BENCHMARKS)
+            digests[arm] = result_digests(root)
+    a, b = digests["fresh_interpreters"], digests["fork_server"]
+    record(
+        "study_fork_server",
+        dict(
+            label=label,
+            target=args.target,
+            configfile=args.configfile,
+            cores=args.cores,
+            wall_s=walls,
+            ratio=round(walls["fresh_interpreters"] / walls["fork_server"], 3),
+            stages=stages,
+            result_files=len(a),
+            identical_files=sum(1 for k in a if b.get(k) == a[k]),
+            differing_files=sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)),
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", type=int, default=2)
@@ -66,12 +132,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--target", default="all")
     p.add_argument("--label", default="", help="what this run is (a change measured against a baseline)")
+    p.add_argument(
+        "--compare-fork-server",
+        action="store_true",
+        help="time the study with fresh interpreters and with the fork server, each in a fresh copy",
+    )
     args = p.parse_args(argv)
-    if (ROOT / RESULTS).exists():
-        raise SystemExit(f"{ROOT / RESULTS} exists: time the study on a checkout that has not run it")
     cmd = [sys.executable, "-m", "snakemake", args.target, "--cores", str(args.cores)]
     if args.configfile:
         cmd += ["--configfile", *args.configfile]
+    if args.compare_fork_server:
+        compare_fork_server(cmd, args.label, args)
+        return
+    if (ROOT / RESULTS).exists():
+        raise SystemExit(f"{ROOT / RESULTS} exists: time the study on a checkout that has not run it")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT)
     wall = time.perf_counter() - t0

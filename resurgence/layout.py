@@ -142,9 +142,12 @@ def images_grid(task: str, state: str) -> str:
     return f"{images_dir(task, state)}/{IMAGES_GRID}"
 
 
+METRICS = f"{RESULTS}/metrics"
+
+
 def metrics_csv(task: str, state: str) -> str:
     """One evaluation job's tidy rows: every score of one model state's images (`metrics.tables`)."""
-    return f"{RESULTS}/metrics/{task}/{state}/{TIDY}"
+    return f"{METRICS}/{task}/{state}/{TIDY}"
 
 
 TABLES = f"{RESULTS}/tables"

@@ -58,6 +58,7 @@ DEVICE_OVERLAYS = {
     "efficacy_precise.yaml": [["tools/device/efficacy_sweep.yaml"]],
     "efficacy_concepts.yaml": [["tools/device/efficacy_sweep.yaml", "tools/device/efficacy_precise.yaml"]],
     "efficacy_one_seed.yaml": [[], ["tools/device/efficacy_sweep.yaml"]],
+    "sampler_ddim15.yaml": [[]],
 }
 
 
