@@ -32,6 +32,7 @@ from pathlib import Path
 
 from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
+from resurgence.jobs import LOCK_FILE
 from resurgence.layout import BENCHMARKS, METRICS, RESULTS, TABLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def result_digests(root: Path) -> dict[str, str]:
     out = {}
     for folder in (METRICS, TABLES):
         for f in sorted((root / folder).rglob("*")):
-            if f.is_file():
+            if f.is_file() and f.name != LOCK_FILE:  # a writer's lock holds its PID
                 out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
