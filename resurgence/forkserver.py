@@ -236,6 +236,9 @@ def _job(request: dict[str, Any], fds: list[int]) -> None:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if e.code is not None and not isinstance(e.code, int):
             print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:  # a fresh interpreter ends by SIGINT: the shell sees 130
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
     except BaseException:  # noqa: BLE001 - the job's traceback goes to its log, as in a fresh interpreter
         traceback.print_exc()
         code = 1
@@ -389,8 +392,9 @@ def start_server(log_path: str | os.PathLike, python: str | None = None) -> dict
     from resurgence.jobs import OWNER_ENV
 
     python = python or shutil.which("python") or sys.executable
-    folder = tempfile.mkdtemp(prefix="resurgence-fork-")
-    addr = {"host": socket.gethostname(), "socket": str(Path(folder) / "jobs.sock"), "python": None}
+    # Readable by this user alone (the server binds it under umask 077); one per Snakemake process.
+    sock = Path(tempfile.gettempdir()) / f"resurgence-fork-{os.getuid()}-{os.getpid()}.sock"
+    addr = {"host": socket.gethostname(), "socket": str(sock), "python": None}
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-m", "resurgence.forkserver", "--socket", addr["socket"]]
     if OWNER_ENV in os.environ:
