@@ -6,7 +6,7 @@ import sys
 from snakemake.utils import min_version
 
 from resurgence.config import prepare_config, read_config_file
-from resurgence import forkserver, jobs, layout, progress, study
+from resurgence import forkserver, gpus, jobs, layout, progress, study
 
 min_version("9.0")
 
@@ -53,10 +53,16 @@ onerror:
     forkserver.stop_server()
 
 
-# One GPU per job: jobs inherit the number of GPUs (--resources gpu=N) and claim a free one each
-# (resurgence.gpus); Snakemake itself only bounds how many run at once.
+# GPU jobs share each GPU `gpu_jobs_per_device` at a time unless --resources gpu=N says how many run at
+# once; jobs inherit the slot and device counts and pin themselves to a device each (resurgence.gpus).
+os.environ.setdefault(gpus.DEVICES_ENV, str(gpus.count_gpus()))
+_slots = gpus.default_gpu_slots(
+    int(os.environ[gpus.DEVICES_ENV]), config["gpu_jobs_per_device"]
+)
+if "gpu" not in workflow.global_resources and _slots:
+    workflow.global_resources["gpu"] = _slots
 _gpus = workflow.global_resources.get("gpu")
-os.environ.setdefault("RESURGENCE_GPU_SLOTS", str(getattr(_gpus, "value", _gpus) or 0))
+os.environ.setdefault(gpus.SLOTS_ENV, str(getattr(_gpus, "value", _gpus) or 0))
 
 
 wildcard_constraints:
