@@ -39,7 +39,9 @@ onstart:
         forkserver.start_server(layout.log_file("forkserver", "server"))
     # A line a minute: jobs done of all, by rule, what runs now, an estimate of the time left.
     if workflow.is_main_process:
-        progress.watch_study(workflow.dag, workflow.cores)
+        progress.watch_study(
+            workflow.dag, workflow.cores if workflow.local_exec else workflow.nodes
+        )
 
 
 # The end of a successful run: where its figures are and Fig. 5's headline numbers (`study.run_summary`).

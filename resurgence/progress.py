@@ -72,7 +72,7 @@ def benchmark_seconds(path: str | Path) -> float | None:
 
 
 def watch_study(
-    dag: Any, cores: int, interval: float = STUDY_REFRESH_S, stream: Any = None
+    dag: Any, max_jobs: int | None, interval: float = STUDY_REFRESH_S, stream: Any = None
 ) -> threading.Thread:
     """Print `study_progress_line` every ``interval`` seconds while Snakemake runs ``dag``'s jobs.
 
@@ -98,10 +98,13 @@ def watch_study(
             running = Counter(j.rule.name for j in list(getattr(dag, "_running", ())))
         except RuntimeError:  # changed while copied
             running = Counter()
-        # Jobs running at once so far: job-seconds finished over wall seconds, at most the cores.
+        # Jobs running at once so far: job-seconds finished over wall seconds, at most ``max_jobs``
+        # (the cores of a local run, the jobs of a cluster run; None: no bound).
         elapsed = time.monotonic() - started
         busy = sum(sum(v) for v in seconds.values())
-        concurrency = min(max(busy / elapsed, 1.0), float(cores)) if elapsed > 0 and busy else 1.0
+        concurrency = max(busy / elapsed, 1.0) if elapsed > 0 and busy else 1.0
+        if max_jobs:
+            concurrency = min(concurrency, float(max_jobs))
         print(
             study_progress_line(done, total, running, remaining_seconds(done, total, mean, concurrency)),
             file=stream,

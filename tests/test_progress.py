@@ -65,7 +65,7 @@ def test_watch_study_reports_this_runs_jobs(tmp_path):
         _running=[jobs[1]],
     )
     out = io.StringIO()
-    watch_study(dag, cores=2, interval=0.05, stream=out)
+    watch_study(dag, max_jobs=2, interval=0.05, stream=out)
     time.sleep(0.3)
     finished.add(id(jobs[1]))
     time.sleep(0.3)
