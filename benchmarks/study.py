@@ -80,6 +80,7 @@ def copy_checkout(dest: Path) -> Path:
 
 
 def run_study(root: Path, cmd: list[str]) -> float:
+    """Wall seconds of the study command run in ``root``; a failed run stops the benchmark."""
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root)
     wall = time.perf_counter() - t0
@@ -98,7 +99,7 @@ def result_digests(root: Path) -> dict[str, str]:
     return out
 
 
-def compare_fork_server(cmd: list[str], label: str, args: argparse.Namespace) -> None:
+def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
     arms = {"fresh_interpreters": "fork_server=false", "fork_server": "fork_server=true"}
     walls, stages, digests = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
@@ -111,7 +112,7 @@ def compare_fork_server(cmd: list[str], label: str, args: argparse.Namespace) ->
     record(
         "study_fork_server",
         dict(
-            label=label,
+            label=args.label,
             target=args.target,
             configfile=args.configfile,
             cores=args.cores,
@@ -143,15 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.configfile:
         cmd += ["--configfile", *args.configfile]
     if args.compare_fork_server:
-        compare_fork_server(cmd, args.label, args)
+        compare_fork_server(cmd, args)
         return
     if (ROOT / RESULTS).exists():
         raise SystemExit(f"{ROOT / RESULTS} exists: time the study on a checkout that has not run it")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}) after {wall:.0f} s")
+    wall = run_study(ROOT, cmd)
     stages = stage_profile(ROOT / BENCHMARKS)
     jobs = sum(s["jobs"] for s in stages.values())
     job_s = sum(s["job_s"] for s in stages.values())

@@ -85,7 +85,7 @@ def watch_study(
     started = time.monotonic()
 
     def report() -> int:
-        done, mean = Counter(), {}
+        done = Counter()
         seconds: dict[str, list[float]] = {}
         for j in jobs:
             if dag.finished(j):
