@@ -39,6 +39,7 @@ from resurgence.generate.engine import (
     initial_latents,
     resolve_dtype,
 )
+from resurgence.generate.fp8 import GRANULARITIES
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline, load_pipeline, make_scheduler
 
 
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", default="none", choices=COMPILE_MODES)
     p.add_argument("--attention", default="default", choices=ATTENTION_BACKENDS)
+    p.add_argument(
+        "--linear-fp8", default="none", choices=GRANULARITIES, help="the UNet's linear layers in FP8"
+    )
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument(
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         channels_last=args.channels_last,
         compile=args.compile,
         attention=args.attention,
+        linear_fp8=args.linear_fp8,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
@@ -260,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             channels_last=args.channels_last,
             compile=args.compile,
             attention=args.attention,
+            linear_fp8=args.linear_fp8,
             inductor=args.inductor or None,
             images=args.images,
             seconds=round(elapsed, 3),

@@ -59,6 +59,7 @@ DEVICE_OVERLAYS = {
     "efficacy_concepts.yaml": [["tools/device/efficacy_sweep.yaml", "tools/device/efficacy_precise.yaml"]],
     "efficacy_one_seed.yaml": [[], ["tools/device/efficacy_sweep.yaml"]],
     "sampler_ddim15.yaml": [[]],
+    "sd21_methods.yaml": [["config.sd14.yaml", "config.sd21.yaml", "tools/device/sd14_jobs.yaml"]],
 }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper-scale benchmarks on a lent GPU (device tool, carry .devsite or .whl): SD v1.4's architecture at random
 # weights. Rows are appended to benchmarks/results.jsonl, which is copied to $OUT.
-#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | baseline | erase | finetune | variants, several allowed)
+#   WHAT="generation" bash tools/device/bench_sd14.sh      (generation | baseline | fp8 | erase | finetune | variants, several allowed)
 # variants: profiles of one compiled guided step under flash and cuDNN attention, and the whole
 # pipeline compiled (PyTorch's attention choice, cuDNN preferred, CUDA graphs); side by side, ~5 min.
 # ERASE_ARGS / ERASE_TIMEOUT_S override the erase benchmark's arguments and time limit.
@@ -40,11 +40,13 @@ for what in ${WHAT:-generation erase finetune}; do
       for v in "${V[@]}"; do i=$((i + 1)); eval "timeout 540 $v" > /tmp/v$i.log 2>&1 & done
       wait
       for f in /tmp/v?.log; do echo "== $f"; grep -E "Error|error:" "$f" | tail -3; done ;;
-    baseline)
-      # The engine at the preset's settings against the plain compiled pipeline, one process (issue 22)
+    baseline | fp8)
+      # The engine at the preset's settings against the plain compiled pipeline, one process (issue 22);
+      # fp8: with the UNet's linear layers in FP8 ($FP8 scales: row or tensor; resurgence.generate.fp8)
+      fp8=none; [ "$what" = fp8 ] && fp8=${FP8:-row}
       timeout 540 python3 generation.py --arch "${ARCH:-sd14}" --steps 50 --guidance 7.5 --dtype bfloat16 --batch 32 \
-        --channels-last --compile default --images 128 --reference 4 --baseline \
-        --label "engine at the preset's settings, beside the plain compiled pipeline" ;;
+        --channels-last --compile default --images 128 --reference 4 --baseline --linear-fp8 "$fp8" \
+        --label "engine at the preset's settings (linear_fp8 $fp8), beside the plain compiled pipeline" ;;
     erase)
       # shellcheck disable=SC2086
       # 100 concepts, 1 image each at 20 steps, 20 LoRA steps each: ~430 s on an H100, then the FLOP count

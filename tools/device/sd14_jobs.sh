@@ -8,7 +8,8 @@
 #      stable-diffusion-2-1-base and OpenCLIP ViT-H/14; sd21 on stand-ins of the 768 px v-prediction
 #      stable-diffusion-2-1, with tools/device/sd21_768.yaml), TARGET (default the fine-tuned model's images; results/images/object_ship/default/erased/index.jsonl
 #      stops at the erased model's), SCALE=tiny (a CPU rehearsal with tiny models; add EXTRA="configfile" to shrink sampling),
-#      MODELS (where the stand-ins go, default /tmp/$ARCH-standins), LIMIT_S (default 480).
+#      MODELS (where the stand-ins go, default /tmp/$ARCH-standins), LIMIT_S (default 480),
+#      GPU_JOBS (default 1: how many jobs share the GPU; TARGET may then name several outputs).
 set -uo pipefail
 if [ "${SCALE:-full}" = full ]; then
   # shellcheck source=tools/device/site.sh
@@ -30,10 +31,11 @@ start=$(date +%s)
 # shellcheck disable=SC2086
 python3 -m resurgence.models.standins "$models" --scale "${SCALE:-full}" --arch "$arch" --configfile $configs || exit 1
 echo "stand-ins written in $(( $(date +%s) - start )) s"; du -sh "$models"
+jobs=${GPU_JOBS:-1}
 # shellcheck disable=SC2086
-timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake "$target" --profile workflow/profiles/default \
+timeout --signal=INT "${LIMIT_S:-480}" python3 -m snakemake $target --profile workflow/profiles/default \
   --configfile $configs tools/device/sd14_jobs.yaml "$models/models.yaml" ${EXTRA:-} \
-  --cores 4 --resources gpu=1 > "$out/snakemake.log" 2>&1
+  --cores $((4 * jobs)) --resources gpu="$jobs" > "$out/snakemake.log" 2>&1
 rc=$?
 echo "snakemake exit $rc; wall time since start: $(( $(date +%s) - start )) s" | tee -a "$out/snakemake.log"
 grep -E "steps \(|Finished job|Error|error" "$out/snakemake.log" | cut -c1-300 | tail -20
