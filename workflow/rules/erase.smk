@@ -1,4 +1,5 @@
-# MACE erasure: one erased model (a LoRA onto the base pipeline) per task x erase variant.
+# Erasure (MACE, UCE or ESD, by erase variant): one erased model (a LoRA onto the base pipeline, with
+# dense deltas for ESD) per task x erase variant.
 
 
 rule erase:
