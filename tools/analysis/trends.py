@@ -40,19 +40,27 @@ def mean_ci(values: pd.Series, scale: float = 100.0) -> str:
     return f"{v.mean():.1f}±{half:.1f}"
 
 
+def resurgence_rows(source: Path, measure: str) -> pd.DataFrame:
+    """Each run's per-seed resurgence rows in one measure, from a study's results folder (its
+    ``tables/*/resurgence.csv``) or from one CSV of those rows (as docs/ keep them)."""
+    if source.is_dir():
+        found = sorted((source / "tables").glob("*/resurgence.csv"))
+        res = pd.concat([pd.read_csv(p).assign(experiment=p.parent.name) for p in found])
+    else:
+        res = pd.read_csv(source, comment="#")
+    metric = res["domain"].map(lambda d: RESURGENCE_METRICS[d][MEASURES[measure][0]])
+    return res[res["metric"] == metric].drop_duplicates(subset=[*RUN, "seed"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results")
     ap.add_argument("--measure", choices=sorted(MEASURES), default="top1")
     ap.add_argument("--out")
     args = ap.parse_args()
-    index, scale = MEASURES[args.measure]
+    scale = MEASURES[args.measure][1]
     tables = Path(args.results) / "tables"
-    res = pd.concat(
-        [pd.read_csv(p).assign(experiment=p.parent.name) for p in sorted(tables.glob("*/resurgence.csv"))]
-    )
-    metric = res["domain"].map(lambda d: RESURGENCE_METRICS[d][index])
-    res = res[res["metric"] == metric].drop_duplicates(subset=[*RUN, "seed"])
+    res = resurgence_rows(Path(args.results), args.measure)
     res = res.sort_values(RUN, key=lambda c: c.map(task_sort_key) if c.name == "task" else c)
     lines = [
         f"| task | erase | ftset | ftmethod | base | erased | fine-tuned | resurgence ({args.measure}) |",
