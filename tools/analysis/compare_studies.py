@@ -1,7 +1,8 @@
 """Do two runs of the study agree within seed noise? For every run (task, erase, ftset, ftmethod) both
 hold and each of base / erased / fine-tuned accuracy and resurgence in one measure: the difference of the
 means over seeds (B - A) and its 95 % Welch interval; the two agree where the interval holds zero. Runs
-with no spread in either study agree only where their means are equal.
+with no spread in either study agree only where their means are equal; a run with fewer than two seeds in
+either study has no interval and is counted as not agreeing (its low and high are empty).
 
 With hundreds of comparisons at 95 %, about one in twenty disagrees by chance; the summary gives the
 count per erase variant, so that a code change confined to one method shows as that method's rows.
