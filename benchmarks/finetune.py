@@ -2,10 +2,13 @@
 
 The study's own `resurgence.finetune.train.finetune` on random weights of the architecture
 (weights do not change the cost), on a fine-tune set of random-noise images captioned like the
-paper's (App. C.1 templates). A step's FLOPs (VAE encode, text encoder, UNet forward and backward)
-are counted with `torch.utils.flop_counter` as the difference of a 2-step and a 1-step run at batch 1,
-times the batch (every counted op, matmul, convolution, attention, is per sample; tested), so that
-the count is cheap on any device. Appends one row per method to benchmarks/results.jsonl;
+paper's (App. C.1 templates). The trainer encodes each example once (VAE and frozen text encoder; the
+default) or, as diffusers' scripts do, every batch at every step: ``--encodings both`` times the two one after
+the other in this run and gives the cached arm's ratio (`vs_every_step`); the timed steps of the cached arm
+include the encodes of examples first drawn in them. A step's FLOPs (every step: VAE encode, text encoder, UNet
+forward and backward; cached: the UNet's) are counted with `torch.utils.flop_counter` as the difference of a
+2-step and a 1-step run at batch 1, times the batch (every counted op, matmul, convolution, attention, is per
+sample; tested), so that the count is cheap on any device. Appends one row per method to benchmarks/results.jsonl;
 `--flops-only` counts without timing (rows "finetune_flops"; FLOPs do not depend on the device
 or on mixed precision, so a CPU count applies to GPU rows of the same architecture and batch).
 
@@ -62,23 +65,28 @@ def _config(method: str, steps: int, args, batch: int | None = None) -> Finetune
     )  # fmt: skip
 
 
-def counted_step_flops(arch: str, data: Path, method: str, args, device: torch.device, work: Path,
-                       batch: int) -> float:  # fmt: skip
-    """FLOPs of one optimizer step of the study's `finetune` at ``batch`` (a 2-step run's count less a 1-step run's)."""
+def counted_step_flops(arch: str, method: str, args, device: torch.device, work: Path, batch: int,
+                       cache: bool) -> float:  # fmt: skip
+    """FLOPs of one optimizer step of the study's `finetune` at ``batch`` (a 2-step run's count less a 1-step
+    run's), on a set of one image: with ``cache`` the encoders run once per run, so both runs' encodes cancel and
+    the step is the UNet's (and a training text encoder's) alone."""
     counts = {}
     for steps in (1, 2):
         pipe = build_random_pipeline(arch).to(device)
+        data = work / "flops-set"
+        if not data.exists():
+            noise_set(data, 1, pipe.unet.config.sample_size * pipe.vae_scale_factor)
         with FlopCounterMode(display=False) as fc:
-            finetune(pipe, data, _config(method, steps, args, batch), work / f"flops-{method}-{steps}-b{batch}",
-                     device=device, progress=False)  # fmt: skip
+            finetune(pipe, data, _config(method, steps, args, batch), work / f"flops-{method}-{steps}-b{batch}-{cache}",
+                     device=device, progress=False, cache_encodings=cache)  # fmt: skip
         counts[steps] = fc.get_total_flops()
         del pipe
     return float(counts[2] - counts[1])
 
 
-def flops_per_step(arch: str, data: Path, method: str, args, device: torch.device, work: Path) -> float:
+def flops_per_step(arch: str, method: str, args, device: torch.device, work: Path, cache: bool) -> float:
     """FLOPs of one optimizer step at ``args.batch``: counted at batch 1, times the batch."""
-    return args.batch * counted_step_flops(arch, data, method, args, device, work, batch=1)
+    return args.batch * counted_step_flops(arch, method, args, device, work, batch=1, cache=cache)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--images", type=int, default=50, help="size of the fine-tune set (App. C.1: 250)")
     p.add_argument("--flops-only", action="store_true", help="count a step's FLOPs, no timing")
+    p.add_argument(
+        "--encodings",
+        default="both",
+        choices=["cached", "every-step", "both"],
+        help="the study's trainer encodes each example once (cached) or, as diffusers' scripts, every batch at "
+        "every step; both: time the two one after the other in this run, with their ratio",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     fast_cuda_math(device)
@@ -101,54 +116,68 @@ def main(argv: list[str] | None = None) -> None:
     resolution = probe.unet.config.sample_size * probe.vae_scale_factor
     del probe
     data = noise_set(work / "data", args.images, resolution)
+    arms = {"cached": [True], "every-step": [False], "both": [False, True]}[args.encodings]
     if args.flops_only:
         for method in args.methods:
-            step_flops = flops_per_step(args.arch, data, method, args, device, work)
-            record("finetune_flops", dict(arch=args.arch, method=method, device=str(device), resolution=resolution,
-                                          batch=args.batch, rank=args.rank if method == "lora" else None,
-                                          tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
+            for cache in arms:
+                step_flops = flops_per_step(args.arch, method, args, device, work, cache)
+                record("finetune_flops", dict(arch=args.arch, method=method, device=str(device), resolution=resolution,
+                                              batch=args.batch, rank=args.rank if method == "lora" else None,
+                                              encodings_cached=cache,
+                                              tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
         return
     for method in args.methods:
-        timings = {}
-        # a throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning)
-        for steps in (1, 2, 2 + args.steps):  # the difference removes set-up, loading and first-step costs
-            pipe = build_random_pipeline(args.arch)
-            pipe.to(device)
-            cfg = _config(method, steps, args)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            finetune(pipe, data, cfg, work / f"{method}-{steps}", device=device, progress=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings[steps] = time.perf_counter() - t0
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-            del pipe
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        dt = timings[2 + args.steps] - timings[2]
-        step_flops = flops_per_step(args.arch, data, method, args, device, work)
-        record(
-            "finetune",
-            dict(
-                arch=args.arch,
-                method=method,
-                device=str(device),
-                mixed_precision=args.mixed_precision,
-                resolution=resolution,
-                batch=args.batch,
-                rank=args.rank if method == "lora" else None,
-                timed_steps=args.steps,
-                seconds=round(dt, 2),
-                steps_per_s=round(args.steps / dt, 3),
-                images_per_s=round(args.steps * args.batch / dt, 2),
-                tflop_per_step=round(step_flops / 1e12, 4),
-                achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
-                fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
-                peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
-            ),
-        )
+        steps_per_s: dict[bool, float] = {}
+        for cache in arms:
+            timings = {}
+            # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
+            # difference of the last two removes set-up, loading and first-step costs.
+            for steps in (1, 2, 2 + args.steps):
+                pipe = build_random_pipeline(args.arch)
+                pipe.to(device)
+                cfg = _config(method, steps, args)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}", device=device, progress=False,
+                         cache_encodings=cache)  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                timings[steps] = time.perf_counter() - t0
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+                del pipe
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            dt = timings[2 + args.steps] - timings[2]
+            steps_per_s[cache] = args.steps / dt
+            step_flops = flops_per_step(args.arch, method, args, device, work, cache)
+            record(
+                "finetune",
+                dict(
+                    arch=args.arch,
+                    method=method,
+                    device=str(device),
+                    mixed_precision=args.mixed_precision,
+                    resolution=resolution,
+                    batch=args.batch,
+                    rank=args.rank if method == "lora" else None,
+                    encodings_cached=cache,
+                    images=args.images,
+                    timed_steps=args.steps,
+                    seconds=round(dt, 2),
+                    steps_per_s=round(steps_per_s[cache], 3),
+                    images_per_s=round(args.steps * args.batch / dt, 2),
+                    tflop_per_step=round(step_flops / 1e12, 4),
+                    achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
+                    fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
+                    peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
+                    whole_run_s=round(timings[2 + args.steps], 2),
+                    vs_every_step=round(steps_per_s[True] / steps_per_s[False], 3)
+                    if cache and False in steps_per_s
+                    else None,
+                ),
+            )
 
 
 if __name__ == "__main__":

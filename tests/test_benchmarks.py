@@ -88,6 +88,10 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
         {**ft, "steps_per_s": 9.0, "batch": 4},
         {**ft, "steps_per_s": 9.0, "rank": 16},
         {**ft, "steps_per_s": 3.0, "method": "full", "rank": None},  # rank: a LoRA setting only
+        # the trainer's own (cached encodings) rows price a method where they exist
+        {**ft, "steps_per_s": 4.0, "mixed_precision": "no", "encodings_cached": True},
+        {**ft, "steps_per_s": 4.4, "mixed_precision": "no", "encodings_cached": True},
+        {**ft, "steps_per_s": 1.3, "mixed_precision": "no", "encodings_cached": False},
     ]
     mace = dict(
         benchmark="mace_erase",
@@ -115,7 +119,8 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
     }
     rates = measured_rates("H100", preset, methods, path=path)
     assert rates["images_per_s"] == 4.2 and rates["generation_rows"] == 3
-    assert rates["finetune_steps_per_s"] == {"lora": 2.6, "lora_fp32": 1.5, "full": 3.0}
+    assert rates["finetune_steps_per_s"] == {"lora": 2.6, "lora_fp32": 4.2, "full": 3.0}
+    assert rates["finetune_encodings_cached"] == {"lora": False, "lora_fp32": True, "full": False}
     assert rates["mace_lora_steps_per_s"] == 6.0 and rates["mace_data_s_per_image_step"] == 100.0 / 2000
     assert measured_rates("H100", {**preset, "batch_size": 64}, path=path)["images_per_s"] is None
     sd21 = measured_rates("H100", preset, path=path, arch="sd21")
@@ -123,12 +128,13 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
 
 
 def test_finetune_step_flops_match_forward_and_backward_of_the_unet(tmp_path):
-    """One step = VAE encode + text encoder + UNet forward and backward: backward costs about twice the
-    forward where weights train (full), about once where only activations' gradients flow (LoRA)."""
+    """A step that encodes its batch = VAE encode + text encoder + UNet forward and backward; with the trainer's
+    cached encodings, the UNet's alone. Backward costs about twice the forward where weights train (full),
+    about once where only activations' gradients flow (LoRA)."""
     from types import SimpleNamespace
 
     import torch
-    from finetune import flops_per_step, noise_set
+    from finetune import flops_per_step
     from torch.utils.flop_counter import FlopCounterMode
 
     from resurgence.models.pipeline import build_random_pipeline
@@ -146,12 +152,16 @@ def test_finetune_step_flops_match_forward_and_backward_of_the_unet(tmp_path):
         with FlopCounterMode(display=False) as vae:
             pipe.vae.encode(torch.randn(batch, 3, res, res))
     encoders = text.get_total_flops() + vae.get_total_flops()
-    data = noise_set(tmp_path / "data", 4, res)
     args = SimpleNamespace(batch=batch, rank=4, mixed_precision="no")
-    full = flops_per_step("tiny", data, "full", args, torch.device("cpu"), tmp_path)
-    lora = flops_per_step("tiny", data, "lora", args, torch.device("cpu"), tmp_path)
+    cpu = torch.device("cpu")
+    full = flops_per_step("tiny", "full", args, cpu, tmp_path, cache=False)
+    lora = flops_per_step("tiny", "lora", args, cpu, tmp_path, cache=False)
     assert 2.8 < (full - encoders) / unet.get_total_flops() < 3.05
     assert 1.85 < (lora - encoders) / unet.get_total_flops() < 2.1
+    full_cached = flops_per_step("tiny", "full", args, cpu, tmp_path, cache=True)
+    lora_cached = flops_per_step("tiny", "lora", args, cpu, tmp_path, cache=True)
+    assert 2.8 < full_cached / unet.get_total_flops() < 3.05
+    assert 1.85 < lora_cached / unet.get_total_flops() < 2.1
 
 
 def test_finetune_step_flops_are_per_sample(tmp_path):
@@ -159,17 +169,16 @@ def test_finetune_step_flops_are_per_sample(tmp_path):
     from types import SimpleNamespace
 
     import torch
-    from finetune import counted_step_flops, noise_set
+    from finetune import counted_step_flops
 
-    from resurgence.models.pipeline import build_random_pipeline
-
-    pipe = build_random_pipeline("tiny")
-    data = noise_set(tmp_path / "data", 6, pipe.unet.config.sample_size * pipe.vae_scale_factor)
     args = SimpleNamespace(batch=3, rank=4, mixed_precision="no")
     for method in ("lora", "full"):
-        one = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=1)
-        three = counted_step_flops("tiny", data, method, args, torch.device("cpu"), tmp_path, batch=3)
-        assert one > 0 and three == 3 * one, method
+        for cache in (False, True):
+            count = dict(
+                arch="tiny", method=method, args=args, device=torch.device("cpu"), work=tmp_path, cache=cache
+            )
+            one, three = counted_step_flops(**count, batch=1), counted_step_flops(**count, batch=3)
+            assert one > 0 and three == 3 * one, (method, cache)
 
 
 def test_study_profile_sums_each_stages_jobs_from_their_benchmark_files(tmp_path):

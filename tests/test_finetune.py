@@ -161,9 +161,8 @@ def _fixed_loss(pipe, ds_dir) -> float:
     ds = FinetuneImageDataset(ds_dir, pipe.tokenizer, 16)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
-        return train._loss(
-            pipe, sched, collate([ds[i] for i in range(len(ds))]), torch.Generator().manual_seed(123), "cpu"
-        ).item()
+        batch = train.encode_batch(pipe, collate([ds[i] for i in range(len(ds))]), "cpu")
+        return train._loss(pipe, sched, batch, torch.Generator().manual_seed(123), "cpu").item()
 
 
 def _lora_free_state(unet) -> dict[str, torch.Tensor]:
@@ -303,6 +302,73 @@ def test_checkpoints_without_a_key_are_discarded(base_pipe, ft_set, tmp_path):
         copy.deepcopy(base_pipe), ft_set, _cfg(steps=4, checkpoint_every=2), tmp_path, progress=False
     )
     assert log["resumed_from"] is None
+
+
+def _counting(module, method: str, calls: list[int]):
+    """Count ``module.method``'s calls, leaving what it computes as it is."""
+    inner = getattr(module, method)
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return inner(*args, **kwargs)
+
+    setattr(module, method, counted)
+
+
+@pytest.mark.parametrize("train_text", [False, True])
+def test_encoded_set_equals_encoding_every_batch(base_pipe, ft_set, train_text):
+    """Cached encodings are what encoding each batch gives, are computed once per example whatever order the
+    examples are drawn in (so a resumed run equals an uninterrupted one), and text states are recomputed at
+    every draw while the text encoder trains."""
+    pipe = copy.deepcopy(base_pipe)
+    pipe.text_encoder.requires_grad_(False)
+    if train_text:
+        next(pipe.text_encoder.parameters()).requires_grad_(True)
+    ds = FinetuneImageDataset(ft_set, pipe.tokenizer, 16)
+    vae_calls, te_calls = [], []
+    _counting(pipe.vae, "encode", vae_calls)
+    _counting(pipe.text_encoder, "forward", te_calls)
+    draws = [[3, 0, 2], [1, 1], [2, 3, 0, 1], [0]]
+    encoded = train.EncodedSet(pipe, ds, "cpu", chunk=3)  # two chunks, [0, 1, 2] and [3]
+    got = [encoded.batch(idx) for idx in draws]
+    assert sorted(vae_calls) == [1, 3]  # each chunk once, however often its examples are drawn
+    assert te_calls == ([3, 2, 4, 1] if train_text else [2])  # frozen: the set's 2 captions, once
+
+    for idx, enc in zip(draws, got, strict=True):
+        want = train.encode_batch(pipe, collate([ds[i] for i in idx]), "cpu")
+        for name in ("latent_mean", "latent_std", "text_states"):
+            torch.testing.assert_close(getattr(enc, name), getattr(want, name), rtol=1e-5, atol=1e-6)
+        assert enc.text_states.requires_grad == train_text
+
+    other = train.EncodedSet(pipe, ds, "cpu", chunk=3)
+    for k in reversed(range(len(draws))):  # another order, as a resumed run draws them
+        again = other.batch(draws[k])
+        for name in ("latent_mean", "latent_std", "text_states"):
+            assert torch.equal(getattr(again, name), getattr(got[k], name)), name
+
+    every = train.EncodedSet(pipe, ds, "cpu", cache=False)
+    vae_calls.clear()
+    for _ in range(2):
+        every.batch([0, 1])
+    assert vae_calls == [2, 2]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_cached_encodings_train_what_encoding_every_step_trains(base_pipe, ft_set, tmp_path, method):
+    cfg = _cfg(method=method, steps=4, checkpoint_every=4)
+    runs = {}
+    for cache in (True, False):
+        pipe = copy.deepcopy(base_pipe)
+        log = finetune(pipe, ft_set, cfg, tmp_path / str(cache), progress=False, cache_encodings=cache)
+        assert log["encodings_cached"] == cache
+        runs[cache] = (log["losses"], pipe.unet.state_dict())
+    (cached, w_cached), (every, w_every) = runs[True], runs[False]
+    np.testing.assert_allclose(cached, every, rtol=1e-5)
+    base = {k.replace(".base_layer", ""): v for k, v in base_pipe.unet.state_dict().items()}
+    for k, v in w_every.items():  # the updates agree to rounding (Adam may amplify it on near-zero gradients)
+        update = v - base.get(k.replace(".base_layer", ""), torch.zeros_like(v))
+        gap = (w_cached[k] - v).norm()
+        assert gap <= 1e-3 * update.norm() + 1e-7, k
 
 
 def test_resume_point_needs_every_checkpoint_the_run_keeps():

@@ -94,7 +94,8 @@ def test_the_finetune_loss_regresses_the_schedulers_target(prediction_type, tmp_
         return (torch.zeros_like(noisy),)
 
     pipe.unet.forward = zero_unet
-    loss = finetune_train._loss(pipe, sched, batch, torch.Generator().manual_seed(3), torch.device("cpu"))
+    encoded = finetune_train.encode_batch(pipe, batch, torch.device("cpu"))
+    loss = finetune_train._loss(pipe, sched, encoded, torch.Generator().manual_seed(3), torch.device("cpu"))
     # replay the generator: posterior sample, noise, timesteps (the order `_loss` draws them in)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():

@@ -150,14 +150,19 @@ class FinetuneImageDataset(Dataset):
             x = image_to_tensor(img, self.resolution, self.center_crop)
         if self.random_flip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        ids = self.tokenizer(
-            self.caption(i),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids[0]
+        ids = tokenize(self.tokenizer, [self.caption(i)])[0]
         return {"pixel_values": x, "input_ids": ids, "caption": self.caption(i), "concept": r.get("concept")}
+
+
+def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids of ``captions`` as the text encoder takes them: padded to its length, truncated."""
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
 
 
 def collate(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import os
 import random
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from resurgence.finetune.config import FinetuneConfig
-from resurgence.finetune.data import FinetuneImageDataset, collate
+from resurgence.finetune.data import FinetuneImageDataset, collate, tokenize
 from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
 from resurgence.layout import CHECKPOINTS, FINAL, TRAIN_LOG, checkpoint_path, checkpoint_step
+from resurgence.mace.refine import encode_prompts
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key, content_digest
 
@@ -211,25 +213,103 @@ def _batch_indices(seed: int, n: int, start: int, size: int, cache: dict[int, to
     return out
 
 
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A batch as the UNet's loss takes it: the VAE posterior's moments and the text encoder's states."""
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    text_states: torch.Tensor
+
+
+def _trains(module: torch.nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _text_states(te, ids: torch.Tensor) -> torch.Tensor:
+    with torch.set_grad_enabled(_trains(te)):
+        return te(ids, return_dict=False)[0]
+
+
+def encode_batch(pipe, batch: dict[str, Any], device: torch.device | str) -> EncodedBatch:
+    """A collated batch through the VAE (no grad) and the text encoder (with grad where it trains), as
+    diffusers' scripts do at every step."""
+    vae = pipe.vae
+    with torch.no_grad():
+        dist = vae.encode(batch["pixel_values"].to(device=device, dtype=vae.dtype)).latent_dist
+    return EncodedBatch(dist.mean, dist.std, _text_states(pipe.text_encoder, batch["input_ids"].to(device)))
+
+
+class EncodedSet:
+    """The fine-tune set through the frozen VAE and text encoder, each example encoded once per run.
+
+    diffusers' scripts encode every batch again at every step. The VAE never trains, so an example's posterior
+    is the same at every draw; on the toy world's model its encoder costs more than the UNet's step
+    (`benchmarks/finetune.py`). Examples are encoded in fixed chunks of indices, and captions all at once in
+    sorted order, so what an example encodes to does not depend on when it was first drawn: a resumed run still
+    equals an uninterrupted one. The posterior sample is still drawn at every step. Text states are cached only
+    while the text encoder is frozen; ``cache=False`` (or random flips, which make each draw another image)
+    encodes every batch, as diffusers does.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        dataset: FinetuneImageDataset,
+        device: torch.device | str,
+        cache: bool = True,
+        chunk: int = 16,
+    ) -> None:
+        self.pipe, self.dataset, self.device, self.chunk = pipe, dataset, torch.device(device), chunk
+        self.cache = cache and not dataset.random_flip
+        self._moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text: dict[str, torch.Tensor] | None = None
+
+    def batch(self, idx: list[int]) -> EncodedBatch:
+        """The examples at ``idx``, in order."""
+        if not self.cache:
+            return encode_batch(self.pipe, collate([self.dataset[i] for i in idx]), self.device)
+        means, stds = zip(*(self._example_moments(i) for i in idx), strict=True)
+        return EncodedBatch(torch.stack(means), torch.stack(stds), self._batch_text_states(idx))
+
+    def _example_moments(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, j = divmod(i, self.chunk)
+        if c not in self._moments:
+            members = range(c * self.chunk, min(len(self.dataset), (c + 1) * self.chunk))
+            vae = self.pipe.vae
+            pixels = torch.stack([self.dataset[k]["pixel_values"] for k in members])
+            with torch.no_grad():
+                dist = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist
+            self._moments[c] = (dist.mean, dist.std)
+        mean, std = self._moments[c]
+        return mean[j], std[j]
+
+    def _batch_text_states(self, idx: list[int]) -> torch.Tensor:
+        captions = [self.dataset.caption(i) for i in idx]
+        te = self.pipe.text_encoder
+        if _trains(te):
+            return _text_states(te, tokenize(self.dataset.tokenizer, captions).to(self.device))
+        if self._text is None:
+            unique = sorted({self.dataset.caption(i) for i in range(len(self.dataset))})
+            self._text = dict(zip(unique, encode_prompts(self.pipe, unique), strict=True))
+        return torch.stack([self._text[c] for c in captions])
+
+
 def _loss(
-    pipe, noise_scheduler, batch: dict[str, Any], gen: torch.Generator, device: torch.device
+    pipe, noise_scheduler, batch: EncodedBatch, gen: torch.Generator, device: torch.device | str
 ) -> torch.Tensor:
     """Epsilon (or v) MSE of diffusers' text-to-image fine-tuning, all noise drawn from ``gen`` on CPU."""
-    vae, unet, te = pipe.vae, pipe.unet, pipe.text_encoder
-    pixels = batch["pixel_values"].to(device=device, dtype=vae.dtype)
+    vae, unet = pipe.vae, pipe.unet
+    mean, std = batch.latent_mean, batch.latent_std
     with torch.no_grad():
-        dist = vae.encode(pixels).latent_dist
-        eps = torch.randn(dist.mean.shape, generator=gen).to(device=device, dtype=dist.mean.dtype)
-        latents = dist.mean + dist.std * eps
+        eps = torch.randn(mean.shape, generator=gen).to(device=device, dtype=mean.dtype)
+        latents = mean + std * eps
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = ((latents - shift) * vae.config.scaling_factor).float()
     noise = torch.randn(latents.shape, generator=gen).to(device)
     bsz = latents.shape[0]
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=gen).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    ids = batch["input_ids"].to(device)
-    with torch.set_grad_enabled(any(p.requires_grad for p in te.parameters())):
-        hidden = te(ids, return_dict=False)[0]
     pred_type = noise_scheduler.config.prediction_type
     if pred_type == "epsilon":
         target = noise
@@ -237,7 +317,7 @@ def _loss(
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {pred_type!r}")
-    pred = unet(noisy.to(unet.dtype), timesteps, hidden.to(unet.dtype), return_dict=False)[0]
+    pred = unet(noisy.to(unet.dtype), timesteps, batch.text_states.to(unet.dtype), return_dict=False)[0]
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
@@ -261,12 +341,14 @@ def finetune(
     device: str | torch.device = "cpu",
     progress: bool = True,
     model_key: str = "",
+    cache_encodings: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune ``pipe`` in place on the set in ``dataset_dir``; write checkpoints, ``final/`` and the log.
 
     ``model_key`` is the caller's identity of the weights ``pipe`` starts from (`stages.weights_key`).
     Resumes from the latest usable checkpoint in ``out_dir/checkpoints`` made under the same
-    `resume_key`; checkpoints of any other key are discarded first. After return, ``pipe`` holds
+    `resume_key`; checkpoints of any other key are discarded first. ``cache_encodings`` False encodes every
+    batch at every step (`EncodedSet`; the baseline of `benchmarks/finetune.py`). After return, ``pipe`` holds
     the trained model (LoRA as an active, unfused adapter). Returns the training log.
     """
     device = torch.device(device)
@@ -316,6 +398,7 @@ def finetune(
     if cfg.train_text_encoder:
         pipe.text_encoder.train()
     perm_cache: dict[int, torch.Tensor] = {}
+    encoded = EncodedSet(pipe, dataset, device, cache=cache_encodings)
     t0 = time.perf_counter()
     bar = progress_bar(
         range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps
@@ -326,9 +409,8 @@ def finetune(
         for micro in range(cfg.grad_accum):
             pos = (step * cfg.grad_accum + micro) * cfg.batch_size
             idx = _batch_indices(cfg.seed, len(dataset), pos, cfg.batch_size, perm_cache)
-            batch = collate([dataset[i] for i in idx])
             with autocast:
-                loss = _loss(pipe, noise_scheduler, batch, gen, device)
+                loss = _loss(pipe, noise_scheduler, encoded.batch(idx), gen, device)
             scaler.scale(loss / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
         scaler.unscale_(optimizer)
@@ -371,6 +453,7 @@ def finetune(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dataset_dir": str(dataset_dir),
         "n_images": len(dataset),
+        "encodings_cached": encoded.cache,
         "n_trainable_params": int(sum(p.numel() for p in params)),
         "resumed_from": resumed_from,
         "resume_key": key,
