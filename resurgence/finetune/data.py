@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from resurgence.generate.engine import GenerationConfig, generate_to_dir
 from resurgence.io import atomic_path, write_json
 from resurgence.layout import MANIFEST
+from resurgence.mace.refine import tokenize
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
@@ -152,17 +153,6 @@ class FinetuneImageDataset(Dataset):
             x = x.flip(-1)
         ids = tokenize(self.tokenizer, [self.caption(i)])[0]
         return {"pixel_values": x, "input_ids": ids, "caption": self.caption(i), "concept": r.get("concept")}
-
-
-def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
-    """Token ids of ``captions`` as the text encoder takes them: padded to its length, truncated."""
-    return tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
 
 
 def collate(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

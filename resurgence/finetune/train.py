@@ -32,11 +32,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from resurgence.finetune.config import FinetuneConfig
-from resurgence.finetune.data import FinetuneImageDataset, collate, tokenize
+from resurgence.finetune.data import FinetuneImageDataset, collate
 from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
 from resurgence.layout import CHECKPOINTS, FINAL, TRAIN_LOG, checkpoint_path, checkpoint_step
-from resurgence.mace.refine import encode_prompts
+from resurgence.mace.refine import encode_prompts, tokenize
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key, content_digest
 
@@ -231,13 +231,18 @@ def _text_states(te, ids: torch.Tensor) -> torch.Tensor:
         return te(ids, return_dict=False)[0]
 
 
+@torch.no_grad()
+def _posterior(vae, pixels: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen VAE's posterior mean and standard deviation of a batch of images."""
+    dist = vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist
+    return dist.mean, dist.std
+
+
 def encode_batch(pipe, batch: dict[str, Any], device: torch.device | str) -> EncodedBatch:
     """A collated batch through the VAE (no grad) and the text encoder (with grad where it trains), as
     diffusers' scripts do at every step."""
-    vae = pipe.vae
-    with torch.no_grad():
-        dist = vae.encode(batch["pixel_values"].to(device=device, dtype=vae.dtype)).latent_dist
-    return EncodedBatch(dist.mean, dist.std, _text_states(pipe.text_encoder, batch["input_ids"].to(device)))
+    mean, std = _posterior(pipe.vae, batch["pixel_values"], device)
+    return EncodedBatch(mean, std, _text_states(pipe.text_encoder, batch["input_ids"].to(device)))
 
 
 class EncodedSet:
@@ -276,11 +281,8 @@ class EncodedSet:
         c, j = divmod(i, self.chunk)
         if c not in self._moments:
             members = range(c * self.chunk, min(len(self.dataset), (c + 1) * self.chunk))
-            vae = self.pipe.vae
             pixels = torch.stack([self.dataset[k]["pixel_values"] for k in members])
-            with torch.no_grad():
-                dist = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist
-            self._moments[c] = (dist.mean, dist.std)
+            self._moments[c] = _posterior(self.pipe.vae, pixels, self.device)
         mean, std = self._moments[c]
         return mean[j], std[j]
 

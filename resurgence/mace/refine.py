@@ -195,20 +195,24 @@ def align_token_indices(
     return ia, ib
 
 
+def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids of ``captions`` as the text encoder takes them: padded to its length, truncated."""
+    return tokenizer(
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
 @torch.no_grad()
 def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """(N, max_len, dim) text-encoder hidden states exactly as the UNet sees them (chunked)."""
-    tok = pipe.tokenizer
     te = pipe.text_encoder
     out = []
     for i in range(0, len(prompts), batch_size):
-        ids = tok(
-            list(prompts[i : i + batch_size]),
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        ids = tokenize(pipe.tokenizer, prompts[i : i + batch_size])
         out.append(te(ids.to(te.device))[0])
     return torch.cat(out)
 
