@@ -75,6 +75,7 @@ wildcard_constraints:
     step=r"\d+",
     experiment=r"fig\d+|control|methods",
     variant=r"[A-Za-z0-9_]+",
+    pool=r"[a-z]+(-[A-Za-z0-9_]+)?",
     state=layout.STATE_PATTERN,
 
 

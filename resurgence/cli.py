@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--erasure")
     g.add_argument("--finetune")
     g.add_argument("--step", type=int)
+    g.add_argument(
+        "--pool", help="a base state: take its images from this shared pool's folder instead of rendering"
+    )
     g.add_argument("--out-dir", required=True)
     g.add_argument("--device", default="auto")
 

@@ -142,6 +142,19 @@ def images_grid(task: str, state: str) -> str:
     return f"{images_dir(task, state)}/{IMAGES_GRID}"
 
 
+def base_pool_dir(pool: str) -> str:
+    """A shared pool of base-model images (`study.base_pool_spec`), from which tasks' base states copy."""
+    return f"{RESULTS}/base_pool/{pool}"
+
+
+def base_pool_index(pool: str) -> str:
+    return f"{base_pool_dir(pool)}/{IMAGES_INDEX}"
+
+
+def base_pool_grid(pool: str) -> str:
+    return f"{base_pool_dir(pool)}/{IMAGES_GRID}"
+
+
 METRICS = f"{RESULTS}/metrics"
 
 

@@ -281,31 +281,41 @@ def weights_key(
 
 
 def run_generate(args: Namespace) -> None:
-    from resurgence.finetune.train import load_finetuned
-    from resurgence.generate.engine import generate_to_dir
-    from resurgence.generate.grid import save_grid
     from resurgence.study import expand_records
 
-    device = pick_device(args.device)
     spec = args.spec
-    pipe = load_study_pipeline(args.models, device, erasure=args.erasure)
-    if args.finetune:
-        load_finetuned(pipe, checkpoint_dir(args.finetune, args.step))
     records = expand_records(spec)
     out = Path(args.out_dir)
-    model_key = weights_key(args.models, erasure=args.erasure, finetune=args.finetune, step=args.step)
-    generate_to_dir(
-        pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key
-    )
-    # A grid for people: first seed, up to 8 concepts (rows) x their prompts (columns).
-    rows = [
-        r for r in records if r["role"] != "caption" and r["seed"] == spec["seeds"][0] and not r.get("sample")
-    ]
+    if args.pool:  # a base state: the shared pool's images (study.base_pool_spec), nothing rendered
+        from resurgence.generate.engine import copy_from_pool
+
+        copy_from_pool(records, args.pool, out)
+    else:
+        from resurgence.finetune.train import load_finetuned
+        from resurgence.generate.engine import generate_to_dir
+
+        device = pick_device(args.device)
+        pipe = load_study_pipeline(args.models, device, erasure=args.erasure)
+        if args.finetune:
+            load_finetuned(pipe, checkpoint_dir(args.finetune, args.step))
+        model_key = weights_key(args.models, erasure=args.erasure, finetune=args.finetune, step=args.step)
+        generate_to_dir(
+            pipe, records, generation_config(spec["generation"]), out, device=device, model_key=model_key
+        )
+    write_state_grid(records, spec["seeds"][0], out)
+
+
+def write_state_grid(records: list[dict[str, Any]], seed: int, out: Path) -> None:
+    """A grid for people: ``seed``'s images, up to 8 concepts (rows) x their prompts (columns); the
+    captions' first 8 where the state has no concept images."""
+    from PIL import Image
+
+    from resurgence.generate.grid import save_grid
+
+    rows = [r for r in records if r["role"] != "caption" and r["seed"] == seed and not r.get("sample")]
     concepts = list(dict.fromkeys(r["concept"] for r in rows))[:8]
     index = [json.loads(line) for line in (out / layout.IMAGES_INDEX).read_text().splitlines()]
     by_key = {(r["prompt"], r["seed"]): r["file_name"] for r in index if not r.get("sample")}
-    from PIL import Image
-
     cells, labels = [], []
     ncols = max(sum(1 for r in rows if r["concept"] == c) for c in concepts) if concepts else 1
     for c in concepts:

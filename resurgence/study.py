@@ -584,6 +584,38 @@ def generation_spec(
     )
 
 
+def base_pool(config: dict[str, Any], task: str) -> str:
+    """The shared pool a task's base-model images come from: one per domain and text-to-image model
+    (the study's own world's, or a world variant's), since the base images of a prompt and seed depend
+    on nothing else (the generation settings, seeds and samples per prompt are the study's, per domain)."""
+    domain = config["tasks"][task]["domain"]
+    variant = task_variant(config, task)
+    return domain if variant is None else f"{domain}-{variant}"
+
+
+def base_pool_tasks(config: dict[str, Any], pool: str) -> list[str]:
+    """The tasks whose base images come from ``pool``, in config order."""
+    tasks = [t for t in config["tasks"] if base_pool(config, t) == pool]
+    if not tasks:
+        allowed = sorted({base_pool(config, t) for t in config["tasks"]})
+        raise ConfigError(f"base image pool {pool!r}: allowed values: {allowed}")
+    return tasks
+
+
+def base_pool_spec(config: dict[str, Any], pool: str) -> dict[str, Any]:
+    """What a pool's generation job renders: every concept (erased or retained) of its tasks once, and
+    the domain's captions once, so that an image a task asks the base model for is drawn once however
+    many tasks ask for it (identity_1, 5 and 10 ask for identity_100's; the object tasks share their
+    retained objects). Each task's base state then takes its images from here (`generate.engine.copy_from_pool`)."""
+    tasks = base_pool_tasks(config, pool)
+    concepts: dict[str, None] = {}
+    for task in tasks:
+        t = config["tasks"][task]
+        concepts.update(dict.fromkeys([*t["erase"], *t.get("retain", [])]))
+    spec = generation_spec(config, tasks[0])
+    return dict(spec, task=pool, erase=[], retain=list(concepts))
+
+
 # Noise seed of an evaluation image's extra samples: seed + NOISE_STRIDE * sample (sample 0 keeps the
 # seed itself, so one-image specs draw exactly the images they always drew).
 NOISE_STRIDE = 1_000_003

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from resurgence.generate import engine
-from resurgence.generate.engine import GenerationConfig, generate, generate_to_dir
+from resurgence.generate.engine import GenerationConfig, copy_from_pool, generate, generate_to_dir
 from resurgence.generate.fp8 import FP8Linear
 from resurgence.generate.grid import make_grid, save_grid
 from resurgence.models.pipeline import build_random_pipeline
@@ -312,3 +312,34 @@ def test_attention_backend_is_preferred_with_fallback(pipe):
         assert np.abs(_arr(a[0]) - _arr(b[0])).max() <= 2, name
     with pytest.raises(ValueError, match="attention must be one of"):
         GenerationConfig(attention="fast")
+
+
+def test_base_images_from_a_pool_equal_rendering_the_task_alone(pipe, tmp_path):
+    """`copy_from_pool`: a task's base images taken from a pool rendered for several tasks are the bytes
+    it would have rendered itself (an image depends on its prompt and noise seed alone)."""
+    task_a = [
+        {"prompt": "a cat", "seed": 1, "role": "erased"},
+        {"prompt": "a dog", "seed": 2, "role": "retained"},
+    ]
+    task_b = [
+        {"prompt": "a dog", "seed": 2, "role": "erased"},
+        {"prompt": "a cow", "seed": 3, "role": "retained"},
+        {"prompt": "a cow", "seed": 3, "sample": 1, "noise_seed": 7, "role": "retained"},
+    ]
+    pool = [{"prompt": "a cow", "seed": 9, "noise_seed": 7}, *task_a, task_b[1]]  # another order
+    generate_to_dir(pipe, pool, CFG, tmp_path / "pool", progress=False)
+    for name, records in (("a", task_a), ("b", task_b)):
+        alone = generate_to_dir(pipe, records, CFG, tmp_path / f"alone_{name}", progress=False)
+        out = tmp_path / f"from_pool_{name}"
+        (out / "old").mkdir(parents=True)
+        (out / "old" / "stale.png").write_bytes(b"stale")
+        rows = copy_from_pool(records, tmp_path / "pool", out)
+        assert rows == alone  # the task's own records and file names
+        assert [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()] == rows
+        for r in rows:
+            assert (out / r["file_name"]).read_bytes() == (
+                tmp_path / f"alone_{name}" / r["file_name"]
+            ).read_bytes()
+        assert sorted(p.name for p in out.rglob("*.png")) == sorted(r["file_name"] for r in rows)
+    with pytest.raises(ValueError, match="no image of prompt 'a fish', noise seed 4"):
+        copy_from_pool([{"prompt": "a fish", "seed": 4}], tmp_path / "pool", tmp_path / "missing")

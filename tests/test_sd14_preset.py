@@ -284,6 +284,7 @@ def expected_counts(config: dict) -> dict[str, int]:
         "reversion": len(set(runs)),
         "reversion_summary": 1,
         "generate_base": kinds.count("base"),
+        "generate_base_pool": len({study.base_pool(config, t) for t, s in rendered if s == "base"}),
         "generate_erased": kinds.count("erased"),
         "generate_finetuned": kinds.count("finetuned"),
         "evaluate": len(scored),

@@ -84,12 +84,12 @@ def _minutes(limit: str) -> int:
 
 def test_each_rules_resources_reach_slurm_as_its_request(submitted, slurm):
     """mem_mb, runtime and gpu of a GPU rule, and a CPU rule's partition, as Slurm holds the jobs."""
-    gpu = next(j for j in submitted.values() if j["rule"] == "generate_base")
+    gpu = next(j for j in submitted.values() if j["rule"] == "generate_base_pool")
     job = slurm.scontrol_job(gpu["slurm_id"])
     assert job["MinMemoryNode"] == f"{gpu['resources']['mem_mb']}M"
     assert _minutes(job["TimeLimit"]) == int(gpu["resources"]["runtime"])
     assert job["TresPerJob"] == f"gres:gpu:{gpu['resources']['gpu']}"
-    assert job["Partition"] == "gpu" and job["Comment"].startswith("rule_generate_base_wildcards_")
+    assert job["Partition"] == "gpu" and job["Comment"].startswith("rule_generate_base_pool_wildcards_")
     cpu = slurm.scontrol_job(next(j for j in submitted.values() if j["rule"] == "tables")["slurm_id"])
     assert cpu["Partition"] == "cpu" and "gpu" not in cpu.get("TresPerJob", "")
 

@@ -332,3 +332,25 @@ def test_preserve_unconditional_adds_the_generations_negative_prompt_to_the_doma
     )
     assert negative == [*plain, "blurry"]
     assert "preserve_unconditional" not in study.erase_spec(config, "identity_10", "default", world)["mace"]
+
+
+def test_base_pools_draw_each_base_image_once_for_every_task(config):
+    """Tasks of one domain and model share one pool of base images; each task's records are in it."""
+    key = lambda r: (r["prompt"], r.get("noise_seed", r["seed"]))  # noqa: E731 - the engine's image identity
+    pools: dict[str, list[str]] = {}
+    for task in config["tasks"]:
+        pools.setdefault(study.base_pool(config, task), []).append(task)
+    assert pools["identity"] == ["identity_1", "identity_5", "identity_10", "identity_100"]
+    assert set(pools["object"]) == {"object_ship", "object_automobile", "object_bird", "object_5"}
+    # A world variant's text-to-image model draws other images: its own pool.
+    assert pools["identity-exact_unlearning"] == ["identity_10_exact"]
+    for pool, tasks in pools.items():
+        assert study.base_pool_tasks(config, pool) == tasks
+        drawn = [key(r) for r in study.expand_records(study.base_pool_spec(config, pool))]
+        assert len(set(drawn)) == len(drawn), pool  # nothing drawn twice
+        asked = [key(r) for t in tasks for r in study.expand_records(study.generation_spec(config, t))]
+        assert set(asked) == set(drawn), pool  # every image a task asks for, and nothing else
+        if len(tasks) > 1:
+            assert len(drawn) < len(asked)
+    with pytest.raises(ConfigError, match="allowed values: .*'identity'"):
+        study.base_pool_tasks(config, "identity-nonexistent")

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -320,6 +321,38 @@ def generate_to_dir(
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 img.save(tmp, format="PNG")
+    with atomic_path(out / IMAGES_INDEX) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
+    return rows
+
+
+def copy_from_pool(
+    records: list[dict[str, Any]], pool_dir: str | os.PathLike, out_dir: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """Write ``records``' images into ``out_dir`` from a pool that `generate_to_dir` filled with the same
+    model and settings (a shared base-model pool, `study.base_pool_spec`), then ``index.jsonl`` last.
+
+    An image is the pool's image of the same prompt and noise seed, so a task's base images are the
+    pool's bytes whichever tasks share it. Every PNG is rewritten (a copy is cheap), so nothing of an
+    earlier layout of the folder survives; a record the pool lacks is an error naming it."""
+    pool, out = Path(pool_dir), Path(out_dir)
+    by_key = {
+        (r["prompt"], noise_seed(r)): r["file_name"]
+        for r in map(json.loads, (pool / IMAGES_INDEX).read_text().splitlines())
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.rglob("*.png"), out / IMAGES_INDEX, out / "fingerprint.json"]:
+        stale.unlink(missing_ok=True)
+    rows = []
+    for i, r in enumerate(records):
+        key = (r["prompt"], noise_seed(r))
+        if key not in by_key:
+            raise ValueError(f"{pool / IMAGES_INDEX} has no image of prompt {key[0]!r}, noise seed {key[1]}")
+        row = {**r, "file_name": _file_name(r, i)}
+        (out / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / row["file_name"]) as tmp:
+            shutil.copyfile(pool / by_key[key], tmp)
+        rows.append(row)
     with atomic_path(out / IMAGES_INDEX) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
     return rows

@@ -8,12 +8,22 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def job_task(wildcards):
+    """The task whose models a job reads: its ``task`` wildcard, or the first task of its base
+    image pool (a pool's tasks share its model), or None."""
+    if wildcards is None:
+        return None
+    if hasattr(wildcards, "pool"):
+        return study.base_pool_tasks(config, wildcards.pool)[0]
+    return getattr(wildcards, "task", None)
+
+
 def models_input(wildcards=None):
     """The toy models a job reads: the retrained world's, and its task's world variant's."""
     out = []
     if config["world"] == "toy" and config["toyworld"]["retrain"]:
         out.append(layout.manifest_file(study.toy_models_dir(config)))
-    task = getattr(wildcards, "task", None) if wildcards is not None else None
+    task = job_task(wildcards)
     if task is not None and study.task_variant(config, task) is not None:
         out.append(
             layout.manifest_file(layout.variant_dir(study.task_variant(config, task)))
@@ -23,14 +33,12 @@ def models_input(wildcards=None):
 
 def task_models(wildcards):
     """The model specs of a job of task ``wildcards.task`` (its world variant's text-to-image model)."""
-    return as_json(study.task_models(config, wildcards.task))
+    return as_json(study.task_models(config, job_task(wildcards)))
 
 
 def weights(*reads):
     """Param: the digests of the shipped toy models a job reads (new weights rerun it)."""
-    return lambda wc: as_json(
-        study.shipped_weights(config, getattr(wc, "task", None), reads)
-    )
+    return lambda wc: as_json(study.shipped_weights(config, job_task(wc), reads))
 
 
 def toyworld_quality_target():

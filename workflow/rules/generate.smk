@@ -2,16 +2,16 @@
 # prompts and seeds, with an image grid for people to look at.
 
 
-rule generate_base:
+rule generate_base_pool:
     input:
         models_input,
     output:
-        index=layout.images_index("{task}", "base"),
-        grid=layout.images_grid("{task}", "base"),
+        index=layout.base_pool_index("{pool}"),
+        grid=layout.base_pool_grid("{pool}"),
     log:
-        layout.log_file("generate", "{task}/base"),
+        layout.log_file("generate", "base_pool/{pool}"),
     benchmark:
-        layout.benchmark_file("generate", "{task}/base")
+        layout.benchmark_file("generate", "base_pool/{pool}")
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -20,13 +20,35 @@ rule generate_base:
         mem_mb=8000,
         runtime=60,
     params:
-        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        spec=lambda wc: as_json(study.base_pool_spec(config, wc.pool)),
         models=task_models,
         weights=weights("pipeline"),
         device=device(),
     shell:
         "python -m resurgence generate --spec {params.spec:q} --models {params.models:q}"
         " --out-dir $(dirname {output.index}) --device {params.device} > {log} 2>&1"
+
+
+rule generate_base:
+    input:
+        pool=lambda wc: layout.base_pool_index(study.base_pool(config, wc.task)),
+    output:
+        index=layout.images_index("{task}", "base"),
+        grid=layout.images_grid("{task}", "base"),
+    log:
+        layout.log_file("generate", "{task}/base"),
+    conda:
+        "../../envs/resurgence.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        spec=lambda wc: as_json(study.generation_spec(config, wc.task)),
+        models=task_models,
+    shell:
+        "python -m resurgence generate --spec {params.spec:q} --models {params.models:q}"
+        " --pool $(dirname {input.pool}) --out-dir $(dirname {output.index}) > {log} 2>&1"
 
 
 rule generate_erased:
