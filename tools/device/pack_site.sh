@@ -15,7 +15,8 @@ pkgs=(snakemake==9.27.1 argparse-dataclass==2.0.0 conda-inject==1.3.2 ConfigArgP
   throttler==1.2.3 traitlets==5.15.0 wrapt==2.1.2 yte==1.9.4 reretry sqlmodel==0.0.37 tenacity==9.2.1
   SQLAlchemy==2.0.58 pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection greenlet
   typing-extensions requests urllib3 idna charset-normalizer certifi jinja2 markupsafe pyyaml
-  pandas==3.1.1 python-dateutil six tzdata)
+  pandas==3.1.1 python-dateutil six tzdata
+  jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0)
 plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
   --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 work=$(mktemp -d)
