@@ -11,6 +11,11 @@ forward and backward; cached: the UNet's) are counted with `torch.utils.flop_cou
 sample; tested), so that the count is cheap on any device. Appends one row per method to benchmarks/results.jsonl;
 `--flops-only` counts without timing (rows "finetune_flops"; FLOPs do not depend on the device
 or on mixed precision, so a CPU count applies to GPU rows of the same architecture and batch).
+``--profile-steps N`` also profiles each timed arm (rows "finetune_profile"): the kernels (on a CPU, the
+operators) of N steps, as the difference of a profiled 2-step and (2 + N)-step run, so that loading, the first
+steps and saving drop out: kernel time and launches per step beside the step's wall time (a step whose kernels
+take far less than its wall time waits on the host), by kind, and the top kernels. Issue 22 asks why LoRA
+steps run slower than full ones on a GPU though they do fewer FLOPs; this is the measurement for it.
 
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
     python benchmarks/finetune.py --arch sd14 --batch 8 --flops-only --device cpu
@@ -29,6 +34,7 @@ import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
+from unet_profile import kernel_kind
 
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
@@ -89,6 +95,67 @@ def flops_per_step(arch: str, method: str, args, device: torch.device, work: Pat
     return args.batch * counted_step_flops(arch, method, args, device, work, batch=1, cache=cache)
 
 
+def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
+    """(microseconds, calls) per kernel of a profile: device kernels on a GPU, operators' own time on a CPU."""
+    out = {}
+    for ev in prof.key_averages():
+        if device.type == "cuda":
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+            if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
+                continue
+        else:
+            us = ev.self_cpu_time_total
+            if not ev.key.startswith("aten::"):
+                continue
+        out[ev.key] = (float(us), int(ev.count))
+    return out
+
+
+def per_step(short: dict[str, tuple[float, int]], long: dict[str, tuple[float, int]], steps: int):
+    """Each kernel's (microseconds, calls) per step: the longer run's totals less the shorter run's, over
+    the ``steps`` it ran more (kernels of set-up, first steps and saving cancel)."""
+    out = {}
+    for key, (us, n) in long.items():
+        us0, n0 = short.get(key, (0.0, 0))
+        out[key] = ((us - us0) / steps, (n - n0) / steps)
+    return out
+
+
+def profile_steps(method: str, cache: bool, args, device: torch.device, data: Path, work: Path) -> dict:
+    """A "finetune_profile" row's fields: `per_step` of a 2-step and a (2 + N)-step profiled run."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    totals, wall = {}, {}
+    for steps in (2, 2 + args.profile_steps):
+        pipe = build_random_pipeline(args.arch)
+        pipe.to(device)
+        with torch.profiler.profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            finetune(pipe, data, _config(method, steps, args), work / f"profile-{method}-{steps}-{cache}",
+                     device=device, progress=False, cache_encodings=cache)  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            wall[steps] = time.perf_counter() - t0
+        totals[steps] = kernel_totals(prof, device)
+        del pipe
+    steps = per_step(totals[2], totals[2 + args.profile_steps], args.profile_steps)
+    by_kind: dict[str, list[float]] = {}
+    for key, (us, n) in steps.items():
+        kind = by_kind.setdefault(kernel_kind(key), [0.0, 0.0])
+        kind[0] += us
+        kind[1] += n
+    top = sorted(steps.items(), key=lambda kv: -kv[1][0])[:15]
+    return dict(
+        profiled_steps=args.profile_steps,
+        step_wall_ms=round((wall[2 + args.profile_steps] - wall[2]) / args.profile_steps * 1e3, 2),
+        kernel_ms_per_step=round(sum(us for us, _ in steps.values()) / 1e3, 2),
+        launches_per_step=round(sum(n for _, n in steps.values())),
+        by_kind={k: dict(ms=round(v[0] / 1e3, 2), launches=round(v[1])) for k, v in sorted(by_kind.items())},
+        top_kernels=[dict(name=k[:140], ms=round(us / 1e3, 3), calls=round(n, 1)) for k, (us, n) in top],
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="toy", choices=sorted(ARCHITECTURES))
@@ -100,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--images", type=int, default=50, help="size of the fine-tune set (App. C.1: 250)")
     p.add_argument("--flops-only", action="store_true", help="count a step's FLOPs, no timing")
+    p.add_argument("--profile-steps", type=int, default=0, help="also profile N steps of each arm (0: no)")
     p.add_argument(
         "--encodings",
         default="both",
@@ -178,6 +246,20 @@ def main(argv: list[str] | None = None) -> None:
                     else None,
                 ),
             )
+            if args.profile_steps:
+                record(
+                    "finetune_profile",
+                    dict(
+                        arch=args.arch,
+                        method=method,
+                        device=str(device),
+                        mixed_precision=args.mixed_precision,
+                        batch=args.batch,
+                        rank=args.rank if method == "lora" else None,
+                        encodings_cached=cache,
+                        **profile_steps(method, cache, args, device, data, work),
+                    ),
+                )
 
 
 if __name__ == "__main__":

@@ -224,3 +224,30 @@ def test_the_generation_baseline_draws_the_engines_images_and_the_ratio_is_recor
     assert engine["speedup_vs_baseline"] == pytest.approx(
         engine["images_per_s"] / base["images_per_s"], rel=0.01
     )
+
+
+def test_finetune_profile_counts_each_step_once_whatever_the_run_length(tmp_path):
+    """`profile_steps` subtracts a 2-step run from a longer one: set-up, the first steps and saving cancel,
+    so a step's operator calls are the same measured over 1 or 3 steps."""
+    from types import SimpleNamespace
+
+    import torch
+    from finetune import noise_set, per_step, profile_steps
+
+    from resurgence.models.pipeline import build_random_pipeline
+
+    assert per_step({"a": (10.0, 2)}, {"a": (40.0, 8), "b": (6.0, 3)}, 3) == {
+        "a": (10.0, 2.0),
+        "b": (2.0, 1.0),
+    }
+    cpu = torch.device("cpu")
+    probe = build_random_pipeline("tiny")
+    resolution = probe.unet.config.sample_size * probe.vae_scale_factor
+    data = noise_set(tmp_path / "data", 2, resolution)  # one batch holds every example: all encoded in step 1
+    rows = {}
+    for method in ("lora", "full"):
+        for n in (1, 3):
+            args = SimpleNamespace(arch="tiny", batch=2, rank=4, mixed_precision="no", profile_steps=n)
+            rows[method, n] = profile_steps(method, True, args, cpu, data, tmp_path / f"{method}{n}")
+        assert rows[method, 1]["launches_per_step"] == rows[method, 3]["launches_per_step"] > 0, method
+        assert rows[method, 3]["step_wall_ms"] > 0 and rows[method, 3]["kernel_ms_per_step"] > 0

@@ -53,8 +53,10 @@ for what in ${WHAT:-generation erase finetune}; do
       timeout "${ERASE_TIMEOUT_S:-540}" python3 erase.py --arch sd14 --task identity_100 \
         ${ERASE_ARGS:---images-per-concept 1 --data-steps 20 --lora-steps 20} ;;
     finetune)
-      # both arms: the trainer's cached encodings and encoding every step (its baseline), one after the other
-      timeout 480 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 ;;
+      # both arms: the trainer's cached encodings and encoding every step (its baseline), one after the other,
+      # each profiled over 3 steps (issue 22: why a LoRA step is slower than a full one on a GPU)
+      timeout 480 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 \
+        --profile-steps 3 ;;
   esac
 done
 tail -n +$((before + 1)) results.jsonl > "$OUT/results_new.jsonl"
