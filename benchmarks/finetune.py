@@ -220,17 +220,21 @@ def main(argv: list[str] | None = None) -> None:
             dt = timings[2 + args.steps] - timings[2]
             steps_per_s[cache] = args.steps / dt
             step_flops = flops_per_step(args.arch, method, args, device, work, cache)
+            # What the arm is: the same fields in its timing row and its profile row.
+            arm = dict(
+                arch=args.arch,
+                method=method,
+                device=str(device),
+                mixed_precision=args.mixed_precision,
+                resolution=resolution,
+                batch=args.batch,
+                rank=args.rank if method == "lora" else None,
+                encodings_cached=cache,
+            )
             record(
                 "finetune",
                 dict(
-                    arch=args.arch,
-                    method=method,
-                    device=str(device),
-                    mixed_precision=args.mixed_precision,
-                    resolution=resolution,
-                    batch=args.batch,
-                    rank=args.rank if method == "lora" else None,
-                    encodings_cached=cache,
+                    **arm,
                     images=args.images,
                     timed_steps=args.steps,
                     seconds=round(dt, 2),
@@ -248,17 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             if args.profile_steps:
                 record(
-                    "finetune_profile",
-                    dict(
-                        arch=args.arch,
-                        method=method,
-                        device=str(device),
-                        mixed_precision=args.mixed_precision,
-                        batch=args.batch,
-                        rank=args.rank if method == "lora" else None,
-                        encodings_cached=cache,
-                        **profile_steps(method, cache, args, device, data, work),
-                    ),
+                    "finetune_profile", dict(**arm, **profile_steps(method, cache, args, device, data, work))
                 )
 
 
