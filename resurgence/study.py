@@ -587,7 +587,10 @@ def generation_spec(
 def base_pool(config: dict[str, Any], task: str) -> str:
     """The shared pool a task's base-model images come from: one per domain and text-to-image model
     (the study's own world's, or a world variant's), since the base images of a prompt and seed depend
-    on nothing else (the generation settings, seeds and samples per prompt are the study's, per domain)."""
+    on nothing else (the generation settings, seeds and samples per prompt are the study's, per domain).
+    With ``share_base_images: false``, a pool of the task's own (``task-{task}``)."""
+    if not config["share_base_images"]:
+        return f"task-{task}"
     domain = config["tasks"][task]["domain"]
     variant = task_variant(config, task)
     return domain if variant is None else f"{domain}-{variant}"

@@ -354,3 +354,13 @@ def test_base_pools_draw_each_base_image_once_for_every_task(config):
             assert len(drawn) < len(asked)
     with pytest.raises(ConfigError, match="allowed values: .*'identity'"):
         study.base_pool_tasks(config, "identity-nonexistent")
+
+
+def test_unshared_base_images_give_each_task_a_pool_of_its_own(config):
+    key = lambda r: (r["prompt"], r.get("noise_seed", r["seed"]))  # noqa: E731 - the engine's image identity
+    own = dict(config, share_base_images=False)
+    for task in ("identity_1", "object_ship"):
+        pool = study.base_pool(own, task)
+        assert pool == f"task-{task}" and study.base_pool_tasks(own, pool) == [task]
+        drawn = [key(r) for r in study.expand_records(study.base_pool_spec(own, pool))]
+        assert sorted(drawn) == sorted(key(r) for r in study.expand_records(study.generation_spec(own, task)))
