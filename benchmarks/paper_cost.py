@@ -122,6 +122,7 @@ def _matches(row: dict, g: GenerationConfig) -> bool:
         and resolve_dtype(row["dtype"]) == dtype
         and not row.get("inductor")
         and not row.get("freeze_weights")
+        and (row.get("linear_fp8") or "none") == g.linear_fp8
     )
 
 

@@ -69,6 +69,7 @@ def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
         {**base, "images_per_s": 9.0, "dtype": "float16"},
         {**base, "images_per_s": 9.0, "inductor": ["freezing=True"]},
         {**base, "images_per_s": 9.0, "freeze_weights": True},
+        {**base, "images_per_s": 9.0, "linear_fp8": "row"},
         {**base, "images_per_s": 9.0, "machine": {"gpu": "NVIDIA H200"}},
         {**base, "images_per_s": 1.8, "arch": "sd21"},  # another architecture: priced only when asked for
     ]
