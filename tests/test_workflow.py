@@ -168,9 +168,14 @@ def test_changing_a_learning_rate_reruns_exactly_downstream(smoke_dir):
     assert counts.get("finetune") == 6
     assert counts.get("generate_finetuned") == 8
     assert counts.get("evaluate") == 8
-    assert not {"erase", "ftdata_random", "generate_base_pool", "generate_base", "generate_erased", "toyworld_quality"} & set(
-        counts
-    ), counts
+    assert not {
+        "erase",
+        "ftdata_random",
+        "generate_base_pool",
+        "generate_base",
+        "generate_erased",
+        "toyworld_quality",
+    } & set(counts), counts
     shutil.rmtree(smoke_dir / ".snakemake" / "locks", ignore_errors=True)
 
 
