@@ -34,6 +34,10 @@ def test_ruff_clean():
     run([sys.executable, "-m", "ruff", "check", "resurgence", "tests", "benchmarks"])
 
 
+def test_ruff_format_clean():
+    run([sys.executable, "-m", "ruff", "format", "--check", "resurgence", "tests", "benchmarks", "tools"])
+
+
 def test_snakefmt_clean():
     run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"])
 
