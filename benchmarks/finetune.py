@@ -34,7 +34,7 @@ import torch
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
-from unet_profile import kernel_kind
+from unet_profile import kernel_kind, kernel_totals
 
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
@@ -93,22 +93,6 @@ def counted_step_flops(arch: str, method: str, args, device: torch.device, work:
 def flops_per_step(arch: str, method: str, args, device: torch.device, work: Path, cache: bool) -> float:
     """FLOPs of one optimizer step at ``args.batch``: counted at batch 1, times the batch."""
     return args.batch * counted_step_flops(arch, method, args, device, work, batch=1, cache=cache)
-
-
-def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
-    """(microseconds, calls) per kernel of a profile: device kernels on a GPU, operators' own time on a CPU."""
-    out = {}
-    for ev in prof.key_averages():
-        if device.type == "cuda":
-            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-            if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
-                continue
-        else:
-            us = ev.self_cpu_time_total
-            if not ev.key.startswith("aten::"):
-                continue
-        out[ev.key] = (float(us), int(ev.count))
-    return out
 
 
 def per_step(short: dict[str, tuple[float, int]], long: dict[str, tuple[float, int]], steps: int):

@@ -72,6 +72,23 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
+    """(microseconds, calls) per kernel of a profile: device kernels on a GPU (the launches' own rows and
+    copies left out), operators' own time on a CPU."""
+    out = {}
+    for ev in prof.key_averages():
+        if device.type == "cuda":
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+            if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
+                continue
+        else:
+            us = ev.self_cpu_time_total
+            if not ev.key.startswith("aten::"):
+                continue
+        out[ev.key] = (float(us), int(ev.count))
+    return out
+
+
 def flop_kind(op: str) -> str:
     if "convolution" in op:
         return "convolution"
@@ -183,12 +200,9 @@ def _report(args, n, total_flops, flops_by_kind, times, prof, compile_s, choices
     best = min(timed, key=timed.get)
     kernel_us: dict[str, float] = defaultdict(float)
     per_kernel: dict[str, float] = defaultdict(float)
-    for ev in prof.key_averages():
-        us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
-            continue
-        kernel_us[kernel_kind(ev.key)] += us / 3
-        per_kernel[ev.key] += us / 3
+    for key, (us, _) in kernel_totals(prof, torch.device("cuda")).items():
+        kernel_us[kernel_kind(key)] += us / 3
+        per_kernel[key] += us / 3
     total_us = sum(kernel_us.values())
     rows = {}
     for kind in sorted(set(kernel_us) | set(flops_by_kind)):
