@@ -334,9 +334,13 @@ def test_preserve_unconditional_adds_the_generations_negative_prompt_to_the_doma
     assert "preserve_unconditional" not in study.erase_spec(config, "identity_10", "default", world)["mace"]
 
 
+def key(record: dict) -> tuple[str, int]:
+    """An image's identity in the engine (`generate.engine.noise_seed`): its prompt and noise seed."""
+    return record["prompt"], record.get("noise_seed", record["seed"])
+
+
 def test_base_pools_draw_each_base_image_once_for_every_task(config):
     """Tasks of one domain and model share one pool of base images; each task's records are in it."""
-    key = lambda r: (r["prompt"], r.get("noise_seed", r["seed"]))  # noqa: E731 - the engine's image identity
     pools: dict[str, list[str]] = {}
     for task in config["tasks"]:
         pools.setdefault(study.base_pool(config, task), []).append(task)
@@ -357,7 +361,6 @@ def test_base_pools_draw_each_base_image_once_for_every_task(config):
 
 
 def test_unshared_base_images_give_each_task_a_pool_of_its_own(config):
-    key = lambda r: (r["prompt"], r.get("noise_seed", r["seed"]))  # noqa: E731 - the engine's image identity
     own = dict(config, share_base_images=False)
     for task in ("identity_1", "object_ship"):
         pool = study.base_pool(own, task)

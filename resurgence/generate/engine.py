@@ -263,6 +263,10 @@ def _file_name(record: dict[str, Any], i: int) -> str:
     return str(record.get("file_name") or f"{i:06d}.png")
 
 
+# What a folder's PNGs were rendered from (`generate_to_dir`); a copy from a pool removes it.
+FINGERPRINT = "fingerprint.json"
+
+
 def generate_to_dir(
     pipe,
     records: list[dict[str, Any]],
@@ -293,7 +297,7 @@ def generate_to_dir(
             default=str,
         ).encode()
     ).hexdigest()
-    stamp = out / "fingerprint.json"
+    stamp = out / FINGERPRINT
     if not stamp.exists() or json.loads(stamp.read_text()).get("sha256") != fingerprint:
         for old_png in out.rglob("*.png"):
             old_png.unlink()
@@ -341,7 +345,7 @@ def copy_from_pool(
         for r in map(json.loads, (pool / IMAGES_INDEX).read_text().splitlines())
     }
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.rglob("*.png"), out / IMAGES_INDEX, out / "fingerprint.json"]:
+    for stale in [*out.rglob("*.png"), out / IMAGES_INDEX, out / FINGERPRINT]:
         stale.unlink(missing_ok=True)
     rows = []
     for i, r in enumerate(records):
