@@ -10,6 +10,7 @@ Run it on a checkout whose `results/` holds no study (a clean clone), e.g.
 
     python benchmarks/study.py --cores 2                                 # the default study
     python benchmarks/study.py --cores 2 --configfile config.smoke.yaml  # the smoke preset
+    python benchmarks/study.py --cores 16 -- --resources gpu=8             # further Snakemake arguments
 
 ``--compare-fork-server`` runs the study twice, one after the other, each in a fresh copy of this
 checkout: every job in a fresh interpreter (``fork_server: false``, the baseline) and every job forked
@@ -116,6 +117,7 @@ def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
             target=args.target,
             configfile=args.configfile,
             cores=args.cores,
+            snakemake_args=args.snakemake_args,
             wall_s=walls,
             ratio=round(walls["fresh_interpreters"] / walls["fork_server"], 3),
             stages=stages,
@@ -139,8 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="time the study with fresh interpreters and with the fork server, each in a fresh copy",
     )
+    p.add_argument(
+        "snakemake_args", nargs="*", help="after --: further Snakemake arguments (recorded in the row)"
+    )
     args = p.parse_args(argv)
-    cmd = [sys.executable, "-m", "snakemake", args.target, "--cores", str(args.cores)]
+    cmd = [sys.executable, "-m", "snakemake", args.target, "--cores", str(args.cores), *args.snakemake_args]
     if args.configfile:
         cmd += ["--configfile", *args.configfile]
     if args.compare_fork_server:
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             target=args.target,
             configfile=args.configfile,
             cores=args.cores,
+            snakemake_args=args.snakemake_args,
             wall_s=round(wall, 1),
             heavy_jobs=jobs,
             job_s=round(job_s, 1),

@@ -19,14 +19,21 @@ study_config() {
 print(json.dumps(study.$1(load_config(['config.yaml']))))"
 }
 
-# gpu_snakemake SECONDS LOG ARGS...: Snakemake on ARGS with ${SLOTS:-8} jobs sharing the machine's one GPU
-# (2 threads each, CUDA_VISIBLE_DEVICES set so no job claims a device of its own), stopped with SIGINT
-# after SECONDS (Snakemake then removes its incomplete outputs); appends to LOG and returns its status.
-gpu_snakemake() {
-  local secs=$1 log=$2 slots=${SLOTS:-8}
-  shift 2
-  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT "$secs" python3 -m snakemake "$@" \
-    --profile workflow/profiles/default --scheduler greedy --cores $((slots * 2)) \
+# shared_gpu_args: the Snakemake options (after --cores) with which ${SLOTS:-8} jobs share the machine's one
+# GPU, 2 threads each.
+shared_gpu_args() {
+  echo --profile workflow/profiles/default --scheduler greedy \
     --set-threads erase=2 finetune=2 generate_base=2 generate_erased=2 generate_finetuned=2 ftdata_random=2 \
-    ftdata_tercile=2 evaluate=2 reversion=2 toyworld_variant=2 --resources gpu="$slots" mem_mb=110000 --keep-going >> "$log" 2>&1
+    ftdata_tercile=2 evaluate=2 reversion=2 toyworld_variant=2 --resources gpu="${SLOTS:-8}" mem_mb=110000
+}
+
+# gpu_snakemake SECONDS LOG ARGS...: Snakemake on ARGS with `shared_gpu_args` (CUDA_VISIBLE_DEVICES set so
+# no job claims a device of its own), stopped with SIGINT after SECONDS (Snakemake then removes its
+# incomplete outputs); appends to LOG and returns its status.
+gpu_snakemake() {
+  local secs=$1 log=$2
+  shift 2
+  # shellcheck disable=SC2046
+  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT "$secs" python3 -m snakemake "$@" \
+    --cores $((${SLOTS:-8} * 2)) $(shared_gpu_args) --keep-going >> "$log" 2>&1
 }

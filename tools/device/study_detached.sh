@@ -3,7 +3,9 @@
 # call that starts it: run the study on the shipped toy world in a copy of the checkout ($W/repo; a later
 # device call re-copies the checkout, so nothing runs in it) with $SLOTS jobs sharing the GPU, and nothing
 # else on the machine (measured 2026-12-03: beside model training, everything ran 3-3.5x slower).
-# Phases run one after the other, each until the deadline ($DEADLINE_S after the start, default 1450):
+# With BENCH=LABEL it runs `benchmarks/study.py` instead (the whole study, `all`, timed; its row is in
+# $W/repo/benchmarks/results.jsonl). Otherwise phases run one after the other, each until the deadline
+# ($DEADLINE_S after the start, default 1450):
 #   TARGETS (default: the default study up to its tables and the reversion stage),
 #   THEN    (default: none; e.g. "exact_unlearning_control --until tables reversion").
 # $W/stage says where it is; tools/device/collect.sh (same W) packs what exists into $OUT.
@@ -29,8 +31,16 @@ phase() {  # phase NAME ARGS...
   gpu_snakemake "$t" "$W/$name.log" "$@"
   echo "$name: snakemake exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
 }
-# shellcheck disable=SC2086
-phase study ${TARGETS:-all --until tables reversion}
+if [ -n "${BENCH:-}" ]; then  # the whole default study timed by benchmarks/study.py (a row naming the machine)
+  stage bench
+  # shellcheck disable=SC2046
+  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT $(( deadline - $(date +%s) )) \
+    python3 benchmarks/study.py --cores $((${SLOTS:-8} * 2)) --label "$BENCH" -- $(shared_gpu_args) > "$W/bench.log" 2>&1
+  echo "bench: exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
+else
+  # shellcheck disable=SC2086
+  phase study ${TARGETS:-all --until tables reversion}
+fi
 # shellcheck disable=SC2086
 [ -z "${THEN:-}" ] || phase then $THEN
 stage done
