@@ -202,7 +202,7 @@ def test_masked_attention_terms_against_loops() -> None:
     spatial[0, 0, :4, :4] = 1
     spatial[1, 0, 4:, :] = 1
     sq, mass = masked_attention_terms(probs, tok, spatial)
-    ref_sq, ref_mass, count = 0.0, 0.0, 0
+    ref_sq, ref_mass, count = [0.0] * B, 0.0, 0
     for b in range(B):
         small = spatial[b, 0, ::2, ::2].reshape(-1) > 0.5
         for hd in range(heads):
@@ -213,9 +213,9 @@ def test_masked_attention_terms_against_loops() -> None:
                 for s in range(S):
                     if tok[b, s]:
                         v = float(probs[b * heads + hd, p, s])
-                        ref_sq += v * v
+                        ref_sq[b] += v * v
                         ref_mass += v
-    assert sq.item() == pytest.approx(ref_sq, rel=1e-5)
+    assert sq.tolist() == pytest.approx(ref_sq, rel=1e-5)  # each prompt's own sum
     assert mass.item() == pytest.approx(ref_mass / count, rel=1e-5)
 
 

@@ -19,11 +19,21 @@ from resurgence.erasure.artifact import (
     save_erasure,
 )
 from resurgence.layout import ERASED_LORA
-from resurgence.mace.attention import AttentionProbe, probing_cross_attention
+from resurgence.mace.attention import AttentionProbe, concept_token_mask, probing_cross_attention
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.erase import erase_concepts, mapping_prompts
-from resurgence.mace.lora import measure_attention, train_concept_lora
-from resurgence.mace.refine import collect_coexisting_embeddings
+from resurgence.mace.lora import (
+    ConceptData,
+    _remove_adapter,
+    images_to_tensor,
+    importance_weights,
+    masks_to_tensor,
+    measure_attention,
+    pipeline_resolution,
+    train_concept_lora,
+    train_concept_loras,
+)
+from resurgence.mace.refine import collect_coexisting_embeddings, encode_prompts
 from resurgence.models.pipeline import build_random_pipeline
 
 ANN = ConceptSpec(
@@ -114,6 +124,95 @@ def test_lora_training_lowers_masked_attention(pipe) -> None:
     after = measure_attention(pipe, ANN.prompts, ANN.phrases, images, masks, "cpu", timesteps=(250, 350))
     assert after["loss"] < 0.98 * before["loss"]
     assert after["mass"] < before["mass"] - 0.02
+
+
+def peft_reference_lora(
+    pipe, item: ConceptData, cfg: EraseConfig
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One concept's LoRA the reference's way: a peft adapter on the UNet, trained alone with the global
+    gradient clip (the trainer's implementation before concepts trained side by side)."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet, vae = pipe.unet, pipe.vae
+    gen, rng = torch.Generator().manual_seed(item.seed), np.random.default_rng(item.seed)
+    with torch.no_grad():
+        dist = vae.encode(images_to_tensor(item.images, pipeline_resolution(pipe))).latent_dist
+        emb = encode_prompts(pipe, item.prompts)
+    tok_mask = concept_token_mask(pipe.tokenizer, item.prompts, item.phrases, cfg.use_pooler)
+    spatial = masks_to_tensor(item.masks)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    T = sched.config.num_train_timesteps
+    with torch.random.fork_rng():
+        torch.manual_seed(item.seed)
+        unet.add_adapter(
+            LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_rank,
+                init_lora_weights="gaussian",
+                target_modules=["attn2.to_k", "attn2.to_v"],
+            ),
+            adapter_name="reference",
+        )
+    losses, order = [], []
+    try:
+        params = [p for p in unet.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lora_lr, weight_decay=cfg.lora_weight_decay)
+        probe = AttentionProbe()
+        with probing_cross_attention(unet, probe):
+            for _ in range(cfg.lora_steps):
+                while len(order) < cfg.train_batch_size:
+                    order.extend(rng.permutation(len(item.images)).tolist())
+                idx, order = order[: cfg.train_batch_size], order[cfg.train_batch_size :]
+                pidx = rng.integers(len(item.prompts), size=len(idx))
+                eps = torch.randn(dist.mean[idx].shape, generator=gen)
+                latents = (dist.mean[idx] + dist.std[idx] * eps) * vae.config.scaling_factor
+                noise = torch.randn(latents.shape, generator=gen)
+                t = torch.as_tensor(rng.choice(T, size=len(idx), p=importance_weights(T)))
+                probe.set_targets(tok_mask[pidx], spatial[idx])
+                unet(sched.add_noise(latents, noise, t), t, encoder_hidden_states=emb[pidx])
+                loss = probe.loss()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad()
+                losses.append(float(loss))
+                probe.reset()
+        state = {
+            k: v.detach().clone()
+            for k, v in get_peft_model_state_dict(unet, adapter_name="reference").items()
+        }
+    finally:
+        _remove_adapter(unet, "reference")
+    return state, losses
+
+
+def test_concept_loras_side_by_side_are_the_loras_trained_alone_the_reference_way(pipe) -> None:
+    """Two concepts in one UNet call per step give each the LoRA, and the losses, that peft's adapter
+    trained on that concept alone gives. The clip is tight, so that clipping both concepts' gradients
+    together instead of each its own would show."""
+    cfg = EraseConfig.celebrity(lora_steps=4, lora_lr=5e-2, train_batch_size=2, max_grad_norm=1e-3)
+    items = [
+        ConceptData(ANN.prompts, ANN.phrases, *image_source("Ann X", 3, 0), seed=5),
+        ConceptData(BOB.prompts, ("Bob Y",), *image_source("Bob Y", 2, 1), seed=6),
+    ]
+    base = kv_weights(pipe)
+    together = train_concept_loras(pipe, items, cfg, "cpu")
+    for n, w in kv_weights(pipe).items():  # the UNet is left as it was
+        assert torch.equal(w, base[n]) and type(pipe.unet.get_submodule(n)) is torch.nn.Linear
+    for item, (state, losses) in zip(items, together, strict=True):
+        ref_state, ref_losses = peft_reference_lora(pipe, item, cfg)
+        assert losses == pytest.approx(ref_losses, rel=1e-4)
+        assert list(state) == list(ref_state)
+        for k in state:
+            torch.testing.assert_close(
+                state[k], ref_state[k], rtol=1e-4, atol=2e-5
+            )  # Adam at lr 5e-2 amplifies rounding
+    # the two LoRAs differ from each other and moved from their initial values
+    a, b = together[0][0], together[1][0]
+    assert any(not torch.allclose(a[k], b[k]) for k in a)
+    assert all(v.abs().sum() > 0 for k, v in a.items() if ".lora_B." in k and "attn2.to_k" in k)
 
 
 def test_concept_lora_is_a_function_of_its_seed(pipe) -> None:

@@ -69,7 +69,8 @@ def resize_mask(spatial_mask: torch.Tensor, num_pixels: int) -> torch.Tensor:
 def masked_attention_terms(
     probs: torch.Tensor, token_mask: torch.Tensor, spatial_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For one layer: (sum of squared selected probabilities, mean attention mass on concept tokens).
+    """For one layer: (each prompt's sum of squared selected probabilities, shape (B,); mean attention mass
+    on concept tokens).
 
     probs: (B*heads, HW, S) as diffusers' `get_attention_scores` returns (batch-major);
     token_mask: (B, S) bool; spatial_mask: (B, 1, H, W). The mass is the concept tokens' share of
@@ -82,7 +83,7 @@ def masked_attention_terms(
     pix = resize_mask(spatial_mask.to(probs.device), probs.shape[1])
     p = probs.reshape(B, heads, probs.shape[1], S)
     sel = pix[:, None, :, None] & token_mask.to(probs.device)[:, None, None, :]
-    sq = (p.pow(2) * sel).sum()
+    sq = (p.pow(2) * sel).sum(dim=(1, 2, 3))
     mass = (p * sel).sum() / (heads * pix.sum()).clamp_min(1)
     return sq, mass
 
@@ -116,10 +117,22 @@ class AttentionProbe:
 
     def loss(self) -> torch.Tensor:
         """MACE's loss: sum over layers of the Frobenius norm of the selected probabilities."""
+        return self.group_losses(None, 1)[0]
+
+    def group_losses(self, groups: torch.Tensor | None, n_groups: int) -> torch.Tensor:
+        """MACE's loss of each group of prompts (``groups``: a group index per prompt; None: one group),
+        shape (n_groups,): concepts trained side by side each get the loss they would get alone."""
         if not self.sq_sums:
             raise RuntimeError("no cross-attention layer was recorded; is the probe installed?")
-        # clamp: zero selection (empty mask) gives 0 loss and 0 gradient instead of NaN.
-        return torch.stack([s.clamp_min(1e-30).sqrt() for s in self.sq_sums]).sum()
+        per_layer = []
+        for sq in self.sq_sums:
+            if groups is None:
+                summed = sq.sum()[None]
+            else:
+                summed = sq.new_zeros(n_groups).index_add(0, groups.to(sq.device), sq)
+            # clamp: zero selection (empty mask) gives 0 loss and 0 gradient instead of NaN.
+            per_layer.append(summed.clamp_min(1e-30).sqrt())
+        return torch.stack(per_layer).sum(0)
 
     def mean_mass(self) -> torch.Tensor:
         if not self.masses:

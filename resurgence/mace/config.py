@@ -62,6 +62,10 @@ class EraseConfig:
     lora_weight_decay: float = 1.0e-2  # adam_weight_decay (AdamW; betas/eps are torch defaults = reference)
     max_grad_norm: float = 1.0  # max_grad_norm
     train_batch_size: int = 1  # train_batch_size
+    # Concept LoRAs trained side by side in one UNet call per step (our switch; each sample goes through its
+    # own concept's LoRA, so each LoRA is the one trained alone up to float rounding). 1: one after the
+    # other, as the reference; more saves the per-step overhead that dominates small models on a GPU.
+    lora_concepts_per_step: int = 1
     # Sample timesteps from MACE's bump on t in [200, 400] instead of uniformly.
     importance_sampling: bool = True  # importance_sampling
     images_per_concept: int = 8  # data_preparation.py -> inference.py: num_images = 8
@@ -83,7 +87,7 @@ class EraseConfig:
         for name in ("lambda1", "fusion_lambda", "ridge", "domain_weight", "lora_lr", "lora_weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lora_rank", "train_batch_size", "images_per_concept"):
+        for name in ("lora_rank", "train_batch_size", "images_per_concept", "lora_concepts_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lora_steps < 0:

@@ -28,7 +28,7 @@ from resurgence.erasure.artifact import (
 )
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.fusion import fuse_weights
-from resurgence.mace.lora import train_concept_lora
+from resurgence.mace.lora import ConceptData, train_concept_loras
 from resurgence.mace.refine import collect_coexisting_embeddings, collect_token_embeddings, refine_weights
 from resurgence.progress import progress_bar
 
@@ -141,12 +141,16 @@ def erase_concepts(
             # (b) one LoRA per concept on the refined model.
             losses: dict[str, list[float]] = {}
             loras: dict[str, dict[str, torch.Tensor]] = {}
-            for i, c in enumerate(progress_bar(concepts, desc="mace lora", enabled=progress)):
-                images, masks = data[c.name]
-                sd, hist = train_concept_lora(
-                    pipe, c.prompts, c.phrases, images, masks, cfg, device, seed=cfg.seed + i
-                )
-                loras[c.name], losses[c.name] = sd, hist
+            items = [
+                ConceptData(c.prompts, c.phrases, *data[c.name], seed=cfg.seed + i)
+                for i, c in enumerate(concepts)
+            ]
+            per_step = cfg.lora_concepts_per_step
+            for start in range(0, len(items), per_step):
+                chunk = concepts[start : start + per_step]
+                trained = train_concept_loras(pipe, items[start : start + per_step], cfg, device, progress)
+                for c, (sd, hist) in zip(chunk, trained, strict=True):
+                    loras[c.name], losses[c.name] = sd, hist
             report["lora_loss"] = losses
             phase_s["lora"] = time.perf_counter() - t_phase
             t_phase = time.perf_counter()
