@@ -159,6 +159,43 @@ def test_train_clip_learns_fake_world_and_saves_local_dir_layout(tmp_path):
     assert int((img @ txt.T).argmax()) == 1  # the ship colour matches its synonym "boat"
 
 
+def test_text_calibration_fits_the_names_geometry_and_leaves_the_image_tower(tmp_path):
+    """Locked-image text tuning of a trained CLIP: the names' Gram loss falls, the image tower and the
+    temperature keep their saved bytes, the text tower moves, and the training's metrics are kept."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    world = FakeWorld()
+    cfg = toyclip.ToyClipTrainConfig(**TINY_CLIP, steps=60)
+    toyclip.train_clip(cfg, world, tmp_path, "cpu", render_fn=fake_render_arrays)
+    weights = tmp_path / "clip" / "open_clip_model.safetensors"
+    before = load_file(weights)
+    tc = toyclip.TextCalibrationConfig(steps=40, warmup=2, knowledge_weight=100.0)
+    metrics = toyclip.calibrate_trained_clip(
+        dataclasses.replace(cfg, text_calibration=tc), world, tmp_path, "cpu", render_fn=fake_render_arrays
+    )
+    after = load_file(weights)
+    cal = metrics["text_calibration"]
+    assert cal["final_knowledge_loss"] < 0.5 * cal["knowledge_loss_before"]
+    frozen = [k for k in before if k.startswith("visual.") or k == "logit_scale"]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in frozen)
+    assert metrics["seed"] == 0 and metrics["n_train"] == cfg.n_train  # the training's metrics, kept
+    assert metrics["config"]["text_calibration"]["steps"] == 40
+    assert json.loads((tmp_path / "clip" / "metrics.json").read_text())["text_calibration"] == cal
+    assert metrics["object_zero_shot_top1"] >= 0.9 and metrics["identity_zero_shot_top1"] >= 0.9
+
+
+def test_text_calibration_settings_name_bad_values():
+    with pytest.raises(ValueError, match="text_calibration.knowledge_balance: allowed values"):
+        toyclip.TextCalibrationConfig(knowledge_balance="objects")
+    with pytest.raises(ValueError, match="text_calibration.steps"):
+        toyclip.TextCalibrationConfig(steps=-1)
+    cfg = toyclip.ToyClipTrainConfig(text_calibration={"steps": 5})  # as a manifest's config holds it
+    assert cfg.text_calibration == toyclip.TextCalibrationConfig(steps=5)
+
+
 def test_train_clip_resumes_from_checkpoint(tmp_path, monkeypatch):
     world = FakeWorld()
     cfg = toyclip.ToyClipTrainConfig(

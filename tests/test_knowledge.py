@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,27 @@ def test_clip_knowledge_balance_names_its_allowed_values():
     assert ToyClipTrainConfig().knowledge_balance == "pairs"  # the shipped CLIP's training
     with pytest.raises(ValueError, match="knowledge_balance: allowed values: \\['pairs', 'domains'\\]"):
         ToyClipTrainConfig(knowledge_balance="objects")
+
+
+def test_calibrating_a_trained_clips_text_re_enters_it_in_the_manifest(tmp_path):
+    """`calibrate_clip_text` on a trained world: the CLIP's entry gets the calibration in its config and
+    metrics, keeps its training's provenance, and the manifest's digests match the rewritten files."""
+    from resurgence.toyworld.clip import TextCalibrationConfig
+    from resurgence.toyworld.train import calibrate_clip_text, train_all, verify_manifest
+
+    train_all(tmp_path, profile="smoke", only=["clip"], device="cpu")
+    before = json.loads((tmp_path / "manifest.json").read_text())["models"]["clip"]
+    tc = TextCalibrationConfig(steps=2, warmup=1)
+    metrics = calibrate_clip_text(tmp_path, tc, device="cpu")
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"]["clip"]
+    assert entry["config"]["text_calibration"] == asdict(tc)
+    assert entry["metrics"]["text_calibration"] == metrics["text_calibration"]
+    assert entry["metrics"]["trained"]["device"] == before["device"] == "cpu"
+    assert entry["metrics"]["trained"]["profile"] == "smoke"
+    assert entry["metrics"]["final_loss"] == before["metrics"]["final_loss"]  # the training's, kept
+    assert verify_manifest(tmp_path) == []
+    with pytest.raises(ValueError, match="other settings than this code's defaults: \\['steps'\\]"):
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        manifest["models"]["clip"]["config"]["steps"] += 1
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        calibrate_clip_text(tmp_path, tc, device="cpu")

@@ -7,6 +7,7 @@ CLIP-feature FID, CLIP distances between concept names), so it is a genuine open
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -55,6 +56,31 @@ KNOWLEDGE_BALANCES = ("pairs", "domains")
 
 
 @dataclass
+class TextCalibrationConfig:
+    """Locked-image text tuning (LiT, Zhai et al. 2022) after the contrastive training: the image tower is
+    frozen, and the text tower alone is tuned on the same pairs (against the frozen image embeddings) with
+    the knowledge Gram loss at a higher weight. Contrastive training leaves the names' cosines scattered
+    around the knowledge targets (docs/geometry_calibration.md); this fits them closer without moving the
+    image embeddings that the study's judgments read. ``steps = 0`` skips it."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    warmup: int = 30
+    batch_size: int = 1_024
+    knowledge_weight: float = 100.0
+    knowledge_balance: str = "domains"
+
+    def __post_init__(self) -> None:
+        if self.knowledge_balance not in KNOWLEDGE_BALANCES:
+            raise ValueError(
+                f"text_calibration.knowledge_balance: allowed values: {list(KNOWLEDGE_BALANCES)}, "
+                f"got {self.knowledge_balance!r}"
+            )
+        if self.steps < 0:
+            raise ValueError(f"text_calibration.steps must be >= 0, got {self.steps}")
+
+
+@dataclass
 class ToyClipTrainConfig:
     """Architecture and training of the toy CLIP.
 
@@ -100,6 +126,7 @@ class ToyClipTrainConfig:
     # How the Gram loss averages its name pairs: "pairs" (every pair alike) or "domains" (per pair of
     # domains, then alike: objects weigh as much as identities; `knowledge_gram_loss`).
     knowledge_balance: str = "pairs"
+    text_calibration: TextCalibrationConfig = field(default_factory=TextCalibrationConfig)
     render_workers: int = field(default_factory=lambda: min(16, os.cpu_count() or 1))
     checkpoint_every: int = 1_000
     bf16: bool = True
@@ -110,6 +137,8 @@ class ToyClipTrainConfig:
             raise ValueError(
                 f"knowledge_balance: allowed values: {list(KNOWLEDGE_BALANCES)}, got {self.knowledge_balance!r}"
             )
+        if isinstance(self.text_calibration, Mapping):
+            self.text_calibration = TextCalibrationConfig(**self.text_calibration)
 
 
 def model_config(cfg: ToyClipTrainConfig) -> dict[str, Any]:
@@ -287,6 +316,164 @@ def _eval_prompts(world: Any):
     return prompts
 
 
+def _training_pairs(
+    cfg: ToyClipTrainConfig, world: Any, render_fn: RenderFn, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images uint8 NHWC, each image's caption slots into the unique captions, their tokens), on ``device``:
+    a function of ``cfg.seed`` and the world, so a later calibration sees the pairs the training saw."""
+    data = render_fn(
+        world, cfg.n_train, seed=cfg.seed, size=cfg.image_size, kind="all", workers=cfg.render_workers
+    )
+    slots = build_caption_slots(world, data, cfg.n_variants, cfg.p_variant, cfg.seed)
+    tokens, inverse = tokenize_unique([c for row in slots for c in row], cfg.context_length)
+    x_all = torch.as_tensor(data["images"]).to(device)
+    slot_ids = torch.as_tensor(inverse.reshape(len(slots), cfg.n_variants)).to(device)
+    return x_all, slot_ids, tokens.to(device)
+
+
+def _knowledge_targets(
+    world: Any, knowledge: KnowledgeConfig, balance: str, context_length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(tokens of the concept names, their knowledge cosine matrix, pair weights of ``balance``)."""
+    import open_clip
+
+    know_names, gram = knowledge_gram(world, knowledge)
+    pair_weights = None
+    if balance == "domains":
+        groups = torch.tensor([0] * len(world.identities) + [1] * len(world.objects), device=device)
+        pair_weights = domain_pair_weights(groups)
+    return (
+        open_clip.tokenize(know_names, context_length=context_length).to(device),
+        gram.to(device),
+        pair_weights,
+    )
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> the toy tower's input."""
+    mean = torch.tensor(TOY_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(TOY_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def calibrate_text_tower(
+    model: torch.nn.Module,
+    cfg: ToyClipTrainConfig,
+    world: Any,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """`TextCalibrationConfig`'s locked-image text tuning of a trained toy CLIP, in place; returns its metrics.
+
+    The image tower and the temperature are frozen; the image embeddings of the training pairs are
+    computed once, unaugmented. The loss is the contrastive one against them plus the knowledge Gram loss.
+    """
+    tc = cfg.text_calibration
+    x_all, slot_ids, tokens = pairs
+    know_tokens, gram, pair_weights = _knowledge_targets(
+        world, cfg.knowledge, tc.knowledge_balance, cfg.context_length, device
+    )
+    use_amp = cfg.bf16 and device.type == "cuda"
+    t0 = time.time()
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        feats = torch.cat(
+            [
+                model.encode_image(
+                    _normalise(x_all[i : i + 1024].permute(0, 3, 1, 2)), normalize=True
+                ).float()
+                for i in range(0, len(x_all), 1024)
+            ]
+        )
+        gram_before = float(
+            knowledge_gram_loss(model.encode_text(know_tokens, normalize=True).float(), gram, pair_weights)
+        )
+    text = [
+        p for name, p in model.named_parameters() if not name.startswith("visual") and name != "logit_scale"
+    ]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in text:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(text, lr=tc.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    scale = model.logit_scale.detach().exp()
+    n, bs = len(slot_ids), min(tc.batch_size, len(slot_ids))
+    loss_val = know_val = float("nan")
+    model.train()
+    try:
+        for step in range(tc.steps):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, tc.steps, tc.warmup, tc.lr)
+            idx = torch.randint(n, (bs,), device=device, generator=gen)
+            v = torch.randint(cfg.n_variants, (bs,), device=device, generator=gen)
+            cap = slot_ids[idx, v]
+            uniq, inv = torch.unique(cap, return_inverse=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                txt = model.encode_text(tokens[uniq], normalize=True)[inv]
+                names = model.encode_text(know_tokens, normalize=True)
+            loss = multi_positive_clip_loss(feats[idx], txt.float(), cap, scale)
+            know_loss = knowledge_gram_loss(names.float(), gram, pair_weights)
+            opt.zero_grad(set_to_none=True)
+            (loss + tc.knowledge_weight * know_loss).backward()
+            torch.nn.utils.clip_grad_norm_(text, 1.0)
+            opt.step()
+            loss_val, know_val = float(loss.detach()), float(know_loss.detach())
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()
+    return {
+        "config": asdict(tc),
+        "knowledge_loss_before": gram_before,
+        "final_knowledge_loss": know_val,
+        "final_loss": loss_val,
+        "seconds": time.time() - t0,
+    }
+
+
+def _save_evaluated(
+    model: torch.nn.Module,
+    cfg: ToyClipTrainConfig,
+    world: Any,
+    out_dir: Path,
+    render_fn: RenderFn,
+    device: torch.device,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``out_dir/clip`` with ``metrics`` and the held-out zero-shot accuracies measured on the weights
+    as saved, through the public wrapper; return the metrics."""
+    with atomic_path(out_dir / "clip", is_dir=True) as tmp:
+        save_toy_clip(model, cfg, tmp)
+        from resurgence.models.clip import ClipModel, load_clip
+
+        clip: ClipModel = load_clip({"kind": "toy", "path": str(tmp)}, device=device)
+        prompts = _eval_prompts(world)
+        for kind, concepts, n_val in (
+            ("object", world.objects, cfg.n_val_objects),
+            ("identity", world.identities, cfg.n_val_identities),
+        ):
+            if n_val <= 0 or not concepts:
+                continue
+            val = render_fn(
+                world,
+                n_val,
+                seed=cfg.seed + 100_003,
+                size=cfg.image_size,
+                kind=kind,
+                workers=cfg.render_workers,
+            )
+            keep = (np.asarray(val["labels"]) >= 0) & (np.asarray(val["domains"]) == kind)
+            metrics[f"{kind}_zero_shot_top1"] = zero_shot_accuracy(
+                clip, val["images"][keep], np.asarray(val["labels"])[keep], concepts, prompts
+            )
+            metrics[f"n_val_{kind}"] = int(keep.sum())
+        metrics["size_bytes"] = (tmp / "open_clip_model.safetensors").stat().st_size
+        metrics["config"] = asdict(cfg)
+        write_json(tmp / "metrics.json", metrics)
+    return metrics
+
+
 def train_clip(
     cfg: ToyClipTrainConfig,
     world: Any,
@@ -294,42 +481,23 @@ def train_clip(
     device: str | torch.device = "cpu",
     render_fn: RenderFn | None = None,
 ) -> dict[str, Any]:
-    """Train the toy CLIP; write ``out_dir/clip/`` (open_clip local-dir layout) and return metrics.
+    """Train the toy CLIP (then `calibrate_text_tower` where ``cfg.text_calibration.steps``); write
+    ``out_dir/clip/`` (open_clip local-dir layout) and return metrics.
 
     All pairs are rendered once and kept on the device as uint8; each step samples a batch,
     one caption slot per image, and applies light augmentation. Resumes from
     ``out_dir/clip_ckpt/state.pt``.
     """
-    import open_clip
-
-    from resurgence.models.clip import ClipModel
-
     render_fn = render_fn or default_render_fn()
     device = torch.device(device)
     out_dir = Path(out_dir)
     t0 = time.time()
     torch.manual_seed(cfg.seed)
-    data = render_fn(
-        world, cfg.n_train, seed=cfg.seed, size=cfg.image_size, kind="all", workers=cfg.render_workers
-    )
-    slots = build_caption_slots(world, data, cfg.n_variants, cfg.p_variant, cfg.seed)
-    tokens, inverse = tokenize_unique([c for row in slots for c in row], cfg.context_length)
-    n = len(slots)
-    x_all = torch.as_tensor(data["images"]).to(device)
-    slot_ids = torch.as_tensor(inverse.reshape(n, cfg.n_variants)).to(device)
-    tokens = tokens.to(device)
+    x_all, slot_ids, tokens = _training_pairs(cfg, world, render_fn, device)
+    n = len(slot_ids)
     know = None
     if cfg.knowledge_weight > 0 and getattr(world, "identities", None):
-        know_names, gram = knowledge_gram(world, cfg.knowledge)
-        pair_weights = None
-        if cfg.knowledge_balance == "domains":
-            groups = torch.tensor([0] * len(world.identities) + [1] * len(world.objects), device=device)
-            pair_weights = domain_pair_weights(groups)
-        know = (
-            open_clip.tokenize(know_names, context_length=cfg.context_length).to(device),
-            gram.to(device),
-            pair_weights,
-        )
+        know = _knowledge_targets(world, cfg.knowledge, cfg.knowledge_balance, cfg.context_length, device)
     t_data = time.time() - t0
 
     model = build_toy_clip(cfg).to(device)
@@ -388,48 +556,45 @@ def train_clip(
                 },
             )
     t_train = time.time() - t0 - t_data
-
-    # held-out zero-shot evaluation through the public wrapper, on the weights as saved
-    with atomic_path(out_dir / "clip", is_dir=True) as tmp:
-        save_toy_clip(model, cfg, tmp)
-        from resurgence.models.clip import load_clip
-
-        clip: ClipModel = load_clip({"kind": "toy", "path": str(tmp)}, device=device)
-        prompts = _eval_prompts(world)
-        metrics: dict[str, Any] = {}
-        for kind, concepts, n_val in (
-            ("object", world.objects, cfg.n_val_objects),
-            ("identity", world.identities, cfg.n_val_identities),
-        ):
-            if n_val <= 0 or not concepts:
-                continue
-            val = render_fn(
-                world,
-                n_val,
-                seed=cfg.seed + 100_003,
-                size=cfg.image_size,
-                kind=kind,
-                workers=cfg.render_workers,
-            )
-            keep = (np.asarray(val["labels"]) >= 0) & (np.asarray(val["domains"]) == kind)
-            metrics[f"{kind}_zero_shot_top1"] = zero_shot_accuracy(
-                clip, val["images"][keep], np.asarray(val["labels"])[keep], concepts, prompts
-            )
-            metrics[f"n_val_{kind}"] = int(keep.sum())
-        metrics.update(
-            final_loss=loss_val,
-            final_knowledge_loss=know_val,
-            logit_scale=float(model.logit_scale.detach().exp()),
-            n_train=n,
-            n_unique_captions=len(tokens),
-            size_bytes=(tmp / "open_clip_model.safetensors").stat().st_size,
-            seconds_data=t_data,
-            seconds_train=t_train,
-            seconds=time.time() - t0,
-            resumed_from_step=start,
-            seed=cfg.seed,
-            config=asdict(cfg),
+    metrics: dict[str, Any] = dict(
+        final_loss=loss_val,
+        final_knowledge_loss=know_val,
+        logit_scale=float(model.logit_scale.detach().exp()),
+        n_train=n,
+        n_unique_captions=len(tokens),
+        seconds_data=t_data,
+        seconds_train=t_train,
+        resumed_from_step=start,
+        seed=cfg.seed,
+    )
+    if cfg.text_calibration.steps > 0:
+        metrics["text_calibration"] = calibrate_text_tower(
+            model, cfg, world, (x_all, slot_ids, tokens), device
         )
-        write_json(tmp / "metrics.json", metrics)
+    metrics["seconds"] = time.time() - t0
+    _save_evaluated(model, cfg, world, out_dir, render_fn, device, metrics)
     drop_train_state(ckpt_path)
     return metrics
+
+
+def calibrate_trained_clip(
+    cfg: ToyClipTrainConfig,
+    world: Any,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    render_fn: RenderFn | None = None,
+) -> dict[str, Any]:
+    """`calibrate_text_tower` applied to the CLIP already trained in ``out_dir/clip`` (the shipped one) with
+    ``cfg`` (its training config plus the calibration): the pairs are rendered again from its seed, the
+    folder is rewritten, and the metrics of its training are kept beside the calibration's."""
+    from resurgence.models.clip import load_clip
+
+    render_fn = render_fn or default_render_fn()
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    trained = json.loads((out_dir / "clip" / "metrics.json").read_text())
+    model = load_clip({"kind": "toy", "path": str(out_dir / "clip")}, device=device).model.float()
+    pairs = _training_pairs(cfg, world, render_fn, device)
+    metrics = {k: v for k, v in trained.items() if k != "config"}
+    metrics["text_calibration"] = calibrate_text_tower(model, cfg, world, pairs, device)
+    return _save_evaluated(model, cfg, world, out_dir, render_fn, device, metrics)

@@ -236,6 +236,49 @@ def record_geometry(
     return manifest["geometry"]
 
 
+def calibrate_clip_text(
+    out_dir: str | os.PathLike,
+    text_calibration: Any,
+    calibration_sets: dict[str, list[str]] | None = None,
+    device: str = "cpu",
+    render_workers: int | None = None,
+) -> dict[str, Any]:
+    """Apply `clip.calibrate_text_tower` (``text_calibration``, a `TextCalibrationConfig`) to the CLIP trained
+    in ``out_dir``, re-enter it in the manifest (its training's provenance kept under ``metrics.trained``)
+    and, with ``calibration_sets``, measure the calibration statistics again. Returns the CLIP's metrics."""
+    from resurgence.toyworld.clip import calibrate_trained_clip
+    from resurgence.toyworld.concepts import toy_world
+    from resurgence.toyworld.knowledge import KnowledgeConfig
+
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    entry = manifest["models"]["clip"]
+    seed = int(entry["seed"] or 0)
+    cfg = _configs(entry["profile"], seed, KnowledgeConfig.from_dict(entry["config"]["knowledge"]))["clip"]
+    # as JSON (tuples are lists there); a setting the manifest lacks is one added since, whose default is
+    # the training as it was
+    mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    differ = sorted(
+        k
+        for k, v in entry["config"].items()
+        if k not in ("render_workers", "text_calibration") and mine.get(k) != v
+    )
+    if differ:
+        raise ValueError(
+            f"{out}: the CLIP was trained with other settings than this code's defaults: {differ}"
+        )
+    cfg = dataclasses.replace(
+        cfg, text_calibration=text_calibration, render_workers=render_workers or cfg.render_workers
+    )
+    t0 = time.time()
+    metrics = calibrate_trained_clip(cfg, toy_world(seed), out, device=device)
+    metrics["trained"] = {k: entry.get(k) for k in ("device", "gpu", "host", "torch", "wall_s", "profile")}
+    record_model(out, "clip", dataclasses.asdict(cfg), metrics, entry["profile"], device, time.time() - t0)
+    if calibration_sets:
+        record_geometry(out, calibration_sets, device)
+    return metrics
+
+
 def choose_clip_knowledge_weight(runs: dict[float, dict[str, Any]], zero_shot_gate: float) -> float | None:
     """The smallest CLIP knowledge Gram-loss weight among ``runs`` (weight -> that run's manifest) whose
     trained CLIP puts every domain's App. C.2 statistic inside the paper's range and keeps held-out
