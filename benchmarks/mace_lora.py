@@ -2,8 +2,8 @@
 in one process on the same data: wall time of each arm, their ratio, and how far the LoRAs of the two arms
 are apart (they are the same LoRAs up to float rounding).
 
-The model is the toy world's shipped text-to-image model (or an SD architecture at random weights with
-``--arch``); the task's concepts, prompts and MACE settings are the study's (`study.erase_spec`). Training
+The model is the toy world's shipped text-to-image model; the task's concepts, prompts and MACE settings
+are the study's (`study.erase_spec`). Training
 images are noise and the masks a centred ellipse: the LoRA phase's cost does not depend on them. Appends a
 row to benchmarks/results.jsonl.
 
@@ -14,6 +14,7 @@ row to benchmarks/results.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = study.erase_spec(config, args.task, "default", world)
     cfg = EraseConfig.from_dict(spec["mace"])
     if args.steps:
-        cfg = EraseConfig.from_dict({**spec["mace"], "lora_steps": args.steps})
+        cfg = dataclasses.replace(cfg, lora_steps=args.steps)
     pipe = load_pipeline(ROOT / study.toy_models_dir(config) / "t2i", device=device)
     size = pipeline_resolution(pipe)
     rng = np.random.default_rng(0)
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t, states
 
-    train_concept_loras(
-        pipe, items[:1], EraseConfig.from_dict({**spec["mace"], "lora_steps": 1}), device
-    )  # warm-up
+    train_concept_loras(pipe, items[:1], dataclasses.replace(cfg, lora_steps=1), device)  # warm-up
     alone_s, alone = arm(1)
     together_s, together = arm(per_step)
     diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(alone, together, strict=True) for k in a)

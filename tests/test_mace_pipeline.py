@@ -30,7 +30,6 @@ from resurgence.mace.lora import (
     masks_to_tensor,
     measure_attention,
     pipeline_resolution,
-    train_concept_lora,
     train_concept_loras,
 )
 from resurgence.mace.refine import collect_coexisting_embeddings, encode_prompts
@@ -112,7 +111,9 @@ def test_lora_training_lowers_masked_attention(pipe) -> None:
     cfg = EraseConfig.celebrity(lora_steps=8, lora_lr=5e-2)
     base = kv_weights(pipe)
     before = measure_attention(pipe, ANN.prompts, ANN.phrases, images, masks, "cpu", timesteps=(250, 350))
-    state, losses = train_concept_lora(pipe, ANN.prompts, ANN.phrases, images, masks, cfg, "cpu", seed=0)
+    state, losses = train_concept_loras(
+        pipe, [ConceptData(ANN.prompts, ANN.phrases, images, masks, 0)], cfg, "cpu"
+    )[0]
     assert len(losses) == 8 and all(np.isfinite(losses))
     assert not getattr(pipe.unet, "peft_config", None)  # adapter removed ...
     for n, w in kv_weights(pipe).items():  # ... and the weights untouched
@@ -223,7 +224,9 @@ def test_concept_lora_is_a_function_of_its_seed(pipe) -> None:
 
     def train(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(global_seed)
-        state, _ = train_concept_lora(pipe, ANN.prompts, ANN.phrases, images, masks, cfg, "cpu", seed=seed)
+        state, _ = train_concept_loras(
+            pipe, [ConceptData(ANN.prompts, ANN.phrases, images, masks, seed)], cfg, "cpu"
+        )[0]
         return state
 
     first, again = train(0, global_seed=1), train(0, global_seed=2)
@@ -233,7 +236,7 @@ def test_concept_lora_is_a_function_of_its_seed(pipe) -> None:
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    train_concept_lora(pipe, ANN.prompts, ANN.phrases, images, masks, cfg, "cpu", seed=0)
+    train_concept_loras(pipe, [ConceptData(ANN.prompts, ANN.phrases, images, masks, 0)], cfg, "cpu")
     assert torch.equal(torch.rand(4), expected)
 
 

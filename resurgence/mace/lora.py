@@ -271,22 +271,6 @@ def train_concept_loras(
     return out
 
 
-def train_concept_lora(
-    pipe,
-    concept_prompts: Sequence[str],
-    phrases: Sequence[str],
-    images: Sequence[Image.Image],
-    masks: np.ndarray,
-    cfg: EraseConfig,
-    device: str | torch.device,
-    seed: int | None = None,
-    progress: bool = False,
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Train one concept's LoRA (`train_concept_loras` of that concept alone); return (peft state dict, losses)."""
-    item = ConceptData(concept_prompts, phrases, images, masks, cfg.seed if seed is None else seed)
-    return train_concept_loras(pipe, [item], cfg, device, progress)[0]
-
-
 @torch.no_grad()
 def measure_attention(
     pipe,

@@ -350,10 +350,10 @@ def _knowledge_targets(
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> the toy tower's input."""
+    """NCHW in [0, 1] -> the toy tower's input."""
     mean = torch.tensor(TOY_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(TOY_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255.0 - mean) / std
+    return (x - mean) / std
 
 
 def calibrate_text_tower(
@@ -380,7 +380,7 @@ def calibrate_text_tower(
         feats = torch.cat(
             [
                 model.encode_image(
-                    _normalise(x_all[i : i + 1024].permute(0, 3, 1, 2)), normalize=True
+                    _normalise(x_all[i : i + 1024].permute(0, 3, 1, 2).float() / 255.0), normalize=True
                 ).float()
                 for i in range(0, len(x_all), 1024)
             ]
@@ -513,8 +513,6 @@ def train_clip(
     ckpt_path = out_dir / "clip_ckpt" / "state.pt"
     start = resume_train_state(ckpt_path, model, opt, gen, cfg)
     use_amp = cfg.bf16 and device.type == "cuda"
-    mean = torch.tensor(TOY_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(TOY_STD, device=device).view(1, 3, 1, 1)
     model.train()
     loss_val, know_val = float("nan"), None
     bs = min(cfg.batch_size, n)
@@ -526,7 +524,7 @@ def train_clip(
         cap_ids = slot_ids[idx, v]
         x = x_all[idx].permute(0, 3, 1, 2).float() / 255.0
         x, _ = augment_batch(x, gen, cfg.augment)
-        x = (x - mean) / std
+        x = _normalise(x)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             img = model.encode_image(x, normalize=True)
             txt = model.encode_text(tokens[cap_ids], normalize=True)
