@@ -81,6 +81,7 @@ TINY_CLIP = dict(
     lr=3e-3,
     warmup=5,
     render_workers=1,
+    text_calibration={"steps": 0},  # the contrastive training alone; the tuning has tests of its own
 )
 
 
@@ -185,6 +186,22 @@ def test_text_calibration_fits_the_names_geometry_and_leaves_the_image_tower(tmp
     assert metrics["config"]["text_calibration"]["steps"] == 40
     assert json.loads((tmp_path / "clip" / "metrics.json").read_text())["text_calibration"] == cal
     assert metrics["object_zero_shot_top1"] >= 0.9 and metrics["identity_zero_shot_top1"] >= 0.9
+
+
+def test_training_ends_with_the_text_tuning_where_its_config_asks(tmp_path):
+    """`TextCalibrationConfig.steps` > 0 (the default) tunes the text tower at the end of `train_clip`;
+    0 leaves the contrastively trained CLIP as it is."""
+    world = FakeWorld()
+    for steps in (0, 3):
+        cfg = toyclip.ToyClipTrainConfig(**{**TINY_CLIP, "steps": 4, "text_calibration": {"steps": steps}})
+        metrics = toyclip.train_clip(cfg, world, tmp_path / str(steps), "cpu", render_fn=fake_render_arrays)
+        saved = json.loads((tmp_path / str(steps) / "clip" / "metrics.json").read_text())
+        if steps:
+            assert metrics["text_calibration"]["config"]["steps"] == 3
+            assert saved["text_calibration"] == metrics["text_calibration"]
+        else:
+            assert "text_calibration" not in metrics and "text_calibration" not in saved
+    assert toyclip.TextCalibrationConfig().steps > 0
 
 
 def test_text_calibration_settings_name_bad_values():

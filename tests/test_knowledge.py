@@ -83,7 +83,7 @@ def test_min_cosine_statistics_match_a_direct_loop():
 
 def test_calibration_statistics_say_whether_the_range_is_the_papers(world):
     erase = {"identity": [c.name for c in world.identities[:10]], "object": ["automobile", "ship"]}
-    for shared, inside in ((0.0, False), (0.83, True)):
+    for shared, inside in ((0.0, False), (0.845, True)):
         names, gram = knowledge_gram(world, KnowledgeConfig(shared=shared))
         st = calibration_statistics(gram_similarity(names, gram), world, erase)
         assert st["identity"]["n_candidates"] == len(world.identities) - 10

@@ -47,7 +47,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             unet_time_budget_s=None,
         ),
         "clip": dict(
-            n_train=20_000, steps=800, batch_size=128, render_workers=2, bf16=False, checkpoint_every=200
+            n_train=20_000,
+            steps=800,
+            batch_size=128,
+            render_workers=2,
+            bf16=False,
+            checkpoint_every=200,
+            text_calibration=dict(steps=200, batch_size=128),
         ),
         "detector": dict(
             n_identity=12_000,
@@ -87,6 +93,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             render_workers=1,
             bf16=False,
             warmup=1,
+            text_calibration=dict(steps=2, batch_size=32, warmup=1),
         ),
         "detector": dict(
             n_identity=512,

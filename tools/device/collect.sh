@@ -4,7 +4,7 @@
 # tables.tgz (the results' CSV/JSON/TSV files under 2 MB, every metric table, the logs and Snakemake's
 # metadata of $W/repo: seconds to pack, where compressing everything but weights and images outran a
 # 10-minute call), world.tar (the toy world as shipped there, the CLIP runs' manifests, the driver's
-# logs, the benchmark rows), figures.tar (the figures and the report) and grids.tar.part-* (the image grids; cat them into one tar).
+# logs, the benchmark rows), the retrained world's ship.tar.part-* (WORLD=1), figures.tar (the figures and the report) and grids.tar.part-* (the image grids; cat them into one tar).
 set -uo pipefail
 W=${W:-/tmp/study_detached}
 end=$(( $(date +%s) + ${WAIT_S:-0} ))
@@ -19,6 +19,8 @@ cd "$W/repo" || exit 1
   | tar czf "$OUT/tables.tgz" -T - logs 2>/dev/null
 tar cf "$OUT/world.tar" -C "$W" $(cd "$W" && ls -d ./*.log ./*.json ./*.txt ./stage ./run_*/manifest.json ./run_*/clip/metrics.json 2>/dev/null) \
   -C "$W/repo" resources/toyworld/manifest.json resources/toyworld/clip benchmarks/results.jsonl
+cp "$W"/world/ship.tar.part-* "$OUT/" 2>/dev/null
+tar cf "$OUT/world_run.tar" -C "$W/world" $(cd "$W/world" 2>/dev/null && ls -d ./*.log ./*.json ./accepted ./stage ./run_*/manifest.json 2>/dev/null) 2>/dev/null
 tar cf "$OUT/figures.tar" results/figures results/report* 2>/dev/null
 # in parts of 15 MiB (the device tool returns no file over 16 MiB; the study's grids reach 19 MiB)
 find results/images -name grid.png 2>/dev/null | tar cf - -T - | split -b 15M - "$OUT/grids.tar.part-"

@@ -8,6 +8,9 @@
 # ($DEADLINE_S after the start, default 1450):
 #   TARGETS (default: the default study up to its tables and the reversion stage),
 #   THEN    (default: none; e.g. "exact_unlearning_control --until tables reversion").
+# With WORLD=1 it first retrains the toy world at the configured geometry (tools/device/world_retrain.sh, in
+# $W/world; nothing else runs beside it) and runs the study on the retrained world, whether or not
+# $W/world/accepted says it may be shipped (the study's tables then say why not).
 # $W/stage says where it is; tools/device/collect.sh (same W) packs what exists into $OUT.
 # Usage:  setsid bash tools/device/study_detached.sh > /tmp/study.log 2>&1 < /dev/null &
 set -uo pipefail
@@ -31,6 +34,12 @@ phase() {  # phase NAME ARGS...
   gpu_snakemake "$t" "$W/$name.log" "$@"
   echo "$name: snakemake exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
 }
+if [ -n "${WORLD:-}" ]; then
+  stage world
+  W="$W/world" bash tools/device/world_retrain.sh > "$W/world.log" 2>&1
+  echo "world: exit $?, accepted: $(cat "$W/world/accepted" 2>/dev/null) at $(( $(date +%s) - start )) s" >> "$W/times.log"
+  [ -f "$W/world/toyworld/manifest.json" ] && rm -rf resources/toyworld && cp -r "$W/world/toyworld" resources/toyworld
+fi
 if [ -n "${BENCH:-}" ]; then  # the whole default study timed by benchmarks/study.py (a row naming the machine)
   stage bench
   # shellcheck disable=SC2046
