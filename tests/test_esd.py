@@ -1,7 +1,10 @@
-"""ESD: its two parameter sets, the loss against a direct computation on a tiny UNet, the partial sample
-against a hand-run guided loop, resume after a crash, and the dense erasure's round trip."""
+"""ESD: its two parameter sets, the loss against a direct computation on a tiny UNet, the batched partial
+samples against a hand-run guided loop per row, their grouping, resume after a crash, and the dense
+erasure's round trip."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -39,45 +42,65 @@ def test_step_loss_is_the_mse_to_the_negatively_guided_noise(pipe):
     trained = build_random_pipeline("tiny", seed=1, tokenizer_dir=None).unet  # different weights
     g = torch.Generator().manual_seed(0)
     s = unet.config.sample_size
-    x = torch.randn(1, unet.config.in_channels, s, s, generator=g)
+    x = torch.randn(2, unet.config.in_channels, s, s, generator=g)
     dim = unet.config.cross_attention_dim
-    cond, null = torch.randn(1, 7, dim, generator=g), torch.randn(1, 7, dim, generator=g)
-    t = torch.tensor(321)
+    cond, null = torch.randn(2, 7, dim, generator=g), torch.randn(1, 7, dim, generator=g)
+    t = torch.tensor([321, 40])
     eta = 2.0
-    got = esd.esd_step_loss(trained, unet, x, t, cond, null, eta)
+    e_p, e_0 = esd.frozen_noise(unet, x, t, cond, null)
     with torch.no_grad():
-        e_p, e_0 = unet(x, t, cond).sample, unet(x, t, null).sample
-        pred = trained(x, t, cond).sample
+        pred = trained(x[1:], t[1:], cond[1:]).sample
+        direct_p, direct_0 = unet(x[1:], t[1:], cond[1:]).sample, unet(x[1:], t[1:], null).sample
+    torch.testing.assert_close(e_p[1:], direct_p, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(e_0[1:], direct_0, rtol=1e-4, atol=1e-5)
+    got = esd.esd_loss(pred, e_p[1:], e_0[1:], eta)
     # (1 - eta) e_p + eta e_0 is e_p - eta (e_p - e_0) written the other way round
-    direct = ((pred - ((1 - eta) * e_p + eta * e_0)) ** 2).sum() / pred.numel()
-    assert got.item() == pytest.approx(direct.item(), rel=1e-5)
-    assert got.requires_grad
+    direct = ((pred - ((1 - eta) * direct_p + eta * direct_0)) ** 2).sum() / pred.numel()
+    assert got.item() == pytest.approx(direct.item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("k", [0, 1, 3])
-def test_partial_sample_is_k_guided_steps_of_the_pipelines_schedule(pipe, k):
+def test_partial_samples_are_each_rows_k_guided_steps_of_the_pipelines_schedule(pipe):
+    """One batched pipeline run gives every row the latents of its own k steps, as a hand-run guided loop
+    of the scheduler does for that row alone."""
     cfg = esd.ESDConfig(num_inference_steps=6, guidance_scale=3.0)
-    cond = encode_prompts(pipe, ["Ann X"])
+    states = encode_prompts(pipe, ["Ann X", "a photo of Ann X", "Annie"])
     null = encode_prompts(pipe, [""])
-    x, t = esd.partial_sample(pipe, cond, null, k, cfg, torch.Generator().manual_seed(5))
+    ks, seeds = [3, 0, 1], [5, 6, 7]
+    x, t = esd.partial_samples(pipe, states, null, ks, cfg, seeds)
     sched = pipe.scheduler
-    sched.set_timesteps(6)
     s = pipe.unet.config.sample_size
-    lat = torch.randn(1, pipe.unet.config.in_channels, s, s, generator=torch.Generator().manual_seed(5))
-    lat = lat * sched.init_noise_sigma
-    with torch.no_grad():
-        for step in sched.timesteps[:k]:
-            inp = sched.scale_model_input(torch.cat([lat, lat]), step)
-            e_u, e_c = pipe.unet(inp, step, torch.cat([null, cond])).sample.chunk(2)
-            lat = sched.step(e_u + 3.0 * (e_c - e_u), step, lat).prev_sample
-    assert t == sched.timesteps[k]
-    torch.testing.assert_close(x, lat, rtol=1e-4, atol=1e-5)
+    for row, (k, seed) in enumerate(zip(ks, seeds, strict=True)):
+        sched.set_timesteps(6)
+        lat = torch.randn(
+            1, pipe.unet.config.in_channels, s, s, generator=torch.Generator().manual_seed(seed)
+        )
+        lat = lat * sched.init_noise_sigma
+        cond = states[row : row + 1]
+        with torch.no_grad():
+            for step in sched.timesteps[:k]:
+                inp = sched.scale_model_input(torch.cat([lat, lat]), step)
+                e_u, e_c = pipe.unet(inp, step, torch.cat([null, cond])).sample.chunk(2)
+                lat = sched.step(e_u + 3.0 * (e_c - e_u), step, lat).prev_sample
+        assert t[row] == sched.timesteps[k]
+        torch.testing.assert_close(x[row : row + 1], lat, rtol=1e-4, atol=1e-5)
+
+
+def test_sample_groups_hold_every_iteration_once_in_order_of_k():
+    cfg = esd.ESDConfig(iterations=23, num_inference_steps=50, seed=3)
+    draws = esd.draw_iterations(cfg, 4)
+    assert len(draws) == 23 and {j for j, _, _ in draws} <= {0, 1, 2, 3}
+    groups = esd.sample_groups(draws, 5)
+    assert [len(g) for g in groups] == [5, 5, 5, 5, 3]
+    assert sorted(i for g in groups for i in g) == list(range(23))
+    ks = [draws[i][1] for g in groups for i in g]
+    assert ks == sorted(ks) and len(set(ks)) > 5
+    assert esd.draw_iterations(cfg, 4) == draws  # a function of the seed: a resumed run draws the same
 
 
 def test_esd_trains_resumes_exactly_and_round_trips_as_a_dense_erasure(pipe, tokdir, tmp_path, monkeypatch):
     torch.set_num_threads(2)
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
-    cfg = esd.ESDConfig(iterations=4, num_inference_steps=4, lr=1e-3, checkpoint_every=2)
+    cfg = esd.ESDConfig(iterations=4, num_inference_steps=4, lr=1e-3, checkpoint_every=2, sample_batch=1)
     ref = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "ref", model_key="m")
     assert set(ref.dense) == set(esd.esd_parameters(pipe.unet, "esd-x")) and ref.deltas == {}
     assert all(d.abs().max() > 0 for n, d in ref.dense.items() if n.endswith("weight"))
@@ -85,7 +108,7 @@ def test_esd_trains_resumes_exactly_and_round_trips_as_a_dense_erasure(pipe, tok
     assert len(ref.report["losses"]) == 4 and ref.report["resumed_from"] is None
 
     calls = {"n": 0}
-    real = esd.esd_step_loss
+    real = esd.esd_loss
 
     def crash_at_third(*a, **kw):
         calls["n"] += 1
@@ -93,13 +116,19 @@ def test_esd_trains_resumes_exactly_and_round_trips_as_a_dense_erasure(pipe, tok
             raise RuntimeError("killed")
         return real(*a, **kw)
 
-    monkeypatch.setattr(esd, "esd_step_loss", crash_at_third)
+    monkeypatch.setattr(esd, "esd_loss", crash_at_third)
     with pytest.raises(RuntimeError, match="killed"):
         esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="m")
-    monkeypatch.setattr(esd, "esd_step_loss", real)
+    monkeypatch.setattr(esd, "esd_loss", real)
     res = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="m")
     assert res.report["resumed_from"] == 2 and res.report["losses"] == ref.report["losses"]
     assert all(torch.equal(res.dense[n], ref.dense[n]) for n in ref.dense)
+    # the frozen model's samples in other groups: the same training up to float rounding (Adam's
+    # normalised steps carry it into a few near-zero elements, so the measure is each delta's norm)
+    grouped = esd.erase_concepts(pipe, [ANN], dataclasses.replace(cfg, sample_batch=3), "cpu")
+    assert grouped.report["losses"] == pytest.approx(ref.report["losses"], rel=1e-4)
+    for n in ref.dense:
+        assert (grouped.dense[n] - ref.dense[n]).norm() <= 1e-3 * ref.dense[n].norm()
     # another model key: the old state is not resumed
     other = esd.erase_concepts(pipe, [ANN], cfg, "cpu", state_dir=tmp_path / "res", model_key="other")
     assert other.report["resumed_from"] is None

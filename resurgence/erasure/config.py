@@ -59,6 +59,10 @@ class ESDConfig:
     num_inference_steps: int = 50  # --num_inference_steps: the schedule x_k is sampled on
     guidance_scale: float = 3.0  # --guidance_scale of that sampling
     seed: int = 0
+    # x_k and the frozen model's two noise predictions depend on the frozen model alone, so they are
+    # computed before training, this many iterations' at once (their draws sorted by k, one pipeline run
+    # per group). The maths is the script's; the grouping changes only float rounding, so it is a setting.
+    sample_batch: int = 16
     checkpoint_every: int = 50  # training state kept every this many iterations (resume after a crash)
     log_every: int = 10
 
@@ -67,7 +71,7 @@ class ESDConfig:
             raise ValueError(
                 f"esd train_method must be one of {list(TRAIN_METHODS)}, got {self.train_method!r}"
             )
-        for name in ("iterations", "num_inference_steps", "checkpoint_every", "log_every"):
+        for name in ("iterations", "num_inference_steps", "sample_batch", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"esd {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:

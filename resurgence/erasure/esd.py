@@ -10,7 +10,10 @@ frozen model from noise on the phrase (classifier-free guidance ``guidance_scale
 
 with e_p, e_0 the frozen model's noise predictions for the phrase and for the empty prompt, and
 eta = ``negative_guidance``; the target is linear in the UNet's outputs, so it holds as written for a
-model that predicts v (SD v2.1 at 768 px). Several concepts share one run, a phrase drawn per iteration (as the
+model that predicts v (SD v2.1 at 768 px). x_k, e_p and e_0 come from the frozen model alone, so they
+are computed before the training, ``sample_batch`` iterations' at once (`frozen_samples`): the same
+quantities as the script's, one batched pipeline run per group instead of one run per iteration (on a
+GPU the runs at batch 1 were most of an ESD job's time). Several concepts share one run, a phrase drawn per iteration (as the
 original `train-esd.py` does with its comma-separated concepts). The published variants train
 different parameters: ESD-x every Linear/Conv2d parameter of the cross-attention blocks (`attn2`),
 ESD-u every one outside them. The change is dense, so it is saved as dense parameter deltas
@@ -70,54 +73,99 @@ def esd_loss(
     return F.mse_loss(pred.float(), esd_target(e_concept, e_null, negative_guidance).float())
 
 
-def esd_step_loss(
-    trained,
-    base,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    cond: torch.Tensor,
-    null: torch.Tensor,
-    negative_guidance: float,
-) -> torch.Tensor:
-    """One iteration's loss: the trained UNet on (x_k, t_k, c) against the frozen one's guided-away noise."""
-    with torch.no_grad():
-        e_p = base(x, t, encoder_hidden_states=cond, return_dict=False)[0]
-        e_0 = base(x, t, encoder_hidden_states=null, return_dict=False)[0]
-    return esd_loss(
-        trained(x, t, encoder_hidden_states=cond, return_dict=False)[0], e_p, e_0, negative_guidance
-    )
+@torch.no_grad()
+def frozen_noise(
+    base, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, null: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen UNet's noise predictions (e_p, e_0) at (x_k, t_k) for the concept's prompt and the empty one."""
+    e_p = base(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+    e_0 = base(x, t, encoder_hidden_states=null.expand(len(x), -1, -1), return_dict=False)[0]
+    return e_p, e_0
 
 
 @torch.no_grad()
-def partial_sample(
-    pipe, cond: torch.Tensor, null: torch.Tensor, k: int, cfg: ESDConfig, generator: torch.Generator
+def partial_samples(
+    pipe, cond: torch.Tensor, null: torch.Tensor, ks: Sequence[int], cfg: ESDConfig, seeds: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_k, t_k): the frozen pipeline's latents after k of ``num_inference_steps`` guided steps from
-    noise, and the timestep it would denoise next (diffusers' pipeline, interrupted after step k)."""
+    """(x_k, t_k) per row of ``cond``: the frozen pipeline's latents after its own k of
+    ``num_inference_steps`` guided steps from the noise of its seed, and the timestep it would denoise next.
+
+    One run of diffusers' pipeline for the batch, stopped after the largest k; each row's latents are taken
+    after its own k-th step (the script runs the pipeline once per row and stops it there)."""
     unet = pipe.unet
     size = unet.config.sample_size
     shape = (1, unet.config.in_channels, size, size)
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(pipe.device, unet.dtype)
+    noise = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    noise = noise.to(pipe.device, unet.dtype)
     pipe.scheduler.set_timesteps(cfg.num_inference_steps, device=pipe.device)
-    t_k = pipe.scheduler.timesteps[k]
-    if k == 0:
-        return noise * pipe.scheduler.init_noise_sigma, t_k
+    t_k = pipe.scheduler.timesteps[list(ks)]
+    x_k = noise * pipe.scheduler.init_noise_sigma
+    last = max(ks)
+    if last == 0:
+        return x_k, t_k
+    wanted = torch.tensor(list(ks), device=pipe.device)
 
-    def stop_after_k(p, i, t, kwargs):
-        if i == k - 1:
+    def keep_after_step(p, i, t, kwargs):
+        done = wanted == i + 1
+        x_k[done] = kwargs["latents"][done].to(x_k.dtype)
+        if i + 1 == last:
             p._interrupt = True
         return kwargs
 
-    latents = pipe(
+    pipe(
         prompt_embeds=cond,
-        negative_prompt_embeds=null,
+        negative_prompt_embeds=null.expand(len(cond), -1, -1),
         num_inference_steps=cfg.num_inference_steps,
         guidance_scale=cfg.guidance_scale,
         latents=noise,
         output_type="latent",
-        callback_on_step_end=stop_after_k,
-    ).images
-    return latents, t_k
+        callback_on_step_end=keep_after_step,
+    )
+    return x_k, t_k
+
+
+def draw_iterations(cfg: ESDConfig, n_phrases: int) -> list[tuple[int, int, int]]:
+    """Per iteration, in order: (phrase index, step k, noise seed), drawn as the script draws them."""
+    rng = np.random.default_rng(cfg.seed)
+    draws = []
+    for _ in range(cfg.iterations):
+        j = int(rng.integers(n_phrases))
+        k = int(rng.integers(cfg.num_inference_steps))
+        draws.append((j, k, int(rng.integers(2**31))))
+    return draws
+
+
+def sample_groups(draws: Sequence[tuple[int, int, int]], batch: int) -> list[list[int]]:
+    """Iterations grouped ``batch`` at a time in the order of their k, so that a group's pipeline run stops
+    near each member's own k (on a CPU the grouping then costs about as many UNet calls as one run per
+    iteration). A function of the draws alone: a resumed run recomputes the same groups."""
+    order = sorted(range(len(draws)), key=lambda i: (draws[i][1], i))
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+@torch.no_grad()
+def frozen_samples(
+    pipe,
+    states: torch.Tensor,
+    null: torch.Tensor,
+    draws,
+    cfg: ESDConfig,
+    start: int = 0,
+    progress: bool = True,
+) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Iteration -> (x_k, t_k, e_p, e_0) for every iteration from ``start`` on: what the frozen model gives
+    the training, computed before it in `sample_groups`' groups."""
+    out: dict[int, tuple[torch.Tensor, ...]] = {}
+    groups = [g for g in sample_groups(draws, cfg.sample_batch) if max(g) >= start]
+    for group in progress_bar(groups, desc="esd samples", enabled=progress):
+        cond = states[[draws[i][0] for i in group]]
+        x, t = partial_samples(
+            pipe, cond, null, [draws[i][1] for i in group], cfg, [draws[i][2] for i in group]
+        )
+        e_p, e_0 = frozen_noise(pipe.unet, x, t, cond, null)
+        for n, i in enumerate(group):
+            out[i] = (x[n : n + 1], t[n : n + 1], e_p[n : n + 1], e_0[n : n + 1])
+    return out
 
 
 def erase_concepts(
@@ -152,7 +200,6 @@ def erase_concepts(
     phrases = [(c.name, p) for c in concepts for p in c.phrases]
     states = encode_prompts(pipe, [p for _, p in phrases])
     null = encode_prompts(pipe, [""])
-    rng = np.random.default_rng(cfg.seed)
     start, losses = 0, []
     state_path = None
     if state_dir is not None:
@@ -165,19 +212,20 @@ def erase_concepts(
                 for n, p in params.items():
                     p.copy_(st["params"][n].to(p.device, p.dtype))
             optimizer.load_state_dict(st["optimizer"])
-            rng.bit_generator.state = st["rng"]
             start, losses = int(st["iteration"]), list(st["losses"])
             logger.info("resuming ESD from iteration %d of %d (%s)", start, cfg.iterations, state_path)
+    draws = draw_iterations(cfg, len(phrases))
+    t_sample = time.perf_counter()
+    samples = frozen_samples(pipe, states, null, draws, cfg, start, progress)
+    t_sample = time.perf_counter() - t_sample
     bar = progress_bar(
         range(start, cfg.iterations), desc="esd", enabled=progress, initial=start, total=cfg.iterations
     )
     for it in bar:
-        j = int(rng.integers(len(phrases)))
-        k = int(rng.integers(cfg.num_inference_steps))
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        cond = states[j : j + 1]
-        x, t = partial_sample(pipe, cond, null, k, cfg, gen)
-        loss = esd_step_loss(trained, base, x, t, cond, null, cfg.negative_guidance)
+        x, t, e_p, e_0 = samples.pop(it)
+        cond = states[draws[it][0] : draws[it][0] + 1]
+        pred = trained(x, t, encoder_hidden_states=cond, return_dict=False)[0]
+        loss = esd_loss(pred, e_p, e_0, cfg.negative_guidance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -190,7 +238,6 @@ def erase_concepts(
                     {
                         "params": {n: p.detach().cpu() for n, p in params.items()},
                         "optimizer": optimizer.state_dict(),
-                        "rng": rng.bit_generator.state,
                         "iteration": it + 1,
                         "losses": losses,
                     },
@@ -212,6 +259,7 @@ def erase_concepts(
             torch.sqrt(sum((d.double() ** 2).sum() for d in dense.values()))
             / torch.sqrt(sum((base_params[n].detach().double() ** 2).sum() for n in dense)).clamp_min(1e-30)
         ),
+        "sampling_s": t_sample,
         "wall_time_s": time.perf_counter() - t0,
         "peak_memory": peak_memory(device),
     }
