@@ -103,3 +103,21 @@ def gpu_lock(path: str | None, parties: int = 1, wait_s: float = 300.0):
         fcntl.flock(f, fcntl.LOCK_EX)
         torch.backends.cudnn.benchmark = True
         yield
+
+
+def toy_erase_setup(task: str, erase: str, device: str) -> tuple[torch.device, Any, dict[str, Any], Any]:
+    """(device, the toy world, the study's erase spec of ``task`` and ``erase``, the shipped text-to-image
+    pipeline on the device): what the erasure benchmarks start from. TF32 on as `fast_cuda_math` sets it."""
+    from resurgence import study
+    from resurgence.config import load_config
+    from resurgence.models.pipeline import load_pipeline
+    from resurgence.world import get_world
+
+    root = Path(__file__).resolve().parents[1]
+    dev = torch.device(device)
+    fast_cuda_math(dev)
+    config = load_config([root / "config.yaml"])
+    world = get_world(config)
+    spec = study.erase_spec(config, task, erase, world)
+    pipe = load_pipeline(root / study.toy_models_dir(config) / "t2i", device=dev)
+    return dev, world, spec, pipe

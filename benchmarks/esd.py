@@ -15,20 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
-from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from common import record, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
 
-from resurgence import study
-from resurgence.config import load_config
 from resurgence.erasure.artifact import ConceptSpec
 from resurgence.erasure.config import ESDConfig
 from resurgence.erasure.esd import erase_concepts
-from resurgence.models.pipeline import load_pipeline
-from resurgence.world import get_world
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,11 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iterations", type=int, default=None, help="per arm (default: the variant's)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    fast_cuda_math(device)
-    config = load_config([ROOT / "config.yaml"])
-    world = get_world(config)
-    spec = study.erase_spec(config, args.task, args.erase, world)
+    device, world, spec, pipe = toy_erase_setup(args.task, args.erase, args.device)
     if spec["method"] != "esd":
         raise SystemExit(f"--erase {args.erase}: method {spec['method']!r}, not esd")
     cfg = ESDConfig.from_dict(spec["esd"])
@@ -52,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     for c in spec["concepts"]:
         concept = world.concept(c["name"])
         concepts.append(ConceptSpec(concept.name, tuple(world.eval_prompts(concept)), tuple(concept.names)))
-    pipe = load_pipeline(ROOT / study.toy_models_dir(config) / "t2i", device=device)
 
     def arm(sample_batch: int):
         if device.type == "cuda":

@@ -16,22 +16,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from common import record, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
 from erase import ellipse_mask
 from PIL import Image
 
-from resurgence import study
-from resurgence.config import load_config
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.lora import ConceptData, pipeline_resolution, train_concept_loras
-from resurgence.models.pipeline import load_pipeline
-from resurgence.world import get_world
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,15 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="LoRA steps per arm (default: the task's)")
     p.add_argument("--side-by-side", type=int, default=None, help="concepts per step (default: all)")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    fast_cuda_math(device)
-    config = load_config([ROOT / "config.yaml"])
-    world = get_world(config)
-    spec = study.erase_spec(config, args.task, "default", world)
+    device, world, spec, pipe = toy_erase_setup(args.task, "default", args.device)
     cfg = EraseConfig.from_dict(spec["mace"])
     if args.steps:
         cfg = dataclasses.replace(cfg, lora_steps=args.steps)
-    pipe = load_pipeline(ROOT / study.toy_models_dir(config) / "t2i", device=device)
     size = pipeline_resolution(pipe)
     rng = np.random.default_rng(0)
     mask = ellipse_mask(size)
