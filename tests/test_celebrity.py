@@ -304,11 +304,18 @@ def test_clip_identifier_background_and_spec_options(toy_clip, toy_world_renders
     names = [c.name for c in world.identities]
     ident = ClipCelebrityIdentifier(toy_clip, names)
     objs = render_arrays(world, 40, seed=99, kind="object")
-    none_objects = np.mean([lab == NONE_LABEL for lab in ident.predict(objs["images"])[0]])
-    none_faces = np.mean([lab == NONE_LABEL for lab in ident.predict(toy_world_renders[1]["images"])[0]])
-    # The toy CLIP never saw "a person"/"an object" captions, so its background class is weak (~20% of
-    # objects); it must still fire more on objects than on identities.
-    assert none_objects > none_faces + 0.1, (none_objects, none_faces)
+    faces = toy_world_renders[1]["images"]
+    # The toy CLIP never saw "a person"/"an object" captions, so its background class is weak: since its
+    # text tower's tuning to the knowledge geometry it takes ~5% of an object render's probability (was
+    # ~14%) and wins on none of them (was ~18%). It must still take far more on objects than on identities.
+    bg_objects = float(np.asarray(ident.predict(objs["images"])[1])[:, -1].mean())
+    bg_faces = float(np.asarray(ident.predict(faces)[1])[:, -1].mean())
+    assert bg_objects > 0.01 and bg_objects > 100 * bg_faces, (bg_objects, bg_faces)
+    # Where a background phrase is the best match (objects' own names as background), the answer is none.
+    by_name = ClipCelebrityIdentifier(toy_clip, names, background=[c.name for c in world.objects])
+    none_objects = np.mean([lab == NONE_LABEL for lab in by_name.predict(objs["images"])[0]])
+    none_faces = np.mean([lab == NONE_LABEL for lab in by_name.predict(faces)[0]])
+    assert none_objects > 0.9 and none_faces < 0.1, (none_objects, none_faces)
     det = load_identity_detector(
         {"detector": {"kind": "clip_zero_shot", "templates": ["a photo of {}"], "background": ["a person"]}},
         names=names[:5],
