@@ -17,6 +17,9 @@ steps and saving drop out: kernel time and launches per step beside the step's w
 take far less than its wall time waits on the host), by kind, and the top kernels. Issue 22 asks why LoRA
 steps run slower than full ones on a GPU though they do fewer FLOPs; this is the measurement for it.
 
+``--peft-input-casts both`` times the LoRA arm also with peft's casts of each adapter's input to fp32, which
+the trainer turns off (`train.training_context`; the same loss and gradients), and gives their ratio.
+
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
     python benchmarks/finetune.py --arch sd14 --batch 8 --flops-only --device cpu
 """
@@ -24,9 +27,11 @@ steps run slower than full ones on a GPU though they do fewer FLOPs; this is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from unet_profile import kernel_kind, kernel_totals
 
+from resurgence.finetune import train
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
@@ -140,6 +146,27 @@ def profile_steps(method: str, cache: bool, args, device: torch.device, data: Pa
     )
 
 
+@contextlib.contextmanager
+def peft_input_casts(on: bool) -> Iterator[None]:
+    """With ``on``, the trainer's step context is plain autocast, so peft casts each adapter's input to its
+    fp32 weights as it does by default (the baseline of `train.training_context`)."""
+    if not on:
+        yield
+        return
+    own = train.training_context
+
+    def autocast_only(pipe, cfg, device):
+        return torch.autocast(
+            device.type, dtype=train._weight_dtype(cfg), enabled=cfg.mixed_precision != "no"
+        )
+
+    train.training_context = autocast_only
+    try:
+        yield
+    finally:
+        train.training_context = own
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="toy", choices=sorted(ARCHITECTURES))
@@ -158,6 +185,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=["cached", "every-step", "both"],
         help="the study's trainer encodes each example once (cached) or, as diffusers' scripts, every batch at "
         "every step; both: time the two one after the other in this run, with their ratio",
+    )
+    p.add_argument(
+        "--peft-input-casts",
+        default="off",
+        choices=["off", "on", "both"],
+        help="LoRA arms: the trainer turns peft's cast of each adapter's input to fp32 off (`training_context`); "
+        "on: peft's casts as diffusers' scripts run them; both: the two in this run, with their ratio",
     )
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -180,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     for method in args.methods:
         steps_per_s: dict[bool, float] = {}
-        for cache in arms:
+        casts_per_s: dict[bool, float] = {}
+        cast_arms = {"off": [False], "on": [True], "both": [True, False]}[args.peft_input_casts]
+        for cache, casts in [(c, k) for c in arms for k in (cast_arms if method == "lora" else [False])]:
             timings = {}
             # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
             # difference of the last two removes set-up, loading and first-step costs.
@@ -192,8 +228,9 @@ def main(argv: list[str] | None = None) -> None:
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
-                finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}", device=device, progress=False,
-                         cache_encodings=cache)  # fmt: skip
+                with peft_input_casts(casts):
+                    finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}-{casts}", device=device,
+                             progress=False, cache_encodings=cache)  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 timings[steps] = time.perf_counter() - t0
@@ -202,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             dt = timings[2 + args.steps] - timings[2]
-            steps_per_s[cache] = args.steps / dt
+            if not casts:
+                steps_per_s[cache] = args.steps / dt
+            casts_per_s[casts] = args.steps / dt
             step_flops = flops_per_step(args.arch, method, args, device, work, cache)
             # What the arm is: the same fields in its timing row and its profile row.
             arm = dict(
@@ -214,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 batch=args.batch,
                 rank=args.rank if method == "lora" else None,
                 encodings_cached=cache,
+                peft_input_casts=casts if method == "lora" else None,
             )
             record(
                 "finetune",
@@ -222,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                     images=args.images,
                     timed_steps=args.steps,
                     seconds=round(dt, 2),
-                    steps_per_s=round(steps_per_s[cache], 3),
+                    steps_per_s=round(args.steps / dt, 3),
                     images_per_s=round(args.steps * args.batch / dt, 2),
                     tflop_per_step=round(step_flops / 1e12, 4),
                     achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
@@ -230,14 +270,17 @@ def main(argv: list[str] | None = None) -> None:
                     peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
                     whole_run_s=round(timings[2 + args.steps], 2),
                     vs_every_step=round(steps_per_s[True] / steps_per_s[False], 3)
-                    if cache and False in steps_per_s
+                    if cache and False in steps_per_s and not casts
+                    else None,
+                    vs_peft_input_casts=round(casts_per_s[False] / casts_per_s[True], 3)
+                    if not casts and True in casts_per_s
                     else None,
                 ),
             )
             if args.profile_steps:
-                record(
-                    "finetune_profile", dict(**arm, **profile_steps(method, cache, args, device, data, work))
-                )
+                with peft_input_casts(casts):
+                    profile = profile_steps(method, cache, args, device, data, work)
+                record("finetune_profile", dict(**arm, **profile))
 
 
 if __name__ == "__main__":

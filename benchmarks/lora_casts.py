@@ -1,0 +1,70 @@
+"""Copy operators of one LoRA training step (forward and backward, bf16 autocast) with peft's casts of each
+adapter's input to its fp32 weights, and with the trainer's `training_context`, which turns them off; and
+whether the two give the same loss and LoRA gradients (they must, bit for bit). Counts operators, not
+time: a CPU run gives the launches a GPU step saves, not how much time that is.
+
+    python benchmarks/lora_casts.py --arch sd14          # SD v1.4's UNet at random weights, 8x8 latents
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from types import SimpleNamespace
+
+import torch
+from common import record  # benchmarks/ is on sys.path when run as a script
+from diffusers import UNet2DConditionModel
+
+from resurgence.finetune import train
+from resurgence.finetune.config import FinetuneConfig
+from resurgence.models.pipeline import ARCHITECTURES
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sd14", choices=sorted(ARCHITECTURES))
+    p.add_argument("--latent", type=int, default=8, help="latent side (the count does not depend on it)")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**ARCHITECTURES[args.arch].unet)
+    pipe = SimpleNamespace(unet=unet, text_encoder=torch.nn.Identity(), vae=torch.nn.Identity())
+    cfg = FinetuneConfig(steps=1, learning_rate=1e-4, batch_size=1, method="lora", mixed_precision="bf16")
+    device = torch.device("cpu")
+    params = train._setup_trainable(pipe, cfg, device)
+    c = unet.config
+    x = torch.randn(1, c.in_channels, args.latent, args.latent).to(torch.bfloat16)
+    states = torch.randn(1, 77, c.cross_attention_dim).to(torch.bfloat16)
+    t = torch.tensor([500])
+
+    def step(context) -> tuple[torch.Tensor, list[torch.Tensor], Counter]:
+        for q in params:
+            q.grad = None
+        with torch.profiler.profile() as prof:
+            with context:
+                loss = unet(x, t, states, return_dict=False)[0].float().pow(2).mean()
+            loss.backward()
+        return loss.detach(), [q.grad.clone() for q in params], Counter(e.name for e in prof.events())
+
+    peft = step(torch.autocast("cpu", dtype=torch.bfloat16))
+    ours = step(train.training_context(pipe, cfg, device))
+
+    def counts(ops: Counter) -> dict[str, int]:
+        back = sum(n for k, n in ops.items() if k.startswith("ToCopyBackward"))
+        return dict(to_copy=ops["aten::_to_copy"], to_copy_backward=back, operators=sum(ops.values()))
+
+    record(
+        "lora_casts",
+        dict(
+            arch=args.arch,
+            lora_parameters=len(params),
+            with_peft_casts=counts(peft[2]),
+            training_context=counts(ours[2]),
+            same_loss=bool(torch.equal(peft[0], ours[0])),
+            same_gradients=all(torch.equal(a, b) for a, b in zip(peft[1], ours[1], strict=True)),
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
