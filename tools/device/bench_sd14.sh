@@ -53,10 +53,12 @@ for what in ${WHAT:-generation erase finetune}; do
       timeout "${ERASE_TIMEOUT_S:-540}" python3 erase.py --arch sd14 --task identity_100 \
         ${ERASE_ARGS:---images-per-concept 1 --data-steps 20 --lora-steps 20} ;;
     finetune)
-      # both arms: the trainer's cached encodings and encoding every step (its baseline), one after the other,
-      # each profiled over 3 steps (issue 22: why a LoRA step is slower than a full one on a GPU)
+      # cached encodings (the trainer's): LoRA with peft's input casts and without them (the trainer's), and
+      # full, each profiled over 3 steps (issue 22: why a LoRA step is slower than a full one on a GPU);
+      # FINETUNE_ARGS="--encodings both" times encoding every step too (the 2026-12-05 run ran out of time)
+      # shellcheck disable=SC2086
       timeout 480 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 --mixed-precision bf16 \
-        --profile-steps 3 ;;
+        --profile-steps 3 ${FINETUNE_ARGS:---encodings cached --peft-input-casts both} ;;
   esac
 done
 tail -n +$((before + 1)) results.jsonl > "$OUT/results_new.jsonl"
