@@ -18,7 +18,7 @@ take far less than its wall time waits on the host), by kind, and the top kernel
 steps run slower than full ones on a GPU though they do fewer FLOPs; this is the measurement for it.
 
 ``--peft-input-casts both`` times the LoRA arm also with peft's casts of each adapter's input to fp32, which
-the trainer turns off (`train.training_context`; the same loss and gradients), and gives their ratio.
+the trainer turns off (`train.adapter_input_casts_off`; the same loss and gradients), and gives their ratio.
 
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
     python benchmarks/finetune.py --arch sd14 --batch 8 --flops-only --device cpu
@@ -148,23 +148,17 @@ def profile_steps(method: str, cache: bool, args, device: torch.device, data: Pa
 
 @contextlib.contextmanager
 def peft_input_casts(on: bool) -> Iterator[None]:
-    """With ``on``, the trainer's step context is plain autocast, so peft casts each adapter's input to its
-    fp32 weights as it does by default (the baseline of `train.training_context`)."""
+    """With ``on``, the trainer leaves peft's cast of each adapter's input to its fp32 weights on, as diffusers'
+    scripts run it (the baseline of `train.adapter_input_casts_off`)."""
     if not on:
         yield
         return
-    own = train.training_context
-
-    def autocast_only(pipe, cfg, device):
-        return torch.autocast(
-            device.type, dtype=train._weight_dtype(cfg), enabled=cfg.mixed_precision != "no"
-        )
-
-    train.training_context = autocast_only
+    own = train.adapter_input_casts_off
+    train.adapter_input_casts_off = lambda pipe, cfg: contextlib.nullcontext()
     try:
         yield
     finally:
-        train.training_context = own
+        train.adapter_input_casts_off = own
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         "--peft-input-casts",
         default="off",
         choices=["off", "on", "both"],
-        help="LoRA arms: the trainer turns peft's cast of each adapter's input to fp32 off (`training_context`); "
+        help="LoRA arms: the trainer turns peft's cast of each adapter's input to fp32 off (`adapter_input_casts_off`); "
         "on: peft's casts as diffusers' scripts run them; both: the two in this run, with their ratio",
     )
     args = p.parse_args(argv)

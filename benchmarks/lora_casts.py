@@ -1,5 +1,5 @@
 """Copy operators of one LoRA training step (forward and backward, bf16 autocast) with peft's casts of each
-adapter's input to its fp32 weights, and with the trainer's `training_context`, which turns them off; and
+adapter's input to its fp32 weights, and with the trainer's `adapter_input_casts_off`, which turns them off; and
 whether the two give the same loss and LoRA gradients (they must, bit for bit). Counts operators, not
 time: a CPU run gives the launches a GPU step saves, not how much time that is.
 
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         return loss.detach(), [q.grad.clone() for q in params], Counter(e.name for e in prof.events())
 
     peft = step(torch.autocast("cpu", dtype=torch.bfloat16))
-    ours = step(train.training_context(pipe, cfg, device))
+    with train.adapter_input_casts_off(pipe, cfg):
+        ours = step(torch.autocast("cpu", dtype=torch.bfloat16))
 
     def counts(ops: Counter) -> dict[str, int]:
         back = sum(n for k, n in ops.items() if k.startswith("ToCopyBackward"))
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             arch=args.arch,
             lora_parameters=len(params),
             with_peft_casts=counts(peft[2]),
-            training_context=counts(ours[2]),
+            adapter_input_casts_off=counts(ours[2]),
             same_loss=bool(torch.equal(peft[0], ours[0])),
             same_gradients=all(torch.equal(a, b) for a, b in zip(peft[1], ours[1], strict=True)),
         ),

@@ -204,8 +204,8 @@ def test_lora_trains_only_adapters_and_lowers_loss(base_pipe, ft_set, tmp_path):
 
 
 def test_lora_steps_skip_peft_input_casts_and_compute_the_same(base_pipe):
-    """Under bf16 autocast, the training context turns peft's cast of each adapter's input to fp32 off:
-    the same loss and LoRA gradients bit for bit, with fewer copy ops per step (forward and backward)."""
+    """Under bf16 autocast, the training loop's context turns peft's cast of each adapter's input to fp32
+    off: the same loss and LoRA gradients bit for bit, with fewer copy ops per step (forward and backward)."""
     from collections import Counter
 
     pipe = copy.deepcopy(base_pipe)
@@ -229,7 +229,8 @@ def test_lora_steps_skip_peft_input_casts_and_compute_the_same(base_pipe):
         return loss.detach(), [p.grad.clone() for p in params], copies
 
     plain = step(torch.autocast("cpu", dtype=torch.bfloat16))
-    ours = step(train.training_context(pipe, cfg, device))
+    with train.adapter_input_casts_off(pipe, cfg):
+        ours = step(torch.autocast("cpu", dtype=torch.bfloat16))
     assert torch.equal(ours[0], plain[0])
     assert all(torch.equal(a, b) for a, b in zip(ours[1], plain[1], strict=True))
     assert ours[2] < plain[2], (ours[2], plain[2])

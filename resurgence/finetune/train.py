@@ -60,18 +60,17 @@ def _weight_dtype(cfg: FinetuneConfig) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def training_context(pipe, cfg: FinetuneConfig, device: torch.device) -> Iterator[None]:
-    """What a training step's forward runs under: autocast to ``cfg.mixed_precision``, and for LoRA peft's
-    cast of every adapter's input to its fp32 weights turned off.
+def adapter_input_casts_off(pipe, cfg: FinetuneConfig) -> Iterator[None]:
+    """For LoRA under mixed precision, peft's cast of every adapter's input to its fp32 weights turned off.
 
     Under autocast the adapters' matmuls run in the half dtype whatever their input's dtype, so peft's
-    cast changes nothing the step computes (the same loss and gradients, bit for bit); it only adds a cast
+    cast changes nothing a step computes (the same loss and gradients, bit for bit); it only adds a cast
     and its backward per adapter layer (a profile of SD v1.4's LoRA step counted 628 ToCopyBackward).
+    Entered once around the training loop (switching it walks every module), whose forwards all run
+    under autocast.
     """
-    half = cfg.mixed_precision != "no"
     with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.autocast(device.type, dtype=_weight_dtype(cfg), enabled=half))
-        if half and cfg.method == "lora":
+        if cfg.mixed_precision != "no" and cfg.method == "lora":
             for module in (pipe.unet, pipe.text_encoder):
                 if getattr(module, "peft_config", None):
                     stack.enter_context(disable_input_dtype_casting(module))
@@ -417,6 +416,7 @@ def finetune(
         )
         logger.info("resuming from %s (step %d of %d)", ckpt, start, cfg.steps)
 
+    autocast = torch.autocast(device.type, dtype=_weight_dtype(cfg), enabled=cfg.mixed_precision != "no")
     pipe.unet.train()
     if cfg.train_text_encoder:
         pipe.text_encoder.train()
@@ -426,38 +426,39 @@ def finetune(
     bar = progress_bar(
         range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps
     )
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            pos = (step * cfg.grad_accum + micro) * cfg.batch_size
-            idx = _batch_indices(cfg.seed, len(dataset), pos, cfg.batch_size, perm_cache)
-            with training_context(pipe, cfg, device):
-                loss = _loss(pipe, noise_scheduler, encoded.batch(idx), gen, device)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            step_loss += loss.item() / cfg.grad_accum
-        scaler.unscale_(optimizer)
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        lr_scheduler.step()
-        losses.append(step_loss)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0:
-            _checkpoint(
-                pipe,
-                cfg,
-                out,
-                done,
-                optimizer,
-                lr_scheduler,
-                scaler,
-                gen,
-                losses,
-                prior_wall + time.perf_counter() - t0,
-            )
+    with adapter_input_casts_off(pipe, cfg):
+        for step in bar:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                pos = (step * cfg.grad_accum + micro) * cfg.batch_size
+                idx = _batch_indices(cfg.seed, len(dataset), pos, cfg.batch_size, perm_cache)
+                with autocast:
+                    loss = _loss(pipe, noise_scheduler, encoded.batch(idx), gen, device)
+                scaler.scale(loss / cfg.grad_accum).backward()
+                step_loss += loss.item() / cfg.grad_accum
+            scaler.unscale_(optimizer)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            lr_scheduler.step()
+            losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0:
+                _checkpoint(
+                    pipe,
+                    cfg,
+                    out,
+                    done,
+                    optimizer,
+                    lr_scheduler,
+                    scaler,
+                    gen,
+                    losses,
+                    prior_wall + time.perf_counter() - t0,
+                )
     pipe.unet.eval()
     pipe.text_encoder.eval()
     for p in params:
