@@ -10,10 +10,13 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
@@ -121,3 +124,14 @@ def toy_erase_setup(task: str, erase: str, device: str) -> tuple[torch.device, A
     spec = study.erase_spec(config, task, erase, world)
     pipe = load_pipeline(root / study.toy_models_dir(config) / "t2i", device=dev)
     return dev, world, spec, pipe
+
+
+def timed(device: torch.device, fn: Callable[[], T]) -> tuple[float, T]:
+    """(wall seconds, result) of ``fn()``, with the device's queued work finished on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out

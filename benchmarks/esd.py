@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import torch
-from common import record, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
+from common import record, timed, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
 
 from resurgence.erasure.artifact import ConceptSpec
 from resurgence.erasure.config import ESDConfig
@@ -43,15 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         concepts.append(ConceptSpec(concept.name, tuple(world.eval_prompts(concept)), tuple(concept.names)))
 
     def arm(sample_batch: int):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        erasure = erase_concepts(
-            pipe, concepts, dataclasses.replace(cfg, sample_batch=sample_batch), device, progress=False
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t, erasure
+        batched = dataclasses.replace(cfg, sample_batch=sample_batch)
+        return timed(device, lambda: erase_concepts(pipe, concepts, batched, device, progress=False))
 
     erase_concepts(pipe, concepts, dataclasses.replace(cfg, iterations=2), device, progress=False)  # warm-up
     single_s, single = arm(1)

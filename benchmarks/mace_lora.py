@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import numpy as np
 import torch
-from common import record, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
+from common import record, timed, toy_erase_setup  # benchmarks/ is on sys.path when run as a script
 from erase import ellipse_mask
 from PIL import Image
 
@@ -55,15 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     per_step = args.side_by_side or len(items)
 
     def arm(k: int) -> tuple[float, list[dict[str, torch.Tensor]]]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        states = []
-        for start in range(0, len(items), k):
-            states += [sd for sd, _ in train_concept_loras(pipe, items[start : start + k], cfg, device)]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t, states
+        def train() -> list[dict[str, torch.Tensor]]:
+            chunks = (items[start : start + k] for start in range(0, len(items), k))
+            return [sd for chunk in chunks for sd, _ in train_concept_loras(pipe, chunk, cfg, device)]
+
+        return timed(device, train)
 
     train_concept_loras(pipe, items[:1], dataclasses.replace(cfg, lora_steps=1), device)  # warm-up
     alone_s, alone = arm(1)
