@@ -3,7 +3,8 @@
 Where the time goes comes from the jobs' own Snakemake benchmark files (`results/benchmarks/`): jobs and
 job-seconds per stage, the longest job, and the share of the job-seconds that the heavy imports every
 job pays again would take (``startup_s``, measured once here, times the job count: an estimate, named
-so). Appends a row naming the machine to benchmarks/results.jsonl, so that a later change to the study's
+so); and, from the jobs' logs, each stage's time split into start-up, loading, sampling, training, scoring
+and writing (``phases``: the line every job prints at its end, `resurgence.phases`). Appends a row naming the machine to benchmarks/results.jsonl, so that a later change to the study's
 speed is a ratio against a row measured the same way.
 
 Run it on a checkout whose `results/` holds no study (a clean clone), e.g.
@@ -34,7 +35,8 @@ from pathlib import Path
 from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
 from resurgence.jobs import LOCK_FILE
-from resurgence.layout import BENCHMARKS, METRICS, RESULTS, TABLES
+from resurgence.layout import BENCHMARKS, LOGS, METRICS, RESULTS, TABLES
+from resurgence.phases import parse_phases
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a job that loads models imports before its first line of work (`resurgence.stages` and the stage's libraries).
@@ -55,6 +57,21 @@ def stage_profile(bench_dir: Path) -> dict[str, dict[str, float]]:
         stage["job_s"] = round(stage["job_s"] + seconds, 2)
         stage["longest_s"] = max(stage["longest_s"], seconds)
     return dict(out)
+
+
+def phase_profile(logs_dir: Path) -> dict[str, dict[str, float]]:
+    """Per stage (the logs' first folder under ``logs_dir``): how many jobs reported where their time went
+    (`resurgence.phases`, the last line of a job's log) and each phase's seconds summed over them."""
+    out: dict[str, dict[str, float]] = {}
+    for log_file in sorted(logs_dir.rglob("*.log")):
+        split = parse_phases(log_file.read_text(errors="replace").splitlines())
+        if split is None:
+            continue
+        stage = out.setdefault(log_file.relative_to(logs_dir).parts[0], {"jobs": 0})
+        stage["jobs"] += 1
+        for name, seconds in split.items():
+            stage[name] = round(stage.get(name, 0.0) + seconds, 2)
+    return out
 
 
 def startup_seconds(repeats: int = 3) -> float:
@@ -102,12 +119,13 @@ def result_digests(root: Path) -> dict[str, str]:
 
 def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
     arms = {"fresh_interpreters": "fork_server=false", "fork_server": "fork_server=true"}
-    walls, stages, digests = {}, {}, {}
+    walls, stages, job_phases, digests = {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
         for arm, setting in arms.items():
             root = copy_checkout(Path(tmp) / arm)
             walls[arm] = round(run_study(root, [*cmd, "--config", setting]), 1)
             stages[arm] = stage_profile(root / BENCHMARKS)
+            job_phases[arm] = phase_profile(root / LOGS)
             digests[arm] = result_digests(root)
     a, b = digests["fresh_interpreters"], digests["fork_server"]
     record(
@@ -121,6 +139,7 @@ def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
             wall_s=walls,
             ratio=round(walls["fresh_interpreters"] / walls["fork_server"], 3),
             stages=stages,
+            phases=job_phases,
             result_files=len(a),
             identical_files=sum(1 for k in a if b.get(k) == a[k]),
             differing_files=sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)),
@@ -170,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             heavy_jobs=jobs,
             job_s=round(job_s, 1),
             stages=stages,
+            phases=phase_profile(ROOT / LOGS),
             startup_s=startup,
             startup_share_estimate=round(startup * jobs / job_s, 3) if job_s else None,
         ),

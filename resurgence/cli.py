@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
         gpu = pin_job_to_gpu()  # before anything initialises CUDA
         if gpu is not None:
             logging.getLogger("resurgence").info("job pinned to GPU %d", gpu)
-    from resurgence import stages
+    from resurgence import phases, stages
 
     handler = getattr(stages, f"run_{args.stage.replace('-', '_')}")
+    started = phases.job_start()
+    startup_s = time.time() - started
+    phases.JOB_CLOCK.reset()
     # A stage that writes a folder holds it for its whole run: one writer at a time.
     with exclusive_writer(args.out_dir) if getattr(args, "out_dir", None) else contextlib.nullcontext():
         handler(args)
+    # Where this job's time went, for the study's profile (benchmarks/study.py reads it from the log).
+    split = phases.split_job(phases.JOB_CLOCK.seconds, startup_s, time.time() - started)
+    print(phases.phases_line(split), file=sys.stderr, flush=True)
     return 0
 
 

@@ -37,6 +37,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from resurgence.phases import START_ENV
+
 ADDRESS_ENV = "RESURGENCE_FORKSERVER"  # JSON {"host", "socket", "python"} of this run's server
 ENTRY = "resurgence.cli:main"  # what a job runs: ``python -m resurgence``'s main
 # What the study's stages import (some only inside their functions); one that fails to import is skipped.
@@ -82,6 +84,7 @@ PER_JOB_ENV = frozenset(
         "TEMPDIR",
         "CUDA_VISIBLE_DEVICES",
         ADDRESS_ENV,  # set after the server starts
+        START_ENV,  # each job's own start (`resurgence.phases`)
         "PWD",  # the shell's own (bash unsets the prompts when it is not interactive)
         "OLDPWD",
         "SHLVL",

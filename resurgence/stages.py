@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from resurgence import layout
+from resurgence.phases import LOAD, SCORE, TRAIN, WRITE, in_phase, phase
 from resurgence.world import get_world
 
 log = logging.getLogger("resurgence")
@@ -59,6 +60,7 @@ def erase_generation_config(settings: dict[str, Any], dtype: str):
     return generation_config({**settings, "dtype": dtype, "compile": "none"})
 
 
+@in_phase(LOAD)
 def load_segmenter(models: dict[str, Any], device: str):
     from resurgence.models.segment import GroundedSAMSegmenter
     from resurgence.toyworld.detector import ToySegmenter
@@ -138,9 +140,10 @@ def run_erase(args: Namespace) -> None:
 
         state = Path(args.out_dir) / layout.CHECKPOINTS
         cfg = esd.ESDConfig.from_dict(spec["esd"])
-        erasure = esd.erase_concepts(
-            pipe, concepts, cfg, device, state_dir=state, model_key=weights_key(args.models)
-        )
+        with phase(TRAIN):
+            erasure = esd.erase_concepts(
+                pipe, concepts, cfg, device, state_dir=state, model_key=weights_key(args.models)
+            )
         erasure.report["spec"] = spec
         save_erasure(erasure, args.out_dir)
         shutil.rmtree(state, ignore_errors=True)  # the erasure is written: its training state is spent
@@ -149,7 +152,8 @@ def run_erase(args: Namespace) -> None:
         from resurgence.erasure import uce
 
         guides = {c["name"]: c["mapping"] for c in spec["concepts"]}
-        erasure = uce.erase_concepts(pipe, concepts, guides, uce.UCEConfig.from_dict(spec["uce"]), device)
+        with phase(TRAIN):
+            erasure = uce.erase_concepts(pipe, concepts, guides, uce.UCEConfig.from_dict(spec["uce"]), device)
         erasure.report["spec"] = spec
         save_erasure(erasure, args.out_dir)
         return
@@ -166,7 +170,8 @@ def run_erase(args: Namespace) -> None:
         masks = segmenter.segment(images, name)
         return images, masks
 
-    erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
+    with phase(TRAIN):  # its training images' sampling counts as sampling (`generate`)
+        erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
     erasure.report["spec"] = spec
     save_erasure(erasure, args.out_dir)
 
@@ -226,9 +231,15 @@ def run_finetune(args: Namespace) -> None:
     device = pick_device(args.device)
     pipe = load_study_pipeline(args.models, device, erasure=args.erasure)
     model_key = weights_key(args.models, erasure=args.erasure)
-    finetune(
-        pipe, args.data, FinetuneConfig.from_dict(args.spec), args.out_dir, device=device, model_key=model_key
-    )
+    with phase(TRAIN):
+        finetune(
+            pipe,
+            args.data,
+            FinetuneConfig.from_dict(args.spec),
+            args.out_dir,
+            device=device,
+            model_key=model_key,
+        )
 
 
 # ----------------------------------------------------------------------------- generate
@@ -305,6 +316,7 @@ def run_generate(args: Namespace) -> None:
     write_state_grid(records, spec["seeds"][0], out)
 
 
+@in_phase(WRITE)
 def write_state_grid(records: list[dict[str, Any]], seed: int, out: Path) -> None:
     """A grid for people: ``seed``'s images, up to 8 concepts (rows) x their prompts (columns); the
     captions' first 8 where the state has no concept images."""
@@ -358,23 +370,26 @@ def run_evaluate(args: Namespace) -> None:
         ["identity_acc_clip"] if labels["domain"] == "identity" and accuracy != "identity_acc_clip" else []
     )
     label_set = {n: list(world.concept(n).names) for n in labels["labels"]}
-    records, images = read(images_dir, ("erased", "retained"))
+    with phase(LOAD):
+        records, images = read(images_dir, ("erased", "retained"))
     if any(r.get("concept") and "template" not in r for r in records):
         raise ValueError(
             f"{images_dir / layout.IMAGES_INDEX} predates records that carry their prompt's template: "
             f"delete {images_dir} and rerun, so that its images are generated again"
         )
-    caps, cap_images = read(images_dir, ("caption",))
     # Captions: CLIP score per image, and FID of the set against the base model's caption images.
-    caption_views = ["clip_score", "fid"] if caps else []
-    reference = read(ref_dir, ("caption",))[1] if caps else None
-    evaluators = get_evaluators(
-        args.models, label_set=label_set, device=device, names=views + caption_views, reference=reference
-    )
-    rows = [row for view in views for row in evaluators[view].evaluate(images, records)]
-    for view in caption_views:
-        # One caption set per state: its rows share the set's seed, so summaries average over captions.
-        rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators[view].evaluate(cap_images, caps)]
+    with phase(LOAD):
+        caps, cap_images = read(images_dir, ("caption",))
+        caption_views = ["clip_score", "fid"] if caps else []
+        reference = read(ref_dir, ("caption",))[1] if caps else None
+        evaluators = get_evaluators(
+            args.models, label_set=label_set, device=device, names=views + caption_views, reference=reference
+        )
+    with phase(SCORE):
+        rows = [row for view in views for row in evaluators[view].evaluate(images, records)]
+        for view in caption_views:
+            # One caption set per state: its rows share the set's seed, so summaries average over captions.
+            rows += [dict(r, seed=caps[0]["seed"]) for r in evaluators[view].evaluate(cap_images, caps)]
     state = dict(args.state, domain=labels["domain"])
     tidy = [
         {
@@ -437,7 +452,8 @@ def run_reversion(args: Namespace) -> None:
         pipe.unet.load_state_dict(erased_unet)
         load_finetuned(pipe, checkpoint_dir(args.finetune, step))
         ft = weights_now()
-        measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings, kv_layers=kv)
+        with phase(SCORE):
+            measures = reversion({n: (base[n], erased[n], ft[n]) for n in base}, embeddings, kv_layers=kv)
         for layer, values in measures.items():
             for measure, value in values.items():
                 rows.append(

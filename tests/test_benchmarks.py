@@ -203,6 +203,40 @@ def test_study_profile_sums_each_stages_jobs_from_their_benchmark_files(tmp_path
     }
 
 
+def test_phase_profile_sums_each_stages_reported_phases_and_skips_jobs_that_reported_none(tmp_path):
+    from study import phase_profile
+
+    from resurgence.phases import phases_line, split_job
+
+    logs = {
+        "generate/identity_1/base.log": "copying\n" + phases_line(split_job({"write": 1.5}, 0.25, 2.0)),
+        "generate/identity_1/default/erased.log": "bar 7/7\r"
+        + phases_line(split_job({"load": 1.0, "sample": 20.0, "write": 2.0}, 0.5, 24.0))
+        + "\n",
+        "generate/old.log": "a job of before: no phases\n",
+        "erase/identity_1/default.log": phases_line(split_job({"train": 30.0, "sample": 10.0}, 0.5, 41.0)),
+    }
+    for rel, text in logs.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    profile = phase_profile(tmp_path)
+    assert set(profile) == {"generate", "erase"}
+    gen = profile["generate"]
+    assert gen["jobs"] == 2
+    assert gen["startup"] == 0.75 and gen["load"] == 1.0 and gen["sample"] == 20.0 and gen["write"] == 3.5
+    assert gen["other"] == 0.75  # 0.25 of the copy job, 0.5 of the generation job
+    assert profile["erase"] == {
+        "jobs": 1,
+        "startup": 0.5,
+        "load": 0.0,
+        "sample": 10.0,
+        "train": 30.0,
+        "score": 0.0,
+        "write": 0.0,
+        "other": 0.5,
+    }
+
+
 def test_the_generation_baseline_draws_the_engines_images_and_the_ratio_is_recorded(monkeypatch):
     """The plain pipeline starts from the engine's latents with its scheduler and weights, so the two
     draw the same images (fp32, no levers: both equal the fp32 reference); the engine's row carries the

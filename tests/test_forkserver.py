@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resurgence import forkserver
+from resurgence import forkserver, phases
 from resurgence.jobs import process_identity
 
 # A job entry and its client, importable by name from the folder both processes start in.
@@ -192,6 +192,8 @@ def test_env_mismatch_ignores_per_job_variables_only():
     job = {"PATH": "/bin", "OMP_NUM_THREADS": "4", "TMPDIR": "/x", "HOME": "/other", "EXTRA": "1"}
     assert forkserver.env_mismatch(base, job) == ["EXTRA", "HOME"]
     assert forkserver.env_mismatch(base, {**base, "CUDA_VISIBLE_DEVICES": "1"}) == []
+    # Each job stamps its own start (`resurgence.phases`): that must not send every job down its own path.
+    assert forkserver.env_mismatch({**base, phases.START_ENV: "1.0"}, {**base, phases.START_ENV: "2.0"}) == []
 
 
 def test_refusal_names_another_interpreter_and_another_path():

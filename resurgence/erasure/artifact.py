@@ -20,6 +20,7 @@ import torch
 
 from resurgence.io import read_json, save_safetensors, write_json
 from resurgence.layout import ERASE_REPORT, ERASED_LORA
+from resurgence.phases import LOAD, WRITE, in_phase
 
 # Dense changes of parameters a LoRA cannot carry exactly or cheaply (full-rank weights, convolutions,
 # biases: ESD's fine-tuned layers), keyed by parameter name; written only by methods that make them.
@@ -159,6 +160,7 @@ def no_erasure(unet, spec: dict[str, Any]) -> Erasure:
     )
 
 
+@in_phase(WRITE)
 def save_erasure(erasure: Erasure, out_dir: str | Path) -> Path:
     """Write `erased_lora.safetensors` (empty when the method changed no weight at low rank), the dense
     deltas (`erased_dense.safetensors`, when there are any), `concepts/<slug>.safetensors` and
@@ -205,6 +207,7 @@ def load_report(out_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(out_dir) / ERASE_REPORT)
 
 
+@in_phase(LOAD)
 def apply_erasure(
     pipe, out_dir: str | Path, weight_name: str = ERASED_LORA, rtol: float = 1e-5
 ) -> dict[str, torch.Tensor]:

@@ -37,6 +37,7 @@ from resurgence.erasure.artifact import ConceptSpec, Erasure, peak_memory
 from resurgence.erasure.config import TRAIN_METHODS, ESDConfig
 from resurgence.io import atomic_path
 from resurgence.mace.refine import encode_prompts
+from resurgence.phases import SAMPLE, in_phase
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key
 
@@ -144,6 +145,7 @@ def sample_groups(draws: Sequence[tuple[int, int, int]], batch: int) -> list[lis
 
 
 @torch.no_grad()
+@in_phase(SAMPLE)
 def frozen_samples(
     pipe,
     states: torch.Tensor,

@@ -40,6 +40,7 @@ from resurgence.generate.engine import move_module
 from resurgence.io import atomic_path, write_json
 from resurgence.layout import CHECKPOINTS, FINAL, TRAIN_LOG, checkpoint_path, checkpoint_step
 from resurgence.mace.refine import encode_prompts, tokenize
+from resurgence.phases import LOAD, WRITE, in_phase
 from resurgence.progress import progress_bar
 from resurgence.state import claim_state_dir, config_key, content_digest
 
@@ -122,6 +123,7 @@ def _setup_trainable(pipe, cfg: FinetuneConfig, device: torch.device) -> list[to
     return params
 
 
+@in_phase(WRITE)
 def _save_weights(pipe, cfg: FinetuneConfig, directory: Path) -> None:
     """Trained weights in diffusers' formats: LoRA file, or ``unet/`` (+ ``text_encoder/``) folders."""
     if cfg.method == "lora":
@@ -487,6 +489,7 @@ def finetune(
     return log
 
 
+@in_phase(WRITE)
 def _checkpoint(
     pipe, cfg, out: Path, step: int, optimizer, lr_scheduler, scaler, gen, losses, wall: float
 ) -> Path:
@@ -508,6 +511,7 @@ def _checkpoint(
     return final
 
 
+@in_phase(LOAD)
 def load_finetuned(pipe, ckpt_dir: str | os.PathLike):
     """Apply a checkpoint (``final/`` or ``checkpoints/step-*``) to ``pipe`` in place; LoRA is fused.
 

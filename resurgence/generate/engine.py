@@ -28,6 +28,7 @@ from resurgence.generate.fp8 import check_granularity, set_linear_fp8
 from resurgence.io import atomic_path
 from resurgence.layout import IMAGES_INDEX
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
+from resurgence.phases import SAMPLE, WRITE, in_phase, phase
 from resurgence.progress import progress_bar
 
 DTYPES: dict[str, torch.dtype] = {
@@ -200,6 +201,7 @@ def initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torc
 
 
 @torch.no_grad()
+@in_phase(SAMPLE)
 def generate(
     pipe,
     prompts: list[str],
@@ -320,16 +322,18 @@ def generate_to_dir(
         imgs = generate(
             pipe, [r["prompt"] for r in batch], [noise_seed(r) for r in batch], cfg, device, False
         )
-        for r, img in zip(batch, imgs, strict=True):
-            target = out / r["file_name"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(target) as tmp:
-                img.save(tmp, format="PNG")
+        with phase(WRITE):
+            for r, img in zip(batch, imgs, strict=True):
+                target = out / r["file_name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    img.save(tmp, format="PNG")
     with atomic_path(out / IMAGES_INDEX) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
     return rows
 
 
+@in_phase(WRITE)
 def copy_from_pool(
     records: list[dict[str, Any]], pool_dir: str | os.PathLike, out_dir: str | os.PathLike
 ) -> list[dict[str, Any]]:

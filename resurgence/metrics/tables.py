@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from resurgence.io import atomic_path
+from resurgence.phases import WRITE, in_phase
 
 TIDY_COLUMNS: tuple[str, ...] = (
     "task",
@@ -367,6 +368,7 @@ def headline(resurgence: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
+@in_phase(WRITE)
 def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None = None) -> None:
     """Write ``df`` as CSV atomically, rows sorted so reruns produce byte-identical files.
 
@@ -378,6 +380,7 @@ def write_table(df: pd.DataFrame, path: PathLike, sort_by: Sequence[str] | None 
         out.to_csv(tmp, index=False, lineterminator="\n")
 
 
+@in_phase(WRITE)
 def write_summary(df: pd.DataFrame, path: PathLike) -> None:
     """Write a table (summary, resurgence rates, or selected tidy rows) as deterministic sorted CSV.
 
@@ -386,6 +389,7 @@ def write_summary(df: pd.DataFrame, path: PathLike) -> None:
     write_table(df, path)
 
 
+@in_phase(WRITE)
 def write_tidy(df: pd.DataFrame, path: PathLike) -> None:
     """Validate and write tidy rows (for evaluation jobs), sorted, columns in ``TIDY_COLUMNS`` order."""
     tidy = validate_tidy(df)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from resurgence.phases import LOAD, in_phase
+
 ImageBatch = Sequence[Image.Image] | np.ndarray
 
 
@@ -167,6 +169,7 @@ def _missing_weights_error(model: str, pretrained: Any, cause: BaseException | N
     )
 
 
+@in_phase(LOAD)
 def load_clip(spec: Mapping[str, Any], device: str | torch.device = "cpu") -> ClipModel:
     """Build a `ClipModel` from a spec.
 

@@ -22,6 +22,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from resurgence.models.tokenizer import openai_clip_tokenizer
+from resurgence.phases import LOAD, in_phase
 
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -255,6 +256,7 @@ def build_random_pipeline(
     )
 
 
+@in_phase(LOAD)
 def load_pipeline(
     source: str | os.PathLike,
     device: str | torch.device = "cpu",
