@@ -6,9 +6,15 @@ import sys
 from snakemake.utils import min_version
 
 from resurgence.config import prepare_config, read_config_file
-from resurgence import forkserver, gpus, jobs, layout, progress, study
+from resurgence import forkserver, gpus, jobs, layout, progress, scheduler, study
 
 min_version("9.0")
+
+# Snakemake's scheduler keeps one re-evaluation timer pending, not one more per job event (resurgence.scheduler).
+if workflow.is_main_process:
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    scheduler.coalesce_reevaluations(JobScheduler)
 
 # Jobs stop when this Snakemake process ends, however it ends; locks of a killed earlier run are released.
 jobs.adopt_jobs()

@@ -30,8 +30,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from common import command_seconds, record  # benchmarks/ is on sys.path when run as a script
 
 from resurgence.jobs import LOCK_FILE
@@ -97,14 +99,46 @@ def copy_checkout(dest: Path) -> Path:
     return dest
 
 
-def run_study(root: Path, cmd: list[str]) -> float:
-    """Wall seconds of the study command run in ``root``; a failed run stops the benchmark."""
+def own_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) that a running process has spent itself, its children not
+    counted; None once it is gone."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def thread_count(pid: int) -> int | None:
+    """The threads a running process has now; None once it is gone."""
+    try:
+        return psutil.Process(pid).num_threads()
+    except psutil.Error:
+        return None
+
+
+@dataclass
+class StudyRun:
+    wall_s: float
+    snakemake_cpu_s: float | None  # Snakemake's own process (its scheduler), read up to a poll late
+    snakemake_threads_max: int | None
+
+
+def run_study(root: Path, cmd: list[str], poll_s: float = 2.0) -> StudyRun:
+    """Run the study command in ``root``: its wall seconds, and what Snakemake's own process spent beside
+    the jobs (read every ``poll_s`` while it runs). A failed run stops the benchmark."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root)
+    proc = subprocess.Popen(cmd, cwd=root)
+    cpu, threads = None, None
+    while proc.poll() is None:
+        cpu = own_cpu_seconds(proc.pid) or cpu
+        now = thread_count(proc.pid)
+        threads = max(threads or 0, now or 0) or threads
+        time.sleep(poll_s)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {root} ({proc.returncode}) after {wall:.0f} s")
-    return wall
+    return StudyRun(round(wall, 1), None if cpu is None else round(cpu, 1), threads)
 
 
 def result_digests(root: Path) -> dict[str, str]:
@@ -119,11 +153,12 @@ def result_digests(root: Path) -> dict[str, str]:
 
 def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
     arms = {"fresh_interpreters": "fork_server=false", "fork_server": "fork_server=true"}
-    walls, stages, job_phases, digests = {}, {}, {}, {}
+    walls, scheduler_cpu, stages, job_phases, digests = {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="study-bench-") as tmp:
         for arm, setting in arms.items():
             root = copy_checkout(Path(tmp) / arm)
-            walls[arm] = round(run_study(root, [*cmd, "--config", setting]), 1)
+            run = run_study(root, [*cmd, "--config", setting])
+            walls[arm], scheduler_cpu[arm] = run.wall_s, run.snakemake_cpu_s
             stages[arm] = stage_profile(root / BENCHMARKS)
             job_phases[arm] = phase_profile(root / LOGS)
             digests[arm] = result_digests(root)
@@ -137,6 +172,7 @@ def compare_fork_server(cmd: list[str], args: argparse.Namespace) -> None:
             cores=args.cores,
             snakemake_args=args.snakemake_args,
             wall_s=walls,
+            snakemake_cpu_s=scheduler_cpu,
             ratio=round(walls["fresh_interpreters"] / walls["fork_server"], 3),
             stages=stages,
             phases=job_phases,
@@ -172,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if (ROOT / RESULTS).exists():
         raise SystemExit(f"{ROOT / RESULTS} exists: time the study on a checkout that has not run it")
-    wall = run_study(ROOT, cmd)
+    run = run_study(ROOT, cmd)
     stages = stage_profile(ROOT / BENCHMARKS)
     jobs = sum(s["jobs"] for s in stages.values())
     job_s = sum(s["job_s"] for s in stages.values())
@@ -185,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
             configfile=args.configfile,
             cores=args.cores,
             snakemake_args=args.snakemake_args,
-            wall_s=round(wall, 1),
+            wall_s=run.wall_s,
+            snakemake_cpu_s=run.snakemake_cpu_s,
+            snakemake_threads_max=run.snakemake_threads_max,
             heavy_jobs=jobs,
             job_s=round(job_s, 1),
             stages=stages,

@@ -1,6 +1,7 @@
 """Helpers of the benchmark scripts (benchmarks/common.py)."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,26 @@ def test_phase_profile_sums_each_stages_reported_phases_and_skips_jobs_that_repo
         "write": 0.0,
         "other": 0.5,
     }
+
+
+def test_own_cpu_seconds_agree_with_the_processs_own_clock_and_exclude_its_children():
+    import os
+    import subprocess
+    import sys
+
+    from study import own_cpu_seconds
+
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.3:  # spend CPU here
+        pass
+    # A child that spends CPU of its own: not counted in this process's figure.
+    subprocess.run(
+        [sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<1.0: pass"]
+    )
+    mine, clock = own_cpu_seconds(os.getpid()), time.process_time()
+    # Tick-based accounting against the precise clock: well under the child's 1 s, which must not count.
+    assert mine is not None and abs(mine - clock) < 0.2
+    assert own_cpu_seconds(2**22 + 12345) is None  # no such process
 
 
 def test_the_generation_baseline_draws_the_engines_images_and_the_ratio_is_recorded(monkeypatch):
