@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     del probe
     data = noise_set(work / "data", args.images, resolution)
     arms = {"cached": [True], "every-step": [False], "both": [False, True]}[args.encodings]
+    cast_arms = {"off": [False], "on": [True], "both": [True, False]}[args.peft_input_casts]
     if args.flops_only:
         for method in args.methods:
             for cache in arms:
@@ -207,9 +208,7 @@ def main(argv: list[str] | None = None) -> None:
                                               tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
         return
     for method in args.methods:
-        steps_per_s: dict[bool, float] = {}
-        casts_per_s: dict[bool, float] = {}
-        cast_arms = {"off": [False], "on": [True], "both": [True, False]}[args.peft_input_casts]
+        steps_per_s: dict[tuple[bool, bool], float] = {}  # by (encodings cached, peft's input casts)
         for cache, casts in [(c, k) for c in arms for k in (cast_arms if method == "lora" else [False])]:
             timings = {}
             # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
@@ -233,9 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             dt = timings[2 + args.steps] - timings[2]
-            if not casts:
-                steps_per_s[cache] = args.steps / dt
-            casts_per_s[casts] = args.steps / dt
+            steps_per_s[cache, casts] = args.steps / dt
             step_flops = flops_per_step(args.arch, method, args, device, work, cache)
             # What the arm is: the same fields in its timing row and its profile row.
             arm = dict(
@@ -263,11 +260,11 @@ def main(argv: list[str] | None = None) -> None:
                     fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
                     peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
                     whole_run_s=round(timings[2 + args.steps], 2),
-                    vs_every_step=round(steps_per_s[True] / steps_per_s[False], 3)
-                    if cache and False in steps_per_s and not casts
+                    vs_every_step=round(steps_per_s[True, False] / steps_per_s[False, False], 3)
+                    if cache and not casts and (False, False) in steps_per_s
                     else None,
-                    vs_peft_input_casts=round(casts_per_s[False] / casts_per_s[True], 3)
-                    if not casts and True in casts_per_s
+                    vs_peft_input_casts=round(steps_per_s[cache, False] / steps_per_s[cache, True], 3)
+                    if not casts and (cache, True) in steps_per_s
                     else None,
                 ),
             )

@@ -4,8 +4,9 @@ Where the time goes comes from the jobs' own Snakemake benchmark files (`results
 job-seconds per stage, the longest job, and the share of the job-seconds that the heavy imports every
 job pays again would take (``startup_s``, measured once here, times the job count: an estimate, named
 so); and, from the jobs' logs, each stage's time split into start-up, loading, sampling, training, scoring
-and writing (``phases``: the line every job prints at its end, `resurgence.phases`). Appends a row naming the machine to benchmarks/results.jsonl, so that a later change to the study's
-speed is a ratio against a row measured the same way.
+and writing (``phases``: the line every job prints at its end, `resurgence.phases`). Appends a row naming
+the machine to benchmarks/results.jsonl, so that a later change to the study's speed is a ratio against a
+row measured the same way.
 
 Run it on a checkout whose `results/` holds no study (a clean clone), e.g.
 
@@ -133,7 +134,8 @@ def run_study(root: Path, cmd: list[str], poll_s: float = 2.0) -> StudyRun:
     while proc.poll() is None:
         cpu = own_cpu_seconds(proc.pid) or cpu
         now = thread_count(proc.pid)
-        threads = max(threads or 0, now or 0) or threads
+        if now is not None:
+            threads = max(threads or 0, now)
         time.sleep(poll_s)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
