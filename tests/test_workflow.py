@@ -152,6 +152,12 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     assert quality["t2i_concepts"] == 4
     assert quality["t2i_identity_images"] == sum(len(world.eval_prompts(c)) for c in world.identities[:4])
     assert quality["t2i_object_images"] == sum(len(world.eval_prompts(c)) for c in world.objects[:4])
+    # its log's phase line counts the gates' scoring and the detector's loading, not as "other"
+    from resurgence import layout, phases
+
+    split = phases.parse_phases((smoke_dir / layout.log_file("toyworld", "quality")).read_text().splitlines())
+    assert split is not None and split[phases.SCORE] > 0 and split[phases.LOAD] > 0
+    assert split[phases.SCORE] > split[phases.OTHER]
 
 
 @pytest.mark.slow
