@@ -157,7 +157,6 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
 
     split = phases.parse_phases((smoke_dir / layout.log_file("toyworld", "quality")).read_text().splitlines())
     assert split is not None and split[phases.SCORE] > 0 and split[phases.LOAD] > 0
-    assert split[phases.SCORE] > split[phases.OTHER]
 
 
 @pytest.mark.slow
