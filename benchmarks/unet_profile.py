@@ -27,6 +27,7 @@ from common import (  # benchmarks/ is on sys.path when run as a script
     inductor_settings,
     record,
 )
+from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,13 +74,19 @@ def kernel_kind(name: str) -> str:
 
 
 def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
-    """(microseconds, calls) per kernel of a profile: device kernels on a GPU (the launches' own rows and
-    copies left out), operators' own time on a CPU."""
+    """(microseconds, calls) per kernel of a profile: the device's kernels on a GPU (copies left out),
+    operators' own time on a CPU. On a GPU only rows that run on the device count: an operator's, a
+    compiled region's or autograd's rows (``MmBackward0``, ``autograd::engine::evaluate_function: ...``)
+    carry their kernels' time again, so counting them counts a backward kernel two or three times."""
     out = {}
     for ev in prof.key_averages():
         if device.type == "cuda":
-            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-            if us <= 0 or ev.key.startswith(("aten::", "cuda", "Memcpy", "Memset")):
+            if ev.device_type != DeviceType.CUDA or ev.key.startswith(("Memcpy", "Memset")):
+                continue
+            us = getattr(ev, "self_device_time_total", None)
+            if us is None:  # older torch
+                us = ev.self_cuda_time_total
+            if us <= 0:
                 continue
         else:
             us = ev.self_cpu_time_total

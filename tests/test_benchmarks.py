@@ -41,6 +41,40 @@ def test_kernel_kind_counts_inductor_fusions_as_their_own_kind():
     assert kernel_kind("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>") == "attention"
 
 
+def test_kernel_totals_count_each_gpu_kernel_once():
+    """A profile of CPU and CUDA activity (the fine-tune benchmark's) has autograd's and the operators' rows
+    beside the kernels, each carrying its kernels' device time again: only the kernels count."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.autograd import DeviceType
+    from unet_profile import kernel_totals
+
+    def row(key, device_type, self_us, total_us, count=2):
+        return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=self_us,
+                               device_time_total=total_us, self_cpu_time_total=1.0, count=count)  # fmt: skip
+
+    events = [
+        row("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_kernel", DeviceType.CUDA, 300.0, 300.0),
+        row("ScaledDotProductCudnnAttentionBackward0", DeviceType.CPU, 0.0, 300.0),
+        row(
+            "autograd::engine::evaluate_function: ScaledDotProductCudnnAttentionBackward0",
+            DeviceType.CPU,
+            0.0,
+            300.0,
+        ),
+        row("aten::_scaled_dot_product_cudnn_attention_backward", DeviceType.CPU, 0.0, 300.0),
+        row("void at::native::direct_copy_kernel_cuda", DeviceType.CUDA, 40.0, 40.0, count=6),
+        row("Memcpy HtoD (Pageable -> Device)", DeviceType.CUDA, 9.0, 9.0),
+        row("cudaLaunchKernel", DeviceType.CPU, 0.0, 0.0, count=8),
+    ]
+    prof = SimpleNamespace(key_averages=lambda: events)
+    assert kernel_totals(prof, torch.device("cuda")) == {
+        "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_kernel": (300.0, 2),
+        "void at::native::direct_copy_kernel_cuda": (40.0, 6),
+    }
+
+
 def test_paper_cost_takes_rates_measured_with_the_presets_settings(tmp_path):
     """Rows of other sampling, engine or training settings run at other speeds: only matching rows count
     (median); MACE's rates come from its own rows in the erased model's dtype."""
