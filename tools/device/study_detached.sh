@@ -12,6 +12,7 @@
 # $W/world; nothing else runs beside it) and runs the study on the retrained world, whether or not
 # $W/world/accepted says it may be shipped (the study's tables then say why not).
 # $W/stage says where it is; tools/device/collect.sh (same W) packs what exists into $OUT.
+# A world variant's model alone (to finish its control on the 2-core machine): tools/device/pack_variants.sh.
 # Usage:  setsid bash tools/device/study_detached.sh > /tmp/study.log 2>&1 < /dev/null &
 set -uo pipefail
 W=${W:-/tmp/study_detached}
