@@ -83,9 +83,7 @@ def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
         if device.type == "cuda":
             if ev.device_type != DeviceType.CUDA or ev.key.startswith(("Memcpy", "Memset")):
                 continue
-            us = getattr(ev, "self_device_time_total", None)
-            if us is None:  # older torch
-                us = ev.self_cuda_time_total
+            us = ev.self_device_time_total
             if us <= 0:
                 continue
         else:
