@@ -19,8 +19,12 @@ steps run slower than full ones on a GPU though they do fewer FLOPs; this is the
 
 ``--peft-input-casts both`` times the LoRA arm also with peft's casts of each adapter's input to fp32, which
 the trainer turns off (`train.adapter_input_casts_off`; the same loss and gradients), and gives their ratio.
+``--compile none default`` times each arm eager and with its UNet step compiled (`FinetuneConfig.compile`) and
+gives the compiled arm's ratio to the eager one (`vs_eager`); the compile happens in each of an arm's three runs,
+so it cancels from the timed difference as loading does (inductor's cache serves the second and third).
 
     python benchmarks/finetune.py --arch sd14 --methods lora full --steps 30 --batch 8 --mixed-precision bf16
+    python benchmarks/finetune.py --arch sd14 --encodings cached --mixed-precision bf16 --compile none default
     python benchmarks/finetune.py --arch sd14 --batch 8 --flops-only --device cpu
 """
 
@@ -44,6 +48,7 @@ from unet_profile import kernel_kind, kernel_totals
 from resurgence.finetune import train
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.finetune.train import finetune
+from resurgence.generate import COMPILE_MODES
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 TEMPLATES = (
@@ -69,11 +74,11 @@ def noise_set(out: Path, n: int, resolution: int, seed: int = 0) -> Path:
     return out
 
 
-def _config(method: str, steps: int, args, batch: int | None = None) -> FinetuneConfig:
+def _config(method: str, steps: int, args, batch: int | None = None, compile: str = "none") -> FinetuneConfig:
     return FinetuneConfig(
         method=method, steps=steps, learning_rate=1e-5 if method == "full" else 1e-4,
         batch_size=batch or args.batch, rank=args.rank, checkpoint_every=10**6, seed=0,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, compile=compile,
     )  # fmt: skip
 
 
@@ -111,7 +116,9 @@ def per_step(short: dict[str, tuple[float, int]], long: dict[str, tuple[float, i
     return out
 
 
-def profile_steps(method: str, cache: bool, args, device: torch.device, data: Path, work: Path) -> dict:
+def profile_steps(
+    method: str, cache: bool, args, device: torch.device, data: Path, work: Path, compile: str = "none"
+) -> dict:
     """A "finetune_profile" row's fields: `per_step` of a 2-step and a (2 + N)-step profiled run."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -122,8 +129,9 @@ def profile_steps(method: str, cache: bool, args, device: torch.device, data: Pa
         pipe.to(device)
         with torch.profiler.profile(activities=activities) as prof:
             t0 = time.perf_counter()
-            finetune(pipe, data, _config(method, steps, args), work / f"profile-{method}-{steps}-{cache}",
-                     device=device, progress=False, cache_encodings=cache)  # fmt: skip
+            finetune(pipe, data, _config(method, steps, args, compile=compile),
+                     work / f"profile-{method}-{steps}-{cache}-{compile}", device=device, progress=False,
+                     cache_encodings=cache)  # fmt: skip
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall[steps] = time.perf_counter() - t0
@@ -187,6 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         help="LoRA arms: the trainer turns peft's cast of each adapter's input to fp32 off (`adapter_input_casts_off`); "
         "on: peft's casts as diffusers' scripts run them; both: the two in this run, with their ratio",
     )
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        default=["none"],
+        choices=COMPILE_MODES,
+        help="torch.compile modes of the UNet's training step to time, each an arm (FinetuneConfig.compile); "
+        "with none among them, each compiled arm's ratio to it",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     fast_cuda_math(device)
@@ -207,22 +223,28 @@ def main(argv: list[str] | None = None) -> None:
                                               encodings_cached=cache,
                                               tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
         return
+    flops: dict[tuple[str, bool], float] = {}
     for method in args.methods:
-        steps_per_s: dict[tuple[bool, bool], float] = {}  # by (encodings cached, peft's input casts)
-        for cache, casts in [(c, k) for c in arms for k in (cast_arms if method == "lora" else [False])]:
+        steps_per_s: dict[tuple[bool, bool, str], float] = {}  # by (encodings cached, peft's casts, compile)
+        for cache, casts, mode in [
+            (c, k, m)
+            for c in arms
+            for k in (cast_arms if method == "lora" else [False])
+            for m in args.compile
+        ]:
             timings = {}
             # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
             # difference of the last two removes set-up, loading and first-step costs.
             for steps in (1, 2, 2 + args.steps):
                 pipe = build_random_pipeline(args.arch)
                 pipe.to(device)
-                cfg = _config(method, steps, args)
+                cfg = _config(method, steps, args, compile=mode)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 with peft_input_casts(casts):
-                    finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}-{casts}", device=device,
+                    finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}-{casts}-{mode}", device=device,
                              progress=False, cache_encodings=cache)  # fmt: skip
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -232,8 +254,10 @@ def main(argv: list[str] | None = None) -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             dt = timings[2 + args.steps] - timings[2]
-            steps_per_s[cache, casts] = args.steps / dt
-            step_flops = flops_per_step(args.arch, method, args, device, work, cache)
+            steps_per_s[cache, casts, mode] = args.steps / dt
+            if (method, cache) not in flops:  # counted eager: a compile does not change what a step computes
+                flops[method, cache] = flops_per_step(args.arch, method, args, device, work, cache)
+            step_flops = flops[method, cache]
             # What the arm is: the same fields in its timing row and its profile row.
             arm = dict(
                 arch=args.arch,
@@ -245,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                 rank=args.rank if method == "lora" else None,
                 encodings_cached=cache,
                 peft_input_casts=casts if method == "lora" else None,
+                compile=mode,
             )
             record(
                 "finetune",
@@ -260,17 +285,22 @@ def main(argv: list[str] | None = None) -> None:
                     fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
                     peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
                     whole_run_s=round(timings[2 + args.steps], 2),
-                    vs_every_step=round(steps_per_s[True, False] / steps_per_s[False, False], 3)
-                    if cache and not casts and (False, False) in steps_per_s
+                    vs_every_step=round(steps_per_s[True, False, mode] / steps_per_s[False, False, mode], 3)
+                    if cache and not casts and (False, False, mode) in steps_per_s
                     else None,
-                    vs_peft_input_casts=round(steps_per_s[cache, False] / steps_per_s[cache, True], 3)
-                    if not casts and (cache, True) in steps_per_s
+                    vs_peft_input_casts=round(
+                        steps_per_s[cache, False, mode] / steps_per_s[cache, True, mode], 3
+                    )
+                    if not casts and (cache, True, mode) in steps_per_s
+                    else None,
+                    vs_eager=round(steps_per_s[cache, casts, mode] / steps_per_s[cache, casts, "none"], 3)
+                    if mode != "none" and (cache, casts, "none") in steps_per_s
                     else None,
                 ),
             )
             if args.profile_steps:
                 with peft_input_casts(casts):
-                    profile = profile_steps(method, cache, args, device, data, work)
+                    profile = profile_steps(method, cache, args, device, data, work, compile=mode)
                 record("finetune_profile", dict(**arm, **profile))
 
 

@@ -31,9 +31,9 @@ from common import (  # benchmarks/ is on sys.path when run as a script
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from resurgence.generate import COMPILE_MODES
 from resurgence.generate.engine import (
     ATTENTION_BACKENDS,
-    COMPILE_MODES,
     GenerationConfig,
     generate,
     initial_latents,

@@ -31,7 +31,8 @@ from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from resurgence.generate.engine import COMPILE_MODES, SDPA_KERNELS, resolve_dtype
+from resurgence.generate import COMPILE_MODES
+from resurgence.generate.engine import SDPA_KERNELS, resolve_dtype
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
 # The fused kernels the engine can prefer (math, the unfused reference, is not timed).

@@ -280,6 +280,49 @@ def test_resume_equals_uninterrupted(base_pipe, ft_set, tmp_path, method):
     assert [s for s, _ in list_checkpoints(tmp_path / "resumed")] == [2, 4]
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_compiled_step_trains_what_the_eager_step_trains(base_pipe, ft_set, tmp_path, monkeypatch, method):
+    """``compile`` traces the UNet's training step (dynamo and AOT autograd; inductor's CPU code generation
+    swapped for eager kernels, which would take minutes here) and trains the same model as eager, saved
+    under the plain UNet's keys; the pipe keeps its plain UNet."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    real = torch.compile
+    graphs: list[str] = []
+
+    def counted(kind):
+        def compiler(gm, example_inputs):
+            graphs.append(kind)
+            return gm.forward
+
+        return compiler
+
+    def traced(module, mode):
+        assert mode == "default"
+        return real(
+            module, backend=aot_autograd(fw_compiler=counted("forward"), bw_compiler=counted("backward"))
+        )
+
+    monkeypatch.setattr(train.torch, "compile", traced)
+    runs = {}
+    for mode in ("none", "default"):
+        pipe = copy.deepcopy(base_pipe)
+        log = finetune(
+            pipe, ft_set, _cfg(method=method, steps=3, compile=mode), tmp_path / mode, progress=False
+        )
+        assert type(pipe.unet).__name__ == "UNet2DConditionModel"
+        runs[mode] = (log["losses"], pipe.unet.state_dict(), log["config"]["compile"])
+    assert {"forward", "backward"} <= set(graphs), graphs  # the step ran through the traced graphs
+    (eager, w_eager, c_eager), (comp, w_comp, c_comp) = runs["none"], runs["default"]
+    assert (c_eager, c_comp) == ("none", "default")
+    np.testing.assert_allclose(comp, eager, rtol=1e-5)
+    assert w_comp.keys() == w_eager.keys()
+    for k, v in w_eager.items():
+        assert torch.allclose(w_comp[k], v, rtol=1e-4, atol=1e-6), k
+    with pytest.raises(ValueError, match="compile must be one of"):
+        _cfg(compile="fast")
+
+
 @pytest.fixture(scope="module")
 def other_set(base_pipe, tmp_path_factory):
     """A fine-tune set of other images (another seed): what a rerun of the set stage might write."""

@@ -321,10 +321,18 @@ class EncodedSet:
 
 
 def _loss(
-    pipe, noise_scheduler, batch: EncodedBatch, gen: torch.Generator, device: torch.device | str
+    pipe,
+    noise_scheduler,
+    batch: EncodedBatch,
+    gen: torch.Generator,
+    device: torch.device | str,
+    unet: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """Epsilon (or v) MSE of diffusers' text-to-image fine-tuning, all noise drawn from ``gen`` on CPU."""
-    vae, unet = pipe.vae, pipe.unet
+    """Epsilon (or v) MSE of diffusers' text-to-image fine-tuning, all noise drawn from ``gen`` on CPU.
+
+    ``unet`` is what runs the prediction (`training_unet`; default ``pipe.unet``)."""
+    vae = pipe.vae
+    unet = pipe.unet if unet is None else unet
     mean, std = batch.latent_mean, batch.latent_std
     with torch.no_grad():
         eps = torch.randn(mean.shape, generator=gen).to(device=device, dtype=mean.dtype)
@@ -342,8 +350,19 @@ def _loss(
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ValueError(f"unsupported prediction_type {pred_type!r}")
-    pred = unet(noisy.to(unet.dtype), timesteps, batch.text_states.to(unet.dtype), return_dict=False)[0]
+    dtype = pipe.unet.dtype
+    pred = unet(noisy.to(dtype), timesteps, batch.text_states.to(dtype), return_dict=False)[0]
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def training_unet(pipe, cfg: FinetuneConfig) -> torch.nn.Module:
+    """The module the training step calls: ``pipe.unet``, or a ``torch.compile`` wrapper of it sharing its
+    parameters (``cfg.compile``). The pipe keeps its plain UNet, so saving, loading and later edits see
+    the usual module and state-dict keys. Called after the adapters are attached (adding them later would
+    recompile)."""
+    if cfg.compile == "none":
+        return pipe.unet
+    return torch.compile(pipe.unet, mode=cfg.compile)
 
 
 def _peak_memory(device: torch.device) -> dict[str, Any]:
@@ -424,6 +443,7 @@ def finetune(
         pipe.text_encoder.train()
     perm_cache: dict[int, torch.Tensor] = {}
     encoded = EncodedSet(pipe, dataset, device, cache=cache_encodings)
+    unet = training_unet(pipe, cfg)
     t0 = time.perf_counter()
     bar = progress_bar(
         range(start, cfg.steps), desc="finetune", enabled=progress, initial=start, total=cfg.steps
@@ -435,8 +455,11 @@ def finetune(
             for micro in range(cfg.grad_accum):
                 pos = (step * cfg.grad_accum + micro) * cfg.batch_size
                 idx = _batch_indices(cfg.seed, len(dataset), pos, cfg.batch_size, perm_cache)
+                # Under CUDA graphs ("reduce-overhead") a new step may reuse the last one's graph memory.
+                if cfg.compile != "none":
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast:
-                    loss = _loss(pipe, noise_scheduler, encoded.batch(idx), gen, device)
+                    loss = _loss(pipe, noise_scheduler, encoded.batch(idx), gen, device, unet)
                 scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += loss.item() / cfg.grad_accum
             scaler.unscale_(optimizer)

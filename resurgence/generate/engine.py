@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from resurgence.generate import UNCONDITIONAL_PROMPT
+from resurgence.generate import COMPILE_MODES, UNCONDITIONAL_PROMPT
 from resurgence.generate.fp8 import check_granularity, set_linear_fp8
 from resurgence.io import atomic_path
 from resurgence.layout import IMAGES_INDEX
@@ -37,7 +37,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # scaled_dot_product_attention kernels by config name; "default" leaves the choice to PyTorch's dispatcher.
 SDPA_KERNELS: dict[str, SDPBackend] = {
     "flash": SDPBackend.FLASH_ATTENTION,

@@ -20,12 +20,18 @@ print(json.dumps(study.$1(load_config(['config.yaml']))))"
 }
 
 # shared_gpu_args: the Snakemake options (after --cores) with which ${SLOTS:-8} jobs share the machine's one
-# GPU, 2 threads each.
+# GPU, ${THREADS:-2} threads each.
 shared_gpu_args() {
-  echo --profile workflow/profiles/default --scheduler greedy \
-    --set-threads erase=2 finetune=2 generate_base=2 generate_erased=2 generate_finetuned=2 ftdata_random=2 \
-    ftdata_tercile=2 evaluate=2 reversion=2 toyworld_variant=2 --resources gpu="${SLOTS:-8}" mem_mb=110000
+  local t=${THREADS:-2} rule sets=""
+  for rule in erase finetune generate_base generate_erased generate_finetuned ftdata_random ftdata_tercile \
+    evaluate reversion toyworld_variant; do sets="$sets $rule=$t"; done
+  # shellcheck disable=SC2086
+  echo --profile workflow/profiles/default --scheduler greedy --set-threads $sets \
+    --resources gpu="${SLOTS:-8}" mem_mb=110000
 }
+
+# study_cores: the --cores that give each of the ${SLOTS:-8} jobs its ${THREADS:-2} threads.
+study_cores() { echo $((${SLOTS:-8} * ${THREADS:-2})); }
 
 # gpu_snakemake SECONDS LOG ARGS...: Snakemake on ARGS with `shared_gpu_args` (CUDA_VISIBLE_DEVICES set so
 # no job claims a device of its own), stopped with SIGINT after SECONDS (Snakemake then removes its
@@ -35,5 +41,5 @@ gpu_snakemake() {
   shift 2
   # shellcheck disable=SC2046
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT "$secs" python3 -m snakemake "$@" \
-    --cores $((${SLOTS:-8} * 2)) $(shared_gpu_args) --keep-going >> "$log" 2>&1
+    --cores "$(study_cores)" $(shared_gpu_args) --keep-going >> "$log" 2>&1
 }

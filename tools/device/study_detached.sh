@@ -45,7 +45,7 @@ if [ -n "${BENCH:-}" ]; then  # the whole default study timed by benchmarks/stud
   stage bench
   # shellcheck disable=SC2046
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT $(( deadline - $(date +%s) )) \
-    python3 benchmarks/study.py --cores $((${SLOTS:-8} * 2)) --label "$BENCH" -- $(shared_gpu_args) > "$W/bench.log" 2>&1
+    python3 benchmarks/study.py --cores "$(study_cores)" --label "$BENCH" -- $(shared_gpu_args) > "$W/bench.log" 2>&1
   echo "bench: exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
 else
   # shellcheck disable=SC2086
