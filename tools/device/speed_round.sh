@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (the device tool, carry .devsite), detached with setsid so that it outlives the call that
+# starts it: issue 20's study timing and issue 22's fine-tune A/B one after the other, nothing else on the machine:
+#   a   the default study timed (`benchmarks/study.py`, `all`) with ${SLOTS_A:-16} jobs sharing the GPU,
+#       ${THREADS_A:-1} threads each (tools/device/study_detached.sh);
+#   ft  `benchmarks/finetune.py` on SD v1.4's architecture: LoRA and full, cached encodings, eager and compiled
+#       (FinetuneConfig.compile), every arm in one process;
+#   b   the default study again at the earlier runs' 8 jobs x 2 threads: this machine's baseline for a.
+# Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
+# /tmp/speed_round/stage says where it is.
+#   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
+# A later call: `bash tools/device/speed_round.sh collect` waits up to $WAIT_S for what is not yet packed,
+# then packs into $OUT each finished part not packed by an earlier call (at most 4 files a call).
+set -uo pipefail
+R=/tmp/speed_round
+mkdir -p "$R"
+if [ "${1:-}" = collect ]; then
+  end=$(( $(date +%s) + ${WAIT_S:-0} ))
+  while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$R/stage" 2>/dev/null; do
+    # stop waiting as soon as a part finishes that no call has packed
+    for part in a ft b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
+    sleep 5
+  done
+  cat "$R/stage" "$R"/*/times.log 2>/dev/null
+  for part in a b; do
+    grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] || continue
+    (cd "$R/$part/repo" && { find results .snakemake/metadata -type f \( -name '*.csv' -o -name '*.json' \
+      -o -name '*.tsv' -o -name '*.jsonl' -o -path '*metadata*' \) -size -2048k; \
+      find results/metrics results/tables -type f -name '*.csv' -size +2047k; } \
+      | tar czf "$OUT/${part}_tables.tgz" -T - logs 2>/dev/null)
+    [ "$part" = a ] && tar cf "$OUT/a_figures.tar" -C "$R/a/repo" results/figures results/report* 2>/dev/null
+    touch "$R/packed.$part"
+  done
+  if grep -q "^ft " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.ft" ]; then touch "$R/packed.ft"; fi
+  # the benchmark rows and logs of every part so far, each call
+  tar cf "$OUT/rows.tar" -C "$R" $(cd "$R" && ls -d stage ./*.log ./*/bench.log ./*/times.log ./*/gpu.txt \
+    ./*/repo/benchmarks/results.jsonl ./ft/benchmarks/results.jsonl 2>/dev/null)
+  ls -la "$OUT"
+  exit 0
+fi
+stamp() { echo "$1 $(date +%s)" >> "$R/stage"; }
+echo "start $(date +%s)" > "$R/stage"
+W=$R/a SLOTS=${SLOTS_A:-16} THREADS=${THREADS_A:-1} BENCH="study_${SLOTS_A:-16}x${THREADS_A:-1}" DEADLINE_S=590 \
+  bash tools/device/study_detached.sh > "$R/a.log" 2>&1
+stamp a
+rm -rf "$R/ft" && mkdir -p "$R/ft" && tar cf - --exclude=./.devsite --exclude=./.whl . | tar xf - -C "$R/ft"
+(
+  # shellcheck source=tools/device/site.sh
+  source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
+    && cd benchmarks && timeout 590 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 \
+      --mixed-precision bf16 --encodings cached --compile none default
+) > "$R/ft.log" 2>&1
+stamp ft
+W=$R/b SLOTS=8 THREADS=2 BENCH=study_8x2 DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+stamp b
+stamp done
