@@ -78,11 +78,17 @@ def kernel_totals(prof, device: torch.device) -> dict[str, tuple[float, int]]:
     """(microseconds, calls) per kernel of a profile: the device's kernels on a GPU (copies left out),
     operators' own time on a CPU. On a GPU only rows that run on the device count: an operator's, a
     compiled region's or autograd's rows (``MmBackward0``, ``autograd::engine::evaluate_function: ...``)
-    carry their kernels' time again, so counting them counts a backward kernel two or three times."""
+    carry their kernels' time again, so counting them counts a backward kernel two or three times. So do
+    ``record_function`` ranges drawn on the GPU's timeline (``Optimizer.step#AdamW.step``), which are CUDA rows
+    but user annotations, not kernels."""
     out = {}
     for ev in prof.key_averages():
         if device.type == "cuda":
-            if ev.device_type != DeviceType.CUDA or ev.key.startswith(("Memcpy", "Memset")):
+            if (
+                ev.device_type != DeviceType.CUDA
+                or ev.is_user_annotation
+                or ev.key.startswith(("Memcpy", "Memset"))
+            ):
                 continue
             us = ev.self_device_time_total
             if us <= 0:

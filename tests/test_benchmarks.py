@@ -43,16 +43,18 @@ def test_kernel_kind_counts_inductor_fusions_as_their_own_kind():
 
 def test_kernel_totals_count_each_gpu_kernel_once():
     """A profile of CPU and CUDA activity (the fine-tune benchmark's) has autograd's and the operators' rows
-    beside the kernels, each carrying its kernels' device time again: only the kernels count."""
+    beside the kernels, each carrying its kernels' device time again, and the optimizer's range drawn on the GPU:
+    only the kernels count."""
     from types import SimpleNamespace
 
     import torch
     from torch.autograd import DeviceType
     from unet_profile import kernel_totals
 
-    def row(key, device_type, self_us, total_us, count=2):
+    def row(key, device_type, self_us, total_us, count=2, annotation=False):
         return SimpleNamespace(key=key, device_type=device_type, self_device_time_total=self_us,
-                               device_time_total=total_us, self_cpu_time_total=1.0, count=count)  # fmt: skip
+                               device_time_total=total_us, self_cpu_time_total=1.0, count=count,
+                               is_user_annotation=annotation)  # fmt: skip
 
     events = [
         row("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_kernel", DeviceType.CUDA, 300.0, 300.0),
@@ -67,6 +69,8 @@ def test_kernel_totals_count_each_gpu_kernel_once():
         row("void at::native::direct_copy_kernel_cuda", DeviceType.CUDA, 40.0, 40.0, count=6),
         row("Memcpy HtoD (Pageable -> Device)", DeviceType.CUDA, 9.0, 9.0),
         row("cudaLaunchKernel", DeviceType.CPU, 0.0, 0.0, count=8),
+        # the optimizer's record_function range on the GPU's timeline (32 ms in a profile of 2026-12-06)
+        row("Optimizer.step#AdamW.step", DeviceType.CUDA, 340.0, 340.0, count=1, annotation=True),
     ]
     prof = SimpleNamespace(key_averages=lambda: events)
     assert kernel_totals(prof, torch.device("cuda")) == {

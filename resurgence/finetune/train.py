@@ -484,6 +484,11 @@ def finetune(
                     losses,
                     prior_wall + time.perf_counter() - t0,
                 )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    loop_s = (
+        time.perf_counter() - t0
+    )  # this process's steps (and their checkpoints), without set-up or saving
     pipe.unet.eval()
     pipe.text_encoder.eval()
     for p in params:
@@ -496,6 +501,7 @@ def finetune(
         "losses": losses,
         "steps": cfg.steps,
         "wall_time_s": prior_wall + time.perf_counter() - t0,
+        "loop_s": loop_s,
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "device": str(device),
