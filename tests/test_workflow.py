@@ -159,6 +159,33 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
     assert split is not None and split[phases.SCORE] > 0 and split[phases.LOAD] > 0
 
 
+def test_jobs_start_by_stage_heads_of_the_longest_chains_first(tmp_path):
+    """Where slots are scarce, ready jobs start erasures first, then fine-tune sets and base pools, then erased
+    generations and fine-tunes, then fine-tuned generations, then evaluation and the rest (Snakemake's job
+    priority, as its dry run states it for every job)."""
+    import re
+
+    out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=study_dir(tmp_path / "study")).stdout
+    priority: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            p = re.search(r"^\s+priority: (\d+)$", block, re.M)
+            priority.setdefault(m.group(1), set()).add(int(p.group(1)) if p else 0)
+    assert all(len(v) == 1 for v in priority.values()), priority
+    rank = {rule: v.pop() for rule, v in priority.items()}
+    order = [
+        {"erase", "toyworld_quality"},
+        {"ftdata_random", "generate_base_pool"},
+        {"generate_erased", "finetune"},
+        {"generate_finetuned"},
+        {"evaluate", "reversion", "generate_base", "tables", "figure"},
+    ]
+    assert set().union(*order) <= set(rank), sorted(rank)
+    for first, then in zip(order, order[1:], strict=False):
+        assert min(rank[r] for r in first) > max(rank[r] for r in then), (first, then, rank)
+
+
 @pytest.mark.slow
 def test_second_run_does_nothing(smoke_dir):
     out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=smoke_dir)

@@ -12,6 +12,7 @@ rule erase:
         layout.log_file("erase", "{task}/{erase}"),
     benchmark:
         layout.benchmark_file("erase", "{task}/{erase}")
+    priority: scheduler.STAGE_PRIORITY["erase"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -13,6 +13,7 @@ rule finetune:
         layout.log_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}"),
     benchmark:
         layout.benchmark_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}")
+    priority: scheduler.STAGE_PRIORITY["finetune"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -10,6 +10,7 @@ rule ftdata_random:
         layout.log_file("ftdata", "random/{ftset}"),
     benchmark:
         layout.benchmark_file("ftdata", "random/{ftset}")
+    priority: scheduler.STAGE_PRIORITY["ftdata_random"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -38,6 +39,7 @@ rule ftdata_tercile:
         layout.log_file("ftdata", "tercile/{task}/{ftset}"),
     benchmark:
         layout.benchmark_file("ftdata", "tercile/{task}/{ftset}")
+    priority: scheduler.STAGE_PRIORITY["ftdata_tercile"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -12,6 +12,7 @@ rule generate_base_pool:
         layout.log_file("generate", "base_pool/{pool}"),
     benchmark:
         layout.benchmark_file("generate", "base_pool/{pool}")
+    priority: scheduler.STAGE_PRIORITY["generate_base_pool"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -61,6 +62,7 @@ rule generate_erased:
         layout.log_file("generate", "{task}/{erase}/erased"),
     benchmark:
         layout.benchmark_file("generate", "{task}/{erase}/erased")
+    priority: scheduler.STAGE_PRIORITY["generate_erased"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -91,6 +93,7 @@ rule generate_finetuned:
         layout.benchmark_file(
             "generate", "{task}/{erase}/{ftset}/{ftmethod}/step-{step}"
         )
+    priority: scheduler.STAGE_PRIORITY["generate_finetuned"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

@@ -36,6 +36,7 @@ rule toyworld_quality:
         layout.log_file("toyworld", "quality"),
     benchmark:
         layout.benchmark_file("toyworld", "quality")
+    priority: scheduler.STAGE_PRIORITY["toyworld_quality"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4
@@ -68,6 +69,7 @@ rule toyworld_variant:
         layout.log_file("toyworld", "variant_{variant}"),
     benchmark:
         layout.benchmark_file("toyworld", "variant_{variant}")
+    priority: scheduler.STAGE_PRIORITY["toyworld_variant"]
     conda:
         "../../envs/resurgence.yaml"
     threads: 4

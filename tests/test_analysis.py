@@ -1,0 +1,50 @@
+"""The analysis tools that read a finished study (tools/analysis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "analysis"))
+import schedule_replay  # noqa: E402  (tools/analysis is a script folder)
+
+
+def _metadata(run: Path, jobs: dict[str, tuple[str, float, float, list[str]]]) -> Path:
+    """Snakemake's metadata of a finished run: per output, its rule, job, inputs, start and end."""
+    meta = run / ".snakemake" / "metadata"
+    meta.mkdir(parents=True)
+    for out, (rule, start, end, inputs) in jobs.items():
+        record = dict(rule=rule, job_hash=out, input=inputs, starttime=start, endtime=end)
+        (meta / base64.b64encode(out.encode()).decode()).write_text(json.dumps(record))
+    return run
+
+
+def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
+    """Two slots. The run started a short job first and its 30 s erasure, head of the longest chain, late:
+    by hand, the run's order ends at 55 s, erasures first at 45 s (the stage order), and a table job that
+    holds no slot starts as soon as its input exists."""
+    run = _metadata(
+        tmp_path,
+        {
+            "short1": ("generate_base_pool", 0.0, 10.0, []),
+            "short2": ("generate_base_pool", 0.0, 10.0, []),
+            "erased": ("erase", 10.0, 40.0, []),
+            "images": ("generate_erased", 40.0, 55.0, ["erased"]),
+            "table": ("tables", 55.0, 55.0, ["images"]),
+        },
+    )
+    jobs = schedule_replay.read_jobs(run)
+    rules = {j.rule for j in jobs}
+    slotted = schedule_replay.gpu_rules() & rules
+    assert slotted == rules - {"tables"}  # the workflow's rules: tables take no GPU slot
+    by_rule = {j.rule: j for j in jobs}
+    assert [jobs[d].rule for d in by_rule["generate_erased"].deps] == ["erase"]
+    as_run = schedule_replay.replay(jobs, 2, lambda i: (jobs[i].start, jobs[i].rule), slotted)
+    priority = schedule_replay.STAGE_PRIORITY
+    stages = schedule_replay.replay(
+        jobs, 2, lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start), slotted
+    )
+    assert (as_run, stages) == (55.0, 45.0)
+    assert schedule_replay.remaining_chain(jobs)[jobs.index(by_rule["erase"])] == 45.0
