@@ -1,7 +1,8 @@
 """Copy operators of one LoRA training step (forward and backward, bf16 autocast) with peft's casts of each
 adapter's input to its fp32 weights, and with the trainer's `adapter_input_casts_off`, which turns them off; and
 whether the two give the same loss and LoRA gradients (they must, bit for bit). Counts operators, not
-time: a CPU run gives the launches a GPU step saves, not how much time that is.
+time: a CPU run gives the launches a GPU step saves, not how much time that is. Beside them, the operators of a
+full fine-tune's step (every UNet weight trained, fp32 under autocast): how many more a LoRA step dispatches.
 
     python benchmarks/lora_casts.py --arch sd14          # SD v1.4's UNet at random weights, 8x8 latents
 """
@@ -19,6 +20,25 @@ from diffusers import UNet2DConditionModel
 from resurgence.finetune import train
 from resurgence.finetune.config import FinetuneConfig
 from resurgence.models.pipeline import ARCHITECTURES
+
+
+def full_step_operators(arch: str, latent: int) -> int:
+    """Operators of one full fine-tune step (forward and backward, bf16 autocast), after a first step."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**ARCHITECTURES[arch].unet)
+    pipe = SimpleNamespace(unet=unet, text_encoder=torch.nn.Identity(), vae=torch.nn.Identity())
+    cfg = FinetuneConfig(steps=1, learning_rate=1e-5, batch_size=1, method="full", mixed_precision="bf16")
+    train._setup_trainable(pipe, cfg, torch.device("cpu"))
+    c = unet.config
+    x = torch.randn(1, c.in_channels, latent, latent)
+    states = torch.randn(1, 77, c.cross_attention_dim)
+    for _ in range(2):  # the second step is counted
+        unet.zero_grad(set_to_none=True)
+        with torch.profiler.profile() as prof:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = unet(x, torch.tensor([500]), states, return_dict=False)[0].float().pow(2).mean()
+            loss.backward()
+    return len(prof.events())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             adapter_input_casts_off=counts(ours[2]),
             same_loss=bool(torch.equal(peft[0], ours[0])),
             same_gradients=all(torch.equal(a, b) for a, b in zip(peft[1], ours[1], strict=True)),
+            full_step_operators=full_step_operators(args.arch, args.latent),
         ),
     )
 

@@ -29,9 +29,10 @@ _LOCK = threading.Lock()
 # ESD's run 25-90 s on a shared GPU, and each heads erase -> erased generations -> fine-tune -> fine-tuned
 # generations -> evaluation), then the fine-tune sets and base pools, the erased generations and fine-tunes,
 # the fine-tuned generations; evaluation and everything else (priority 0) last. Snakemake's greedy order
-# otherwise started identity_100's erasure 165 s into a 352 s study on an H100 (16 slots). Replayed from that
-# run's job times (`tools/analysis/schedule_replay.py`), this order ends it in 204 s against 259 s for the order
-# Snakemake chose. It changes when jobs start, never what they compute. Keyed by rule; others run at 0.
+# otherwise started identity_100's erasure 165 s into a 352 s study on an H100. Replayed from that run's job
+# times on 16 slots with memory not binding (`tools/analysis/schedule_replay.py`, which reproduces the run
+# within 1 s), this order ends it in 205 s against 250 s for the order Snakemake chose. It changes when jobs start,
+# never what they compute. Keyed by rule; others run at 0.
 STAGE_PRIORITY: dict[str, int] = {
     "erase": 4,
     "toyworld_quality": 4,

@@ -48,3 +48,16 @@ def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
     )
     assert (as_run, stages) == (55.0, 45.0)
     assert schedule_replay.remaining_chain(jobs)[jobs.index(by_rule["erase"])] == 45.0
+
+    # With memory for one erasure (its rule declares 12 GB, the generations 8, tables 2) the jobs take turns:
+    # erasure 0-30, the pools 30-40 and 40-50 (their stage first), the erased generation 50-65, the table.
+    mem = schedule_replay.declared_mem_mb()
+    assert [mem[r] for r in ("erase", "generate_base_pool", "generate_erased", "tables")] == [
+        12000,
+        8000,
+        8000,
+        2000,
+    ]
+    order = lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start)  # noqa: E731
+    assert schedule_replay.replay(jobs, 2, order, slotted, mem_mb=12000, mem_of=mem) == 65.0
+    assert schedule_replay.replay(jobs, 2, order, slotted, cores=1) == 65.0  # one core: one job at a time

@@ -4,7 +4,9 @@ Reads a finished study's Snakemake metadata (`.snakemake/metadata`: each output'
 start and end time), rebuilds its jobs, their dependencies (an input another job wrote) and their measured
 durations, and list-schedules them on ``--slots`` GPU slots: whenever a slot is free, the first ready job in
 the policy's order starts; jobs of rules without a ``gpu`` resource (tables, figures, copies from the base
-pool) take no slot. Policies:
+pool) take no slot. ``--mem-mb`` and ``--cores`` add the run's other limits: each job holds its rule's declared
+``mem_mb`` (the profile's default where it declares none) and one core (the runs timed here gave every job one
+thread or two: pass the cores over the threads). Policies:
   snakemake   the order in which the run's jobs did start (a check of the replay against the run);
   stages      `resurgence.scheduler.STAGE_PRIORITY`, then the run's order (the rules' ``priority:``);
   critical    the longest chain of measured durations still ahead of a job first (a lower bound for
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 from resurgence.scheduler import STAGE_PRIORITY  # noqa: E402  (the checkout's package, as a script)
 
 _RULE = re.compile(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", re.M | re.S)
+_MEM = re.compile(r"mem_mb=(\d+)")
+DEFAULT_MEM_MB = 4000  # workflow/profiles/default's default-resources
 
 
 @dataclass
@@ -47,13 +51,21 @@ class Job:
         return self.end - self.start
 
 
+def _rule_blocks(rules_dir: Path) -> dict[str, str]:
+    return {
+        m.group(1): m.group(2) for f in sorted(rules_dir.glob("*.smk")) for m in _RULE.finditer(f.read_text())
+    }
+
+
 def gpu_rules(rules_dir: Path = ROOT / "workflow" / "rules") -> set[str]:
     """Rules whose jobs hold a ``gpu`` slot."""
+    return {rule for rule, block in _rule_blocks(rules_dir).items() if "gpu=" in block}
+
+
+def declared_mem_mb(rules_dir: Path = ROOT / "workflow" / "rules") -> dict[str, int]:
+    """Each rule's declared ``mem_mb``."""
     return {
-        m.group(1)
-        for f in rules_dir.glob("*.smk")
-        for m in _RULE.finditer(f.read_text())
-        if "gpu=" in m.group(2)
+        rule: int(m.group(1)) for rule, block in _rule_blocks(rules_dir).items() if (m := _MEM.search(block))
     }
 
 
@@ -76,23 +88,37 @@ def read_jobs(run_dir: Path) -> list[Job]:
     return jobs
 
 
-def replay(jobs: list[Job], slots: int, order: Callable[[int], tuple], slotted: set[str]) -> float:
-    """The end of a list schedule of ``jobs`` on ``slots`` slots, ready jobs started in ``order``."""
+def replay(
+    jobs: list[Job],
+    slots: int,
+    order: Callable[[int], tuple],
+    slotted: set[str],
+    mem_mb: int | None = None,
+    cores: int | None = None,
+    mem_of: dict[str, int] | None = None,
+) -> float:
+    """The end of a list schedule of ``jobs`` on ``slots`` slots (and ``mem_mb``, ``cores`` where given), ready
+    jobs started in ``order``."""
+    mem_of = mem_of or {}
+    need = [
+        (int(j.rule in slotted), mem_of.get(j.rule, DEFAULT_MEM_MB) if mem_mb else 0, 1 if cores else 0)
+        for j in jobs
+    ]
+    free = [slots, mem_mb or 0, cores or 0]
     waiting, running, done = set(range(len(jobs))), [], {}
-    free, now = slots, 0.0
+    now = 0.0
     while waiting or running:
         for i in sorted((i for i in waiting if jobs[i].deps <= done.keys()), key=order):
-            takes = jobs[i].rule in slotted
-            if takes and free == 0:
+            if any(n > f for n, f in zip(need[i], free, strict=True)):
                 continue
-            free -= takes
+            free = [f - n for f, n in zip(free, need[i], strict=True)]
             waiting.discard(i)
             heapq.heappush(running, (now + jobs[i].seconds, i))
         if not running:
-            raise ValueError("jobs wait for each other: the metadata is not of one finished run")
+            raise ValueError("a job can never start: it waits for itself, or needs more than the limits hold")
         now, i = heapq.heappop(running)
         done[i] = now
-        free += jobs[i].rule in slotted
+        free = [f + n for f, n in zip(free, need[i], strict=True)]
     return now
 
 
@@ -116,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a finished study's directory (holding .snakemake/metadata)")
     p.add_argument("--slots", type=int, nargs="+", default=[16], help="GPU slots (the run's --resources gpu)")
+    p.add_argument("--mem-mb", type=int, help="the run's --resources mem_mb (default: no limit)")
+    p.add_argument("--cores", type=int, help="the run's --cores, one a job (default: no limit)")
     args = p.parse_args(argv)
     jobs = read_jobs(args.run_dir)
     slotted = gpu_rules()
@@ -131,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{max(chain):.1f} s; slot job-seconds {sum(j.seconds for j in jobs if j.rule in slotted):.1f}"
     )
     for slots in args.slots:
-        ends = {name: replay(jobs, slots, order, slotted) for name, order in policies.items()}
+        ends = {
+            name: replay(jobs, slots, order, slotted, args.mem_mb, args.cores, declared_mem_mb())
+            for name, order in policies.items()
+        }
         print(f"slots {slots}: " + ", ".join(f"{name} {end:.1f} s" for name, end in ends.items()))
 
 

@@ -20,14 +20,15 @@ print(json.dumps(study.$1(load_config(['config.yaml']))))"
 }
 
 # shared_gpu_args: the Snakemake options (after --cores) with which ${SLOTS:-8} jobs share the machine's one
-# GPU, ${THREADS:-2} threads each.
+# GPU, ${THREADS:-2} threads each. Memory is set so that it never binds before the slots do: the rules declare up
+# to 16 GB a job (for the SD presets); with the 110 GB of 2026-12-06 a run of 16 slots held 12 jobs at most.
 shared_gpu_args() {
   local t=${THREADS:-2} rule sets=""
   for rule in erase finetune generate_base generate_erased generate_finetuned ftdata_random ftdata_tercile \
     evaluate reversion toyworld_variant; do sets="$sets $rule=$t"; done
   # shellcheck disable=SC2086
   echo --profile workflow/profiles/default --scheduler greedy --set-threads $sets \
-    --resources gpu="${SLOTS:-8}" mem_mb=110000
+    --resources gpu="${SLOTS:-8}" mem_mb=$((${SLOTS:-8} * 16000))
 }
 
 # study_cores: the --cores that give each of the ${SLOTS:-8} jobs its ${THREADS:-2} threads.
