@@ -221,89 +221,95 @@ def main(argv: list[str] | None = None) -> None:
                                               tflop_per_step=round(step_flops / 1e12, 4)))  # fmt: skip
         return
     flops: dict[tuple[str, bool], float] = {}
-    for method in args.methods:
-        steps_per_s: dict[tuple[bool, bool, str], float] = {}  # by (encodings cached, peft's casts, compile)
-        for cache, casts, mode in [
-            (c, k, m)
-            for c in arms
-            for k in (cast_arms if method == "lora" else [False])
-            for m in args.compile
-        ]:
-            timings, loops = {}, {}
-            # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
-            # difference of the last two runs' training loops (`loop_s`) removes set-up, loading, first-step
-            # costs and saving (a full fine-tune writes SD v1.4's 3.4 GB fp32 UNet, whose time varies by
-            # seconds: the 10 timed steps of 2026-12-06 took 0.6 s in one call and the whole-run difference
-            # gave 16.4 steps/s, beside 4.4 in the next).
-            for steps in (1, 2, 2 + args.steps):
-                pipe = build_random_pipeline(args.arch)
-                pipe.to(device)
-                cfg = _config(method, steps, args, compile=mode)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
-                with peft_input_casts(casts):
-                    log = finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}-{casts}-{mode}",
-                                   device=device, progress=False, cache_encodings=cache)  # fmt: skip
-                loops[steps] = log["loop_s"]
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                timings[steps] = time.perf_counter() - t0
-                peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-                del pipe
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            dt = loops[2 + args.steps] - loops[2]
-            steps_per_s[cache, casts, mode] = args.steps / dt
-            if (method, cache) not in flops:  # counted eager: a compile does not change what a step computes
-                flops[method, cache] = flops_per_step(args.arch, method, args, device, work, cache)
-            step_flops = flops[method, cache]
-            # What the arm is: the same fields in its timing row and its profile row.
-            arm = dict(
-                arch=args.arch,
-                method=method,
-                device=str(device),
-                mixed_precision=args.mixed_precision,
-                resolution=resolution,
-                batch=args.batch,
-                rank=args.rank if method == "lora" else None,
-                encodings_cached=cache,
-                peft_input_casts=casts if method == "lora" else None,
-                compile=mode,
-            )
-            record(
-                "finetune",
-                dict(
-                    **arm,
-                    images=args.images,
-                    timed_steps=args.steps,
-                    timing="training loop",  # rows before 2026-12-06T09 timed whole runs, saving included
-                    seconds=round(dt, 2),
-                    steps_per_s=round(args.steps / dt, 3),
-                    images_per_s=round(args.steps * args.batch / dt, 2),
-                    tflop_per_step=round(step_flops / 1e12, 4),
-                    achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
-                    fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
-                    peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
-                    whole_run_s=round(timings[2 + args.steps], 2),
-                    vs_every_step=round(steps_per_s[True, False, mode] / steps_per_s[False, False, mode], 3)
-                    if cache and not casts and (False, False, mode) in steps_per_s
-                    else None,
-                    vs_peft_input_casts=round(
-                        steps_per_s[cache, False, mode] / steps_per_s[cache, True, mode], 3
-                    )
-                    if not casts and (cache, True, mode) in steps_per_s
-                    else None,
-                    vs_eager=round(steps_per_s[cache, casts, mode] / steps_per_s[cache, casts, "none"], 3)
-                    if mode != "none" and (cache, casts, "none") in steps_per_s
-                    else None,
-                ),
-            )
-            if args.profile_steps:
-                with peft_input_casts(casts):
-                    profile = profile_steps(method, cache, args, device, data, work, compile=mode)
-                record("finetune_profile", dict(**arm, **profile))
+    # Every arm's eager run first, then its compiled runs (a compile can take minutes): by compile mode, then
+    # method, encodings and peft's casts.
+    steps_per_s: dict[tuple[str, bool, bool, str], float] = {}  # by (method, cached, peft's casts, compile)
+    for mode, method, cache, casts in [
+        (m, meth, c, k)
+        for m in args.compile
+        for meth in args.methods
+        for c in arms
+        for k in (cast_arms if meth == "lora" else [False])
+    ]:
+        timings, loops = {}, {}
+        # A throwaway first run pays the process's one-time costs (CUDA context, cuDNN autotuning); the
+        # difference of the last two runs' training loops (`loop_s`) removes set-up, loading, first-step
+        # costs and saving (a full fine-tune writes SD v1.4's 3.4 GB fp32 UNet, whose time varies by
+        # seconds: the 10 timed steps of 2026-12-06 took 0.6 s in one call and the whole-run difference
+        # gave 16.4 steps/s, beside 4.4 in the next).
+        for steps in (1, 2, 2 + args.steps):
+            pipe = build_random_pipeline(args.arch)
+            pipe.to(device)
+            cfg = _config(method, steps, args, compile=mode)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            with peft_input_casts(casts):
+                log = finetune(pipe, data, cfg, work / f"{method}-{steps}-{cache}-{casts}-{mode}",
+                               device=device, progress=False, cache_encodings=cache)  # fmt: skip
+            loops[steps] = log["loop_s"]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings[steps] = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            del pipe
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        dt = loops[2 + args.steps] - loops[2]
+        steps_per_s[method, cache, casts, mode] = args.steps / dt
+        if (method, cache) not in flops:  # counted eager: a compile does not change what a step computes
+            flops[method, cache] = flops_per_step(args.arch, method, args, device, work, cache)
+        step_flops = flops[method, cache]
+        # What the arm is: the same fields in its timing row and its profile row.
+        arm = dict(
+            arch=args.arch,
+            method=method,
+            device=str(device),
+            mixed_precision=args.mixed_precision,
+            resolution=resolution,
+            batch=args.batch,
+            rank=args.rank if method == "lora" else None,
+            encodings_cached=cache,
+            peft_input_casts=casts if method == "lora" else None,
+            compile=mode,
+        )
+        record(
+            "finetune",
+            dict(
+                **arm,
+                images=args.images,
+                timed_steps=args.steps,
+                timing="training loop",  # rows before 2026-12-06T09 timed whole runs, saving included
+                seconds=round(dt, 2),
+                steps_per_s=round(args.steps / dt, 3),
+                images_per_s=round(args.steps * args.batch / dt, 2),
+                tflop_per_step=round(step_flops / 1e12, 4),
+                achieved_tflop_s=round(step_flops * args.steps / dt / 1e12, 1),
+                fixed_overhead_s=round(timings[2] - 2 * dt / args.steps, 1),
+                peak_gpu_mem_gib=round(peak, 2) if peak is not None else None,
+                whole_run_s=round(timings[2 + args.steps], 2),
+                vs_every_step=round(
+                    steps_per_s[method, True, False, mode] / steps_per_s[method, False, False, mode], 3
+                )
+                if cache and not casts and (method, False, False, mode) in steps_per_s
+                else None,
+                vs_peft_input_casts=round(
+                    steps_per_s[method, cache, False, mode] / steps_per_s[method, cache, True, mode], 3
+                )
+                if not casts and (method, cache, True, mode) in steps_per_s
+                else None,
+                vs_eager=round(
+                    steps_per_s[method, cache, casts, mode] / steps_per_s[method, cache, casts, "none"], 3
+                )
+                if mode != "none" and (method, cache, casts, "none") in steps_per_s
+                else None,
+            ),
+        )
+        if args.profile_steps:
+            with peft_input_casts(casts):
+                profile = profile_steps(method, cache, args, device, data, work, compile=mode)
+            record("finetune_profile", dict(**arm, **profile))
 
 
 if __name__ == "__main__":

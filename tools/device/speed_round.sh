@@ -4,8 +4,10 @@
 #   a   the default study timed (`benchmarks/study.py`, `all`) with ${SLOTS_A:-16} jobs sharing the GPU,
 #       ${THREADS_A:-1} threads each (tools/device/study_detached.sh);
 #   ft  `benchmarks/finetune.py` on SD v1.4's architecture: LoRA and full, cached encodings, eager and compiled
-#       (FinetuneConfig.compile), every arm in one process;
-#   b   the default study again at the earlier runs' 8 jobs x 2 threads: this machine's baseline for a.
+#       (FinetuneConfig.compile), every arm in one process, the eager arms first;
+#   b   the default study again, as $B says: "8x2" the earlier runs' 8 jobs x 2 threads (this machine's baseline
+#       for a; 2026-12-06's first round), "plain" (the default) as the README runs it (the default profile,
+#       --cores of every core).
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
 #   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
@@ -48,9 +50,13 @@ rm -rf "$R/ft" && mkdir -p "$R/ft" && tar cf - --exclude=./.devsite --exclude=./
   # shellcheck source=tools/device/site.sh
   source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
     && cd benchmarks && timeout 590 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 \
-      --mixed-precision bf16 --encodings cached --compile none default
+      --mixed-precision bf16 --images 16 --encodings cached --compile none default
 ) > "$R/ft.log" 2>&1
 stamp ft
-W=$R/b SLOTS=8 THREADS=2 BENCH=study_8x2 DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+if [ "${B:-plain}" = 8x2 ]; then
+  W=$R/b SLOTS=8 THREADS=2 BENCH=study_8x2 DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+else
+  W=$R/b PLAIN=1 BENCH=study_default_profile DEADLINE_S=900 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+fi
 stamp b
 stamp done

@@ -4,7 +4,8 @@
 # device call re-copies the checkout, so nothing runs in it) with $SLOTS jobs sharing the GPU, and nothing
 # else on the machine (measured 2026-12-03: beside model training, everything ran 3-3.5x slower).
 # With BENCH=LABEL it runs `benchmarks/study.py` instead (the whole study, `all`, timed; its row is in
-# $W/repo/benchmarks/results.jsonl). Otherwise phases run one after the other, each until the deadline
+# $W/repo/benchmarks/results.jsonl); with PLAIN=1 too, as the README runs it: the default profile and every core,
+# none of the options below that share the GPU. Otherwise phases run one after the other, each until the deadline
 # ($DEADLINE_S after the start, default 1450):
 #   TARGETS (default: the default study up to its tables and the reversion stage),
 #   THEN    (default: none; e.g. "exact_unlearning_control --until tables reversion").
@@ -43,9 +44,14 @@ if [ -n "${WORLD:-}" ]; then
 fi
 if [ -n "${BENCH:-}" ]; then  # the whole default study timed by benchmarks/study.py (a row naming the machine)
   stage bench
-  # shellcheck disable=SC2046
+  if [ -n "${PLAIN:-}" ]; then
+    cores=$(nproc) args="--profile workflow/profiles/default"
+  else
+    cores=$(study_cores) args=$(shared_gpu_args)
+  fi
+  # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --signal=INT $(( deadline - $(date +%s) )) \
-    python3 benchmarks/study.py --cores "$(study_cores)" --label "$BENCH" -- $(shared_gpu_args) > "$W/bench.log" 2>&1
+    python3 benchmarks/study.py --cores "$cores" --label "$BENCH" -- $args > "$W/bench.log" 2>&1
   echo "bench: exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
 else
   # shellcheck disable=SC2086
