@@ -31,8 +31,8 @@ _LOCK = threading.Lock()
 # the fine-tuned generations; evaluation and everything else (priority 0) last. Snakemake's greedy order
 # otherwise started identity_100's erasure 165 s into a 352 s study on an H100. Replayed from that run's job
 # times on 16 slots with memory not binding (`tools/analysis/schedule_replay.py`, which reproduces the run
-# within 1 s), this order ends it in 205 s against 250 s for the order Snakemake chose. It changes when jobs start,
-# never what they compute. Keyed by rule; others run at 0.
+# within 1 s), this order ends it in 205 s against 250 s for the order Snakemake chose. It changes when jobs
+# start, never what they compute. Keyed by rule; others run at 0.
 STAGE_PRIORITY: dict[str, int] = {
     "erase": 4,
     "toyworld_quality": 4,

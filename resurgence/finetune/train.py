@@ -486,9 +486,8 @@ def finetune(
                 )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    loop_s = (
-        time.perf_counter() - t0
-    )  # this process's steps (and their checkpoints), without set-up or saving
+    # This process's steps (and their checkpoints), without set-up or the final save: what a benchmark times.
+    loop_s = time.perf_counter() - t0
     pipe.unet.eval()
     pipe.text_encoder.eval()
     for p in params:

@@ -24,8 +24,8 @@ print(json.dumps(study.$1(load_config(['config.yaml']))))"
 # to 16 GB a job (for the SD presets); with the 110 GB of 2026-12-06 a run of 16 slots held 12 jobs at most.
 shared_gpu_args() {
   local t=${THREADS:-2} rule sets=""
-  for rule in erase finetune generate_base generate_erased generate_finetuned ftdata_random ftdata_tercile \
-    evaluate reversion toyworld_variant; do sets="$sets $rule=$t"; done
+  for rule in erase finetune generate_base generate_base_pool generate_erased generate_finetuned ftdata_random \
+    ftdata_tercile evaluate reversion toyworld_quality toyworld_variant; do sets="$sets $rule=$t"; done
   # shellcheck disable=SC2086
   echo --profile workflow/profiles/default --scheduler greedy --set-threads $sets \
     --resources gpu="${SLOTS:-8}" mem_mb=$((${SLOTS:-8} * 16000))
