@@ -22,23 +22,39 @@ from resurgence.finetune.config import FinetuneConfig
 from resurgence.models.pipeline import ARCHITECTURES
 
 
-def full_step_operators(arch: str, latent: int) -> int:
-    """Operators of one full fine-tune step (forward and backward, bf16 autocast), after a first step."""
+def training_step_setup(arch: str, latent: int, method: str):
+    """SD's UNet at random weights, set up as the trainer sets it up for ``method`` under bf16 mixed precision,
+    and one batch of latents and text states in the UNet's dtype, as the trainer feeds it. Returns the pipe, its
+    config, the trained parameters and the batch."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**ARCHITECTURES[arch].unet)
     pipe = SimpleNamespace(unet=unet, text_encoder=torch.nn.Identity(), vae=torch.nn.Identity())
-    cfg = FinetuneConfig(steps=1, learning_rate=1e-5, batch_size=1, method="full", mixed_precision="bf16")
-    train._setup_trainable(pipe, cfg, torch.device("cpu"))
+    cfg = FinetuneConfig(steps=1, learning_rate=1e-4, batch_size=1, method=method, mixed_precision="bf16")
+    params = train._setup_trainable(pipe, cfg, torch.device("cpu"))
     c = unet.config
-    x = torch.randn(1, c.in_channels, latent, latent)
-    states = torch.randn(1, 77, c.cross_attention_dim)
-    for _ in range(2):  # the second step is counted
-        unet.zero_grad(set_to_none=True)
-        with torch.profiler.profile() as prof:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = unet(x, torch.tensor([500]), states, return_dict=False)[0].float().pow(2).mean()
-            loss.backward()
-    return len(prof.events())
+    x = torch.randn(1, c.in_channels, latent, latent).to(unet.dtype)
+    states = torch.randn(1, 77, c.cross_attention_dim).to(unet.dtype)
+    return pipe, cfg, params, x, states
+
+
+def profiled_step(unet, params, x, states) -> tuple[torch.Tensor, list[torch.Tensor], Counter]:
+    """One training step (forward and backward under bf16 autocast) under the profiler: its loss, the trained
+    parameters' gradients and the count of each operator."""
+    for q in params:
+        q.grad = None
+    t = torch.tensor([500])  # made outside the profile: the step's operators only
+    with torch.profiler.profile() as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = unet(x, t, states, return_dict=False)[0].float().pow(2).mean()
+        loss.backward()
+    return loss.detach(), [q.grad.clone() for q in params], Counter(e.name for e in prof.events())
+
+
+def full_step_operators(arch: str, latent: int) -> int:
+    """Operators of one full fine-tune step, after a first step."""
+    pipe, _, params, x, states = training_step_setup(arch, latent, "full")
+    profiled_step(pipe.unet, params, x, states)
+    return sum(profiled_step(pipe.unet, params, x, states)[2].values())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,29 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arch", default="sd14", choices=sorted(ARCHITECTURES))
     p.add_argument("--latent", type=int, default=8, help="latent side (the count does not depend on it)")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**ARCHITECTURES[args.arch].unet)
-    pipe = SimpleNamespace(unet=unet, text_encoder=torch.nn.Identity(), vae=torch.nn.Identity())
-    cfg = FinetuneConfig(steps=1, learning_rate=1e-4, batch_size=1, method="lora", mixed_precision="bf16")
-    device = torch.device("cpu")
-    params = train._setup_trainable(pipe, cfg, device)
-    c = unet.config
-    x = torch.randn(1, c.in_channels, args.latent, args.latent).to(torch.bfloat16)
-    states = torch.randn(1, 77, c.cross_attention_dim).to(torch.bfloat16)
-    t = torch.tensor([500])
-
-    def step(context) -> tuple[torch.Tensor, list[torch.Tensor], Counter]:
-        for q in params:
-            q.grad = None
-        with torch.profiler.profile() as prof:
-            with context:
-                loss = unet(x, t, states, return_dict=False)[0].float().pow(2).mean()
-            loss.backward()
-        return loss.detach(), [q.grad.clone() for q in params], Counter(e.name for e in prof.events())
-
-    peft = step(torch.autocast("cpu", dtype=torch.bfloat16))
+    pipe, cfg, params, x, states = training_step_setup(args.arch, args.latent, "lora")
+    peft = profiled_step(pipe.unet, params, x, states)
     with train.adapter_input_casts_off(pipe, cfg):
-        ours = step(torch.autocast("cpu", dtype=torch.bfloat16))
+        ours = profiled_step(pipe.unet, params, x, states)
 
     def counts(ops: Counter) -> dict[str, int]:
         back = sum(n for k, n in ops.items() if k.startswith("ToCopyBackward"))

@@ -43,9 +43,8 @@ def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
     assert [jobs[d].rule for d in by_rule["generate_erased"].deps] == ["erase"]
     as_run = schedule_replay.replay(jobs, 2, lambda i: (jobs[i].start, jobs[i].rule), slotted)
     priority = schedule_replay.STAGE_PRIORITY
-    stages = schedule_replay.replay(
-        jobs, 2, lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start), slotted
-    )
+    by_stage = lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start)  # noqa: E731
+    stages = schedule_replay.replay(jobs, 2, by_stage, slotted)
     assert (as_run, stages) == (55.0, 45.0)
     assert schedule_replay.remaining_chain(jobs)[jobs.index(by_rule["erase"])] == 45.0
 
@@ -58,6 +57,5 @@ def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
         8000,
         2000,
     ]
-    order = lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start)  # noqa: E731
-    assert schedule_replay.replay(jobs, 2, order, slotted, mem_mb=12000, mem_of=mem) == 65.0
-    assert schedule_replay.replay(jobs, 2, order, slotted, cores=1) == 65.0  # one core: one job at a time
+    assert schedule_replay.replay(jobs, 2, by_stage, slotted, mem_mb=12000, mem_of=mem) == 65.0
+    assert schedule_replay.replay(jobs, 2, by_stage, slotted, cores=1) == 65.0  # one core: one job at a time
