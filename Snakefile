@@ -62,11 +62,12 @@ onerror:
 
 
 # GPU jobs share each GPU `gpu_jobs_per_device` at a time unless --resources gpu=N says how many run at
-# once; jobs inherit the slot and device counts and pin themselves to a device each (resurgence.gpus).
+# once, each with `gpu_job_threads` threads (without GPUs, the cores bound them); jobs inherit the slot and
+# device counts and pin themselves to a device each (resurgence.gpus).
 os.environ.setdefault(gpus.DEVICES_ENV, str(gpus.count_gpus()))
-_slots = gpus.default_gpu_slots(
-    int(os.environ[gpus.DEVICES_ENV]), config["gpu_jobs_per_device"]
-)
+_devices = int(os.environ[gpus.DEVICES_ENV])
+_slots = gpus.default_gpu_slots(_devices, config["gpu_jobs_per_device"])
+JOB_THREADS = gpus.job_threads(_devices, config["gpu_job_threads"])
 if "gpu" not in workflow.global_resources and _slots:
     workflow.global_resources["gpu"] = _slots
 _gpus = workflow.global_resources.get("gpu")

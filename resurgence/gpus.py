@@ -24,6 +24,9 @@ SLOTS_ENV = "RESURGENCE_GPU_SLOTS"  # GPU job slots (the Snakefile sets it from 
 DEVICES_ENV = "RESURGENCE_GPU_DEVICES"  # the machine's GPUs (the Snakefile sets it; absent: one per slot)
 NVIDIA_PROC = "/proc/driver/nvidia/gpus"  # one folder per GPU the driver sees
 LOCK_DIR_ENV = "RESURGENCE_GPU_LOCK_DIR"
+# The threads a GPU-capable job asks for on a machine without GPUs, where its arithmetic runs on them
+# (Snakemake scales it down to --cores).
+CPU_JOB_THREADS = 4
 
 _held: list[int] = []  # open lock descriptors: kept for the process's life
 
@@ -73,6 +76,14 @@ def default_gpu_slots(devices: int, jobs_per_device: int) -> int | None:
     """How many GPU jobs run at once when the user set no ``gpu`` resource: ``jobs_per_device`` on each
     GPU; None (no bound) on a machine without GPUs, where the cores bound the jobs."""
     return devices * jobs_per_device if devices > 0 else None
+
+
+def job_threads(devices: int, gpu_job_threads: int) -> int:
+    """The CPU threads of each GPU-capable job: ``gpu_job_threads`` where the machine has GPUs (the GPU does
+    the arithmetic, so more jobs at one thread each keep it busier), else ``CPU_JOB_THREADS``."""
+    if gpu_job_threads < 1:
+        raise ValueError(f"gpu_job_threads must be >= 1, got {gpu_job_threads}")
+    return gpu_job_threads if devices > 0 else CPU_JOB_THREADS
 
 
 def pin_job_to_gpu(env: dict[str, str] | None = None) -> int | None:

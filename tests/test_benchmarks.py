@@ -347,3 +347,18 @@ def test_finetune_profile_counts_each_step_once_whatever_the_run_length(tmp_path
         # A step's milliseconds are a difference of two timings, too noisy on a loaded CI machine to assert on
         # (a 3-step run's loop once took 0.8 s less than a 2-step one's); the row must carry them.
         assert {"step_wall_ms", "kernel_ms_per_step", "by_kind", "top_kernels"} <= rows[method, 3].keys()
+
+
+def test_cuda_startup_times_every_step_in_every_forked_process():
+    """Each fork reports each step once (the toy pipeline really loaded), and the summary's median and slowest
+    agree with the per-process seconds."""
+    import cuda_startup
+
+    results = cuda_startup.time_startup(2, "cpu", "resources/toyworld/t2i")
+    assert len(results) == 2 and all(set(r) == set(cuda_startup.STEPS) for r in results)
+    assert all(r["pipeline"] > 0 for r in results)
+    s = cuda_startup.summary(results)
+    totals = sorted(sum(r.values()) for r in results)
+    assert s["total"]["max_s"] == round(totals[1], 4)
+    assert s["total"]["median_s"] == round((totals[0] + totals[1]) / 2, 4)
+    assert s["cudnn"]["max_s"] == round(max(r["cudnn"] for r in results), 4)

@@ -6,11 +6,13 @@ import os
 import pytest
 
 from resurgence.gpus import (
+    CPU_JOB_THREADS,
     DEVICES_ENV,
     SLOTS_ENV,
     claim_gpu,
     count_gpus,
     default_gpu_slots,
+    job_threads,
     pin_job_to_gpu,
 )
 
@@ -97,3 +99,11 @@ def test_default_gpu_slots_share_each_gpu_and_leave_cpu_machines_unbounded():
     assert default_gpu_slots(1, 4) == 4
     assert default_gpu_slots(8, 1) == 8
     assert default_gpu_slots(0, 4) is None
+
+
+def test_gpu_jobs_take_the_configured_threads_only_where_there_is_a_gpu():
+    assert job_threads(1, 1) == 1
+    assert job_threads(2, 3) == 3
+    assert job_threads(0, 1) == CPU_JOB_THREADS
+    with pytest.raises(ValueError, match="gpu_job_threads"):
+        job_threads(1, 0)

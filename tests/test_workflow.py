@@ -57,6 +57,39 @@ def test_default_study_dry_run_lists_every_stage():
     assert counts["erase"] == 35 and counts["finetune"] == 45 and counts["reversion"] == 45
 
 
+def _rule_threads(out: str) -> dict[str, set[int]]:
+    """Each rule's threads as a dry run states them per job (it leaves out a job's single thread)."""
+    import re
+
+    threads: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            t = re.search(r"^\s+threads: (\d+)$", block, re.M)
+            threads.setdefault(m.group(1), set()).add(int(t.group(1)) if t else 1)
+    return threads
+
+
+@pytest.mark.parametrize(("devices", "gpu_job_threads"), [("1", {1}), ("0", {4})])
+def test_default_profile_runs_gpu_jobs_at_one_thread_only_where_there_is_a_gpu(
+    tmp_path, devices, gpu_job_threads
+):
+    """The README's command on a 16-core machine: with a GPU, its jobs share it at one thread each (16 at once,
+    `gpu_jobs_per_device`; the fastest measured setting, docs/study_speed.md); without one, each takes 4 cores."""
+    out = snakemake(
+        "-n",
+        "--profile",
+        "workflow/profiles/default",
+        "--cores",
+        "16",
+        cwd=study_dir(tmp_path / "study"),
+        RESURGENCE_GPU_DEVICES=devices,
+    ).stdout
+    threads = _rule_threads(out)
+    assert threads["erase"] == threads["generate_erased"] == threads["evaluate"] == gpu_job_threads
+    assert threads["finetune"] == threads["reversion"] == gpu_job_threads
+
+
 def test_building_the_dag_imports_no_torch():
     """Snakemake parses the Snakefile again in every cluster job (and every dry run): the study's specs,
     configs and manifest reads stay torch-free, so that parse takes ~2 s, not ~5 s (2 cores)."""

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (the device tool, carry .devsite), detached with setsid so that it outlives the call that
 # starts it: issue 20's study timing and issue 22's fine-tune A/B one after the other, nothing else on the machine:
-#   a   the default study timed (`benchmarks/study.py`, `all`) with ${SLOTS_A:-16} jobs sharing the GPU,
-#       ${THREADS_A:-1} threads each (tools/device/study_detached.sh);
+#   cu  `benchmarks/cuda_startup.py`: CUDA's per-process start-up, one process and 16 at once;
+#   a   the default study timed (`benchmarks/study.py`, `all`) as the README runs it: the default profile, every
+#       core (tools/device/study_detached.sh PLAIN=1; since 2026-12-06 that is gpu_jobs_per_device jobs sharing
+#       the GPU at gpu_job_threads threads each);
 #   ft  `benchmarks/finetune.py` on SD v1.4's architecture: LoRA and full, cached encodings, eager and compiled
 #       (FinetuneConfig.compile), every arm in one process, the eager arms first;
-#   b   the default study again, as $B says: "8x2" the earlier runs' 8 jobs x 2 threads (this machine's baseline
-#       for a; 2026-12-06's first round), "plain" (the default) as the README runs it (the default profile,
-#       --cores of every core).
+#   b   the default study again with ${SLOTS_B:-24} jobs sharing the GPU at ${THREADS_B:-1} thread(s) each
+#       (tools/device/site.sh's shared_gpu_args; more jobs than cores when SLOTS_B x THREADS_B > nproc).
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
 #   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
@@ -42,10 +43,15 @@ if [ "${1:-}" = collect ]; then
 fi
 stamp() { echo "$1 $(date +%s)" >> "$R/stage"; }
 echo "start $(date +%s)" > "$R/stage"
-W=$R/a SLOTS=${SLOTS_A:-16} THREADS=${THREADS_A:-1} BENCH="study_${SLOTS_A:-16}x${THREADS_A:-1}" DEADLINE_S=590 \
-  bash tools/device/study_detached.sh > "$R/a.log" 2>&1
-stamp a
 rm -rf "$R/ft" && mkdir -p "$R/ft" && tar cf - --exclude=./.devsite --exclude=./.whl . | tar xf - -C "$R/ft"
+(
+  # shellcheck source=tools/device/site.sh
+  source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
+    && timeout 300 python3 benchmarks/cuda_startup.py --procs 1 16
+) > "$R/cu.log" 2>&1
+stamp cu
+W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1
+stamp a
 (
   # shellcheck source=tools/device/site.sh
   source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
@@ -53,10 +59,7 @@ rm -rf "$R/ft" && mkdir -p "$R/ft" && tar cf - --exclude=./.devsite --exclude=./
       --mixed-precision bf16 --images 16 --encodings cached --compile none default
 ) > "$R/ft.log" 2>&1
 stamp ft
-if [ "${B:-plain}" = 8x2 ]; then
-  W=$R/b SLOTS=8 THREADS=2 BENCH=study_8x2 DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
-else
-  W=$R/b PLAIN=1 BENCH=study_default_profile DEADLINE_S=900 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
-fi
+W=$R/b SLOTS=${SLOTS_B:-24} THREADS=${THREADS_B:-1} BENCH="study_${SLOTS_B:-24}x${THREADS_B:-1}" DEADLINE_S=590 \
+  bash tools/device/study_detached.sh > "$R/b.log" 2>&1
 stamp b
 stamp done

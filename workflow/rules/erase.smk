@@ -15,7 +15,7 @@ rule erase:
     priority: scheduler.STAGE_PRIORITY["erase"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=12000,

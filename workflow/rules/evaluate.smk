@@ -13,7 +13,7 @@ rule evaluate:
         layout.benchmark_file("evaluate", "{task}/{state}")
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

@@ -16,7 +16,7 @@ rule finetune:
     priority: scheduler.STAGE_PRIORITY["finetune"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=12000,

@@ -13,7 +13,7 @@ rule ftdata_random:
     priority: scheduler.STAGE_PRIORITY["ftdata_random"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -42,7 +42,7 @@ rule ftdata_tercile:
     priority: scheduler.STAGE_PRIORITY["ftdata_tercile"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

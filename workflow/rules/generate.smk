@@ -15,7 +15,7 @@ rule generate_base_pool:
     priority: scheduler.STAGE_PRIORITY["generate_base_pool"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -65,7 +65,7 @@ rule generate_erased:
     priority: scheduler.STAGE_PRIORITY["generate_erased"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -96,7 +96,7 @@ rule generate_finetuned:
     priority: scheduler.STAGE_PRIORITY["generate_finetuned"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

@@ -13,7 +13,7 @@ rule reversion:
         layout.benchmark_file("reversion", "{task}/{erase}/{ftset}/{ftmethod}")
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=16000,

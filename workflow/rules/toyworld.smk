@@ -10,7 +10,7 @@ rule toyworld_train:
         layout.benchmark_file("toyworld", "train")
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=16000,
@@ -39,7 +39,7 @@ rule toyworld_quality:
     priority: scheduler.STAGE_PRIORITY["toyworld_quality"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,
@@ -72,7 +72,7 @@ rule toyworld_variant:
     priority: scheduler.STAGE_PRIORITY["toyworld_variant"]
     conda:
         "../../envs/resurgence.yaml"
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=16000,
