@@ -36,8 +36,16 @@ STEPS = ("context", "cublas", "cudnn", "pipeline")
 
 
 def _one_process(device: str, pipeline: str, start, out) -> None:
-    """Time each start-up step in a fresh fork, after every process has reached the barrier."""
+    """Time each start-up step in a fresh fork, after every process has reached the barrier; an error is
+    reported as the process's result, so that the parent never waits for a result that cannot come."""
     start.wait()
+    try:
+        out.put(_startup_seconds(device, pipeline))
+    except Exception as e:  # noqa: BLE001 - re-raised by the parent
+        out.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def _startup_seconds(device: str, pipeline: str) -> dict[str, float]:
     seconds: dict[str, float] = {}
     cuda = device.startswith("cuda")
 
@@ -63,7 +71,7 @@ def _one_process(device: str, pipeline: str, start, out) -> None:
         load_pipeline(ROOT / pipeline, device=device)
 
     step("pipeline", load)
-    out.put(seconds)
+    return seconds
 
 
 def time_startup(procs: int, device: str, pipeline: str) -> list[dict[str, float]]:
@@ -74,6 +82,9 @@ def time_startup(procs: int, device: str, pipeline: str) -> list[dict[str, float
     for w in workers:
         w.start()
     results = [out.get(timeout=600) for _ in workers]
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {procs} start-up processes failed: {errors[0]}")
     for w in workers:
         w.join()
         if w.exitcode != 0:
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pipeline", default="resources/toyworld/t2i", help="the toy pipeline, from the checkout")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
-    import resurgence.models.pipeline  # noqa: F401  (imported before the forks, as the fork server does)
+    from resurgence.forkserver import preload_before_forks
+
+    preload_before_forks()  # as the fork server does before its forks
 
     # every fork first: the parent touches CUDA (the row's machine) only after its forks are done with it
     timings = {n: time_startup(n, args.device, args.pipeline) for n in args.procs}

@@ -29,9 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from resurgence import study
 from resurgence.config import deep_merge, load_config
 from resurgence.erasure.artifact import ConceptSpec
-from resurgence.generate.engine import generate
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.erase import erase_concepts
+from resurgence.mace.images import concept_image_source
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 from resurgence.stages import erase_generation_config
 from resurgence.world import get_world
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora-steps", type=int, default=None, help="default: the preset's (MACE: 50)")
     p.add_argument("--data-steps", type=int, default=None, help="sampling steps of MACE's training images")
     p.add_argument("--data-batch", type=int, default=16)
+    p.add_argument(
+        "--data-per-concept", action="store_true", help="draw each concept's images alone (before 2026-12-06)"
+    )
     p.add_argument("--concepts", type=int, default=None, help="erase only the first N concepts of the task")
     p.add_argument("--dtype", default="float32", help="dtype of the erased pipeline (MACE trains in fp32)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (two short extra erases)")
@@ -115,20 +118,21 @@ def main(argv: list[str] | None = None) -> None:
     mask = ellipse_mask(resolution)
     timing = {"data_s": 0.0}
 
-    def image_source(name: str, n: int, seed: int):
+    draw = concept_image_source(
+        pipe,
+        prompts_of,
+        gen_cfg,
+        lambda name, images: np.repeat(mask[None], len(images), axis=0),
+        device,
+        together=not args.data_per_concept,
+        progress=False,
+    )
+
+    def image_source(requests):
         t = time.perf_counter()
-        prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
-        images = generate(
-            pipe,
-            prompts,
-            [seed + i for i in range(n)],
-            gen_cfg,
-            device=device,
-            progress=False,
-            pad_to_batch=False,
-        )
+        drawn = draw(requests)
         timing["data_s"] += time.perf_counter() - t
-        return images, np.repeat(mask[None], n, axis=0)
+        return drawn
 
     t0 = time.perf_counter()
     erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             resolution=resolution,
             images_per_concept=cfg.images_per_concept,
             data_steps=gen_cfg.steps,
+            data_batch=args.data_batch,
+            data_drawn="per concept" if args.data_per_concept else "together",
             lora_steps_per_concept=cfg.lora_steps,
             lora_rank=cfg.lora_rank,
             n_coexisting=rep["refine"]["n_coexisting"],

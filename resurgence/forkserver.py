@@ -62,6 +62,7 @@ PRELOAD = (
     "resurgence.finetune.train",
     "resurgence.evaluate.registry",
     "resurgence.mace.erase",
+    "resurgence.mace.images",
     "resurgence.mace.capacity",
     "resurgence.metrics.tables",
     "resurgence.metrics.figures",
@@ -321,6 +322,20 @@ def preload(modules: Sequence[str] = PRELOAD) -> dict[str, str]:
     return failed
 
 
+def preload_before_forks(modules: Sequence[str] = PRELOAD) -> dict[str, str]:
+    """`preload` without initialising CUDA, which a fork cannot inherit; raises where CUDA was initialised."""
+    # torch.cuda.is_available() without NVML initialises the CUDA driver.
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        failed = preload(modules)
+    finally:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised while preloading; jobs could not use it after a fork")
+    return failed
+
+
 def serve(
     path: str | os.PathLike, owner: dict[str, Any] | None = None, modules: Sequence[str] = PRELOAD
 ) -> None:
@@ -329,14 +344,8 @@ def serve(
 
     server = interpreter()  # as a job's fresh interpreter starts: before the imports
     t0 = time.monotonic()
-    # torch.cuda.is_available() without NVML initialises the CUDA driver, which a fork cannot inherit.
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    failed = preload(modules)
-    del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    failed = preload_before_forks(modules)
     server["preload_env"] = {k: v for k, v in os.environ.items() if k not in server["env"]}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        raise RuntimeError("CUDA was initialised while preloading; jobs could not use it after a fork")
     threads = len(os.listdir("/proc/self/task")) if Path("/proc/self/task").is_dir() else None
     print(
         f"fork server: {len(modules) - len(failed)} modules in {time.monotonic() - t0:.1f} s, threads {threads}"

@@ -113,9 +113,9 @@ def run_toyworld(args: Namespace) -> None:
 
 def run_erase(args: Namespace) -> None:
     from resurgence.erasure.artifact import ConceptSpec, no_erasure, save_erasure
-    from resurgence.generate.engine import generate
     from resurgence.mace.config import EraseConfig
     from resurgence.mace.erase import erase_concepts
+    from resurgence.mace.images import concept_image_source
 
     device = pick_device(args.device)
     spec = args.spec
@@ -160,16 +160,14 @@ def run_erase(args: Namespace) -> None:
     segmenter = load_segmenter(args.models, device)
     gen_cfg = erase_generation_config(args.generation, args.models.get("dtype", "float32"))
     cfg = EraseConfig.from_dict(spec["mace"])  # the spec is complete: no preset defaults are filled in here
-    prompts_of = {c.name: c.prompts for c in concepts}
-
-    def image_source(name: str, n: int, seed: int):
-        """Images of the concept drawn by the model being erased, with the segmenter's masks (as MACE does)."""
-        prompts = [prompts_of[name][i % len(prompts_of[name])] for i in range(n)]
-        seeds = [seed + i for i in range(n)]
-        images = generate(pipe, prompts, seeds, gen_cfg, device=device, progress=False, pad_to_batch=False)
-        masks = segmenter.segment(images, name)
-        return images, masks
-
+    # Images of the concepts drawn by the model being erased, with the segmenter's masks (as MACE does).
+    image_source = concept_image_source(
+        pipe,
+        {c.name: c.prompts for c in concepts},
+        gen_cfg,
+        lambda name, images: segmenter.segment(images, name),
+        device,
+    )
     with phase(TRAIN):  # its training images' sampling counts as sampling (`generate`)
         erasure = erase_concepts(pipe, concepts, cfg, image_source, device=device)
     erasure.report["spec"] = spec

@@ -1,12 +1,15 @@
 """Helpers of the benchmark scripts (benchmarks/common.py)."""
 
+import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 from common import inductor_settings  # noqa: E402  (benchmarks/ is a script folder)
 
 
@@ -351,10 +354,29 @@ def test_finetune_profile_counts_each_step_once_whatever_the_run_length(tmp_path
 
 def test_cuda_startup_times_every_step_in_every_forked_process():
     """Each fork reports each step once (the toy pipeline really loaded), and the summary's median and slowest
-    agree with the per-process seconds."""
+    agree with the per-process seconds. The forks start from a fresh interpreter that has only imported, as
+    the fork server's do: forked after this test process's torch work, a child can hang in its thread pool."""
+    import json
+    import subprocess
+
+    code = (
+        "import json, cuda_startup; from resurgence.forkserver import preload_before_forks; "
+        "preload_before_forks(['resurgence.models.pipeline']); "
+        "print(json.dumps(cuda_startup.time_startup(2, 'cpu', 'resources/toyworld/t2i')))"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BENCHMARKS), str(ROOT)]))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     import cuda_startup
 
-    results = cuda_startup.time_startup(2, "cpu", "resources/toyworld/t2i")
+    results = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(results) == 2 and all(set(r) == set(cuda_startup.STEPS) for r in results)
     assert all(r["pipeline"] > 0 for r in results)
     s = cuda_startup.summary(results)

@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,19 @@ from resurgence.mace.config import EraseConfig
 from resurgence.mace.fusion import fuse_weights
 from resurgence.mace.lora import ConceptData, train_concept_loras
 from resurgence.mace.refine import collect_coexisting_embeddings, collect_token_embeddings, refine_weights
-from resurgence.progress import progress_bar
 
-ImageSource = Callable[[str, int, int], tuple[list[Image.Image], np.ndarray]]
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """``n`` images of concept ``name`` from seeds ``seed``, ``seed + 1``, ... (MACE's training data)."""
+
+    name: str
+    n: int
+    seed: int
+
+
+# Every concept's images and bool masks in one call, in the order asked: a source may draw them together.
+ImageSource = Callable[[Sequence[ImageRequest]], list[tuple[list[Image.Image], np.ndarray]]]
 
 
 def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str) -> list[str]:
@@ -68,8 +79,8 @@ def erase_concepts(
 ) -> Erasure:
     """Run MACE on ``pipe`` and return the erasure; ``pipe``'s weights are restored on return.
 
-    ``image_source(name, n, seed)`` returns n images of the concept drawn by the model being erased
-    and their bool masks; it is called for every concept *before* any weight changes.
+    ``image_source(requests)`` returns, for each concept's `ImageRequest`, its images drawn by the model
+    being erased and their bool masks; it is called once, for every concept, *before* any weight changes.
     """
     if not concepts:
         raise ValueError("no concepts to erase")
@@ -96,8 +107,13 @@ def erase_concepts(
     # Training data first: it must come from the unmodified model.
     data: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
     if not cfg.refine_only:
-        for i, c in enumerate(progress_bar(concepts, desc="mace data", enabled=progress)):
-            images, masks = image_source(c.name, cfg.images_per_concept, cfg.seed + i)
+        requests = [
+            ImageRequest(c.name, cfg.images_per_concept, cfg.seed + i) for i, c in enumerate(concepts)
+        ]
+        drawn = image_source(requests)
+        if len(drawn) != len(requests):
+            raise ValueError(f"image_source gave {len(drawn)} concepts' images for {len(requests)} requests")
+        for c, (images, masks) in zip(concepts, drawn, strict=True):
             masks = np.asarray(masks, dtype=bool)
             if len(images) != len(masks):
                 raise ValueError(

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # On a lent GPU machine (the device tool, carry .devsite), detached with setsid so that it outlives the call that
-# starts it: issue 20's study timing and issue 22's fine-tune A/B one after the other, nothing else on the machine:
-#   cu  `benchmarks/cuda_startup.py`: CUDA's per-process start-up, one process and 16 at once;
+# starts it: issue 20's measurements one after the other, nothing else on the machine:
+#   cu  `benchmarks/cuda_startup.py`: CUDA's per-process start-up in forks, one process and 16 at once;
+#   md  `benchmarks/mace_data.py`: identity_100's MACE training images drawn per concept and all together;
 #   a   the default study timed (`benchmarks/study.py`, `all`) as the README runs it: the default profile, every
-#       core (tools/device/study_detached.sh PLAIN=1; since 2026-12-06 that is gpu_jobs_per_device jobs sharing
-#       the GPU at gpu_job_threads threads each);
-#   ft  `benchmarks/finetune.py` on SD v1.4's architecture: LoRA and full, cached encodings, eager and compiled
-#       (FinetuneConfig.compile), every arm in one process, the eager arms first;
-#   b   the default study again with ${SLOTS_B:-24} jobs sharing the GPU at ${THREADS_B:-1} thread(s) each
-#       (tools/device/site.sh's shared_gpu_args; more jobs than cores when SLOTS_B x THREADS_B > nproc).
+#       core (tools/device/study_detached.sh PLAIN=1: gpu_jobs_per_device jobs sharing the GPU at
+#       gpu_job_threads threads each);
+#   b   the same again, for the spread between two runs on one machine; with SLOTS_B set, SLOTS_B jobs sharing
+#       the GPU at ${THREADS_B:-1} thread(s) each instead (tools/device/site.sh's shared_gpu_args).
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
 #   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
@@ -21,7 +20,7 @@ if [ "${1:-}" = collect ]; then
   end=$(( $(date +%s) + ${WAIT_S:-0} ))
   while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$R/stage" 2>/dev/null; do
     # stop waiting as soon as a part finishes that no call has packed
-    for part in a ft b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
+    for part in a md b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
     sleep 5
   done
   cat "$R/stage" "$R"/*/times.log 2>/dev/null
@@ -34,32 +33,36 @@ if [ "${1:-}" = collect ]; then
     [ "$part" = a ] && tar cf "$OUT/a_figures.tar" -C "$R/a/repo" results/figures results/report* 2>/dev/null
     touch "$R/packed.$part"
   done
-  if grep -q "^ft " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.ft" ]; then touch "$R/packed.ft"; fi
+  if grep -q "^md " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.md" ]; then touch "$R/packed.md"; fi
   # the benchmark rows and logs of every part so far, each call
   tar cf "$OUT/rows.tar" -C "$R" $(cd "$R" && ls -d stage ./*.log ./*/bench.log ./*/times.log ./*/gpu.txt \
-    ./*/repo/benchmarks/results.jsonl ./ft/benchmarks/results.jsonl 2>/dev/null)
+    ./*/repo/benchmarks/results.jsonl ./bench/benchmarks/results.jsonl 2>/dev/null)
   ls -la "$OUT"
   exit 0
 fi
 stamp() { echo "$1 $(date +%s)" >> "$R/stage"; }
 echo "start $(date +%s)" > "$R/stage"
-rm -rf "$R/ft" && mkdir -p "$R/ft" && tar cf - --exclude=./.devsite --exclude=./.whl . | tar xf - -C "$R/ft"
-(
-  # shellcheck source=tools/device/site.sh
-  source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
-    && timeout 300 python3 benchmarks/cuda_startup.py --procs 1 16
-) > "$R/cu.log" 2>&1
+rm -rf "$R/bench" && mkdir -p "$R/bench" && tar cf - --exclude=./.devsite --exclude=./.whl . | tar xf - -C "$R/bench"
+bench() {  # bench SECONDS SCRIPT ARGS...: a benchmark script in the copy, with the packed site
+  local secs=$1
+  shift
+  (
+    # shellcheck source=tools/device/site.sh
+    source tools/device/site.sh && cd "$R/bench" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
+      && timeout "$secs" python3 "$@"
+  )
+}
+bench 240 benchmarks/cuda_startup.py --procs 1 16 > "$R/cu.log" 2>&1
 stamp cu
+bench 300 benchmarks/mace_data.py --task identity_100 > "$R/md.log" 2>&1
+stamp md
 W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1
 stamp a
-(
-  # shellcheck source=tools/device/site.sh
-  source tools/device/site.sh && cd "$R/ft" && export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}" \
-    && cd benchmarks && timeout 590 python3 finetune.py --arch sd14 --methods lora full --steps 10 --batch 8 \
-      --mixed-precision bf16 --images 16 --encodings cached --compile none default
-) > "$R/ft.log" 2>&1
-stamp ft
-W=$R/b SLOTS=${SLOTS_B:-24} THREADS=${THREADS_B:-1} BENCH="study_${SLOTS_B:-24}x${THREADS_B:-1}" DEADLINE_S=590 \
-  bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+if [ -n "${SLOTS_B:-}" ]; then
+  W=$R/b SLOTS=$SLOTS_B THREADS=${THREADS_B:-1} BENCH="study_${SLOTS_B}x${THREADS_B:-1}" DEADLINE_S=590 \
+    bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+else
+  W=$R/b PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+fi
 stamp b
 stamp done
