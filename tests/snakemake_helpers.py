@@ -53,3 +53,15 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[m.group(1)] = int(m.group(2))
     return counts
+
+
+def rule_values(output: str, field: str, default: int) -> dict[str, set[int]]:
+    """The values a dry run states for ``field`` (``threads``, ``priority``) in each rule's jobs; ``default``
+    for a job that states none (Snakemake leaves out one thread and priority 0)."""
+    values: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            v = re.search(rf"^\s+{field}: (\d+)$", block, re.M)
+            values.setdefault(m.group(1), set()).add(int(v.group(1)) if v else default)
+    return values

@@ -8,7 +8,7 @@ import shutil
 import sys
 
 import pytest
-from snakemake_helpers import ROOT, job_counts, run, snakemake, study_dir
+from snakemake_helpers import ROOT, job_counts, rule_values, run, snakemake, study_dir
 
 STAGES = {
     "toyworld_quality",
@@ -57,19 +57,6 @@ def test_default_study_dry_run_lists_every_stage():
     assert counts["erase"] == 35 and counts["finetune"] == 45 and counts["reversion"] == 45
 
 
-def _rule_threads(out: str) -> dict[str, set[int]]:
-    """Each rule's threads as a dry run states them per job (it leaves out a job's single thread)."""
-    import re
-
-    threads: dict[str, set[int]] = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        m = re.match(r"(?:local)?rule (\w+):", block)
-        if m:
-            t = re.search(r"^\s+threads: (\d+)$", block, re.M)
-            threads.setdefault(m.group(1), set()).add(int(t.group(1)) if t else 1)
-    return threads
-
-
 @pytest.mark.parametrize(("devices", "gpu_job_threads"), [("1", {1}), ("0", {4})])
 def test_default_profile_runs_gpu_jobs_at_one_thread_only_where_there_is_a_gpu(
     tmp_path, devices, gpu_job_threads
@@ -85,7 +72,7 @@ def test_default_profile_runs_gpu_jobs_at_one_thread_only_where_there_is_a_gpu(
         cwd=study_dir(tmp_path / "study"),
         RESURGENCE_GPU_DEVICES=devices,
     ).stdout
-    threads = _rule_threads(out)
+    threads = rule_values(out, "threads", 1)
     assert threads["erase"] == threads["generate_erased"] == threads["evaluate"] == gpu_job_threads
     assert threads["finetune"] == threads["reversion"] == gpu_job_threads
 
@@ -196,15 +183,8 @@ def test_jobs_start_by_stage_heads_of_the_longest_chains_first(tmp_path):
     """Where slots are scarce, ready jobs start erasures first, then fine-tune sets and base pools, then erased
     generations and fine-tunes, then fine-tuned generations, then evaluation and the rest (Snakemake's job
     priority, as its dry run states it for every job)."""
-    import re
-
     out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=study_dir(tmp_path / "study")).stdout
-    priority: dict[str, set[int]] = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        m = re.match(r"(?:local)?rule (\w+):", block)
-        if m:
-            p = re.search(r"^\s+priority: (\d+)$", block, re.M)
-            priority.setdefault(m.group(1), set()).add(int(p.group(1)) if p else 0)
+    priority = rule_values(out, "priority", 0)
     assert all(len(v) == 1 for v in priority.values()), priority
     rank = {rule: v.pop() for rule, v in priority.items()}
     order = [
