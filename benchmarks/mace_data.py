@@ -23,7 +23,7 @@ from resurgence import study
 from resurgence.config import load_config
 from resurgence.mace.config import EraseConfig
 from resurgence.mace.erase import ImageRequest
-from resurgence.mace.images import concept_image_source
+from resurgence.mace.images import concept_image_source, even_batch
 from resurgence.stages import erase_generation_config, load_segmenter, load_study_pipeline
 from resurgence.world import get_world
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             dtype=gen_cfg.dtype,
             steps=gen_cfg.steps,
             batch_size=gen_cfg.batch_size,
+            together_batch=even_batch(len(requests) * cfg.images_per_concept, gen_cfg.batch_size),
             per_concept_s=round(seconds["per_concept"], 2),
             together_s=round(seconds["together"], 2),
             speedup=round(seconds["per_concept"] / seconds["together"], 3),
