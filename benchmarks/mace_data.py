@@ -22,7 +22,7 @@ from common import record  # benchmarks/ is on sys.path when run as a script
 from resurgence import study
 from resurgence.config import load_config
 from resurgence.mace.config import EraseConfig
-from resurgence.mace.erase import ImageRequest
+from resurgence.mace.erase import concept_requests
 from resurgence.mace.images import concept_image_source, even_batch
 from resurgence.stages import erase_generation_config, load_segmenter, load_study_pipeline
 from resurgence.world import get_world
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     gen_cfg = erase_generation_config(config["generation"], models.get("dtype", "float32"))
     names = [c["name"] for c in spec["concepts"]][: args.concepts]
     prompts_of = {n: tuple(world.eval_prompts(world.concept(n))) for n in names}
-    requests = [ImageRequest(n, cfg.images_per_concept, cfg.seed + i) for i, n in enumerate(names)]
+    requests = concept_requests(names, cfg)
 
     drawn, seconds = {}, {}
     for arm, together in (("per_concept", False), ("together", True)):

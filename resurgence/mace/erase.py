@@ -46,6 +46,12 @@ class ImageRequest:
 ImageSource = Callable[[Sequence[ImageRequest]], list[tuple[list[Image.Image], np.ndarray]]]
 
 
+def concept_requests(names: Sequence[str], cfg: EraseConfig) -> list[ImageRequest]:
+    """What MACE asks its image source for: ``cfg.images_per_concept`` images of each concept, the i-th
+    concept's from seed ``cfg.seed + i``."""
+    return [ImageRequest(name, cfg.images_per_concept, cfg.seed + i) for i, name in enumerate(names)]
+
+
 def mapping_prompts(prompts: Sequence[str], phrases: Sequence[str], mapping: str) -> list[str]:
     """Each prompt with every occurrence of a concept phrase (longest first) replaced by ``mapping``."""
     pattern = re.compile(
@@ -107,9 +113,7 @@ def erase_concepts(
     # Training data first: it must come from the unmodified model.
     data: dict[str, tuple[list[Image.Image], np.ndarray]] = {}
     if not cfg.refine_only:
-        requests = [
-            ImageRequest(c.name, cfg.images_per_concept, cfg.seed + i) for i, c in enumerate(concepts)
-        ]
+        requests = concept_requests([c.name for c in concepts], cfg)
         drawn = image_source(requests)
         if len(drawn) != len(requests):
             raise ValueError(f"image_source gave {len(drawn)} concepts' images for {len(requests)} requests")
