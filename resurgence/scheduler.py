@@ -12,7 +12,8 @@ the timers are not daemon threads, so Snakemake's exit waits for the last of the
 back start when it allows them) and drops the repeats: a request made while one is pending is served by
 that one. Its timer is a daemon thread, so it never holds up Snakemake's exit.
 
-`STAGE_PRIORITY` is the order in which ready jobs start when slots are scarce (a rule's ``priority:``).
+`STAGE_PRIORITY` is the order in which ready jobs start when slots are scarce, and `job_priority` a job's
+``priority:`` from it: its stage first, then, within a stage, the larger job first.
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ STAGE_PRIORITY: dict[str, int] = {
     "finetune": 2,
     "generate_finetuned": 1,
 }
+
+# A stage's jobs take priorities STAGE_STEP * stage + work, work in [0, STAGE_STEP): no job of a later stage
+# outranks one of an earlier stage.
+STAGE_STEP = 1000
+
+
+def job_priority(rule: str, work: int = 0) -> int:
+    """A job's Snakemake priority: its rule's stage (`STAGE_PRIORITY`), then ``work``, the job's size in its
+    rule's own unit, larger first (longest processing time first). An erasure's work is its concept count:
+    identity_100's MACE erasure draws and trains for 100 concepts, ran 189 s against at most 40 s for any
+    other erasure on an H100, and heads the study's longest chain; in Snakemake's order among the 35
+    erasures it started 27.6 s in (docs/study_speed.md)."""
+    if work < 0:
+        raise ValueError(f"work must be >= 0, got {work}")
+    return STAGE_PRIORITY.get(rule, 0) * STAGE_STEP + min(work, STAGE_STEP - 1)
 
 
 def coalesce_reevaluations(scheduler_cls: type) -> bool:

@@ -55,13 +55,27 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def job_blocks(output: str) -> list[tuple[str, str]]:
+    """Each job a dry run states, as (rule, the job's block of text)."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            jobs.append((m.group(1), block))
+    return jobs
+
+
+def job_field(block: str, field: str) -> str | None:
+    """A field (``threads``, ``priority``, ``wildcards``) of one job's block; None where it states none."""
+    m = re.search(rf"^\s+{field}: (.+)$", block, re.M)
+    return m.group(1).strip() if m else None
+
+
 def rule_values(output: str, field: str, default: int) -> dict[str, set[int]]:
     """The values a dry run states for ``field`` (``threads``, ``priority``) in each rule's jobs; ``default``
     for a job that states none (Snakemake leaves out one thread and priority 0)."""
     values: dict[str, set[int]] = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        m = re.match(r"(?:local)?rule (\w+):", block)
-        if m:
-            v = re.search(rf"^\s+{field}: (\d+)$", block, re.M)
-            values.setdefault(m.group(1), set()).add(int(v.group(1)) if v else default)
+    for rule, block in job_blocks(output):
+        v = job_field(block, field)
+        values.setdefault(rule, set()).add(int(v) if v is not None else default)
     return values

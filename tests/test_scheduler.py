@@ -7,6 +7,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from resurgence.scheduler import REEVALUATION, coalesce_reevaluations
 
 
@@ -111,3 +113,15 @@ def test_jobs_the_rate_limiter_holds_back_still_start_and_snakemake_exits(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.txt" for i in range(6)]
     assert time.monotonic() - t0 < 60
+
+
+def test_a_jobs_priority_orders_by_stage_first_then_by_work():
+    from resurgence.scheduler import STAGE_PRIORITY, STAGE_STEP, job_priority
+
+    # the largest erasure still ranks below the smallest job of no earlier stage, above any later one
+    assert job_priority("erase", 10**6) < (STAGE_PRIORITY["erase"] + 1) * STAGE_STEP
+    assert job_priority("erase", 0) > job_priority("ftdata_random", 10**6)
+    assert job_priority("erase", 100) > job_priority("erase", 10) > job_priority("erase", 1)
+    assert job_priority("figure") == 0  # a rule of no stage
+    with pytest.raises(ValueError, match="work must be >= 0"):
+        job_priority("erase", -1)

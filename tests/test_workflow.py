@@ -4,11 +4,12 @@ end-to-end run of the smoke preset with its incremental-rerun behaviour."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
 import pytest
-from snakemake_helpers import ROOT, job_counts, rule_values, run, snakemake, study_dir
+from snakemake_helpers import ROOT, job_blocks, job_counts, job_field, rule_values, run, snakemake, study_dir
 
 STAGES = {
     "toyworld_quality",
@@ -182,11 +183,19 @@ def test_smoke_study_produces_tables_and_figures(smoke_dir):
 def test_jobs_start_by_stage_heads_of_the_longest_chains_first(tmp_path):
     """Where slots are scarce, ready jobs start erasures first, then fine-tune sets and base pools, then erased
     generations and fine-tunes, then fine-tuned generations, then evaluation and the rest (Snakemake's job
-    priority, as its dry run states it for every job)."""
-    out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=study_dir(tmp_path / "study")).stdout
+    priority, as its dry run states it for every job); among the erasures, the one of more concepts first."""
+    from resurgence.scheduler import STAGE_STEP
+
+    study = study_dir(tmp_path / "study")
+    (study / "two.yaml").write_text(
+        'tasks:\n  identity_1: {domain: identity, erase: ["Selrie Wylwick", "Zesen Delrane"],'
+        ' retain: ["Bridor Dunbury", "Rurie Tammoor"]}\n'
+    )
+    out = snakemake("-n", "--configfile", "config.smoke.yaml", "two.yaml", cwd=study).stdout
     priority = rule_values(out, "priority", 0)
-    assert all(len(v) == 1 for v in priority.values()), priority
-    rank = {rule: v.pop() for rule, v in priority.items()}
+    stage = {rule: {p // STAGE_STEP for p in v} for rule, v in priority.items()}
+    assert all(len(v) == 1 for v in stage.values()), priority
+    rank = {rule: v.pop() for rule, v in stage.items()}
     order = [
         {"erase", "toyworld_quality"},
         {"ftdata_random", "generate_base_pool"},
@@ -197,6 +206,14 @@ def test_jobs_start_by_stage_heads_of_the_longest_chains_first(tmp_path):
     assert set().union(*order) <= set(rank), sorted(rank)
     for first, then in zip(order, order[1:], strict=False):
         assert min(rank[r] for r in first) > max(rank[r] for r in then), (first, then, rank)
+    # each erasure's priority, by its task: the two-concept task's erasures outrank the one-concept task's
+    erase: dict[str, set[int]] = {}
+    for rule, block in job_blocks(out):
+        if rule == "erase":
+            task = re.match(r"task=(\w+)", job_field(block, "wildcards"))[1]
+            erase.setdefault(task, set()).add(int(job_field(block, "priority")))
+    assert {"identity_1", "object_ship"} <= set(erase), erase
+    assert min(erase["identity_1"]) > max(erase["object_ship"]), erase
 
 
 @pytest.mark.slow

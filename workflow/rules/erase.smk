@@ -12,7 +12,7 @@ rule erase:
         layout.log_file("erase", "{task}/{erase}"),
     benchmark:
         layout.benchmark_file("erase", "{task}/{erase}")
-    priority: scheduler.STAGE_PRIORITY["erase"]
+    priority: lambda wc: scheduler.job_priority("erase", len(config["tasks"][wc.task]["erase"]))
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS

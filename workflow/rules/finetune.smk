@@ -13,7 +13,7 @@ rule finetune:
         layout.log_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}"),
     benchmark:
         layout.benchmark_file("finetune", "{task}/{erase}/{ftset}/{ftmethod}")
-    priority: scheduler.STAGE_PRIORITY["finetune"]
+    priority: scheduler.job_priority("finetune")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS

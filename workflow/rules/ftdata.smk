@@ -10,7 +10,7 @@ rule ftdata_random:
         layout.log_file("ftdata", "random/{ftset}"),
     benchmark:
         layout.benchmark_file("ftdata", "random/{ftset}")
-    priority: scheduler.STAGE_PRIORITY["ftdata_random"]
+    priority: scheduler.job_priority("ftdata_random")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
@@ -39,7 +39,7 @@ rule ftdata_tercile:
         layout.log_file("ftdata", "tercile/{task}/{ftset}"),
     benchmark:
         layout.benchmark_file("ftdata", "tercile/{task}/{ftset}")
-    priority: scheduler.STAGE_PRIORITY["ftdata_tercile"]
+    priority: scheduler.job_priority("ftdata_tercile")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS

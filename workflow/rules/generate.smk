@@ -12,7 +12,7 @@ rule generate_base_pool:
         layout.log_file("generate", "base_pool/{pool}"),
     benchmark:
         layout.benchmark_file("generate", "base_pool/{pool}")
-    priority: scheduler.STAGE_PRIORITY["generate_base_pool"]
+    priority: scheduler.job_priority("generate_base_pool")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
@@ -62,7 +62,7 @@ rule generate_erased:
         layout.log_file("generate", "{task}/{erase}/erased"),
     benchmark:
         layout.benchmark_file("generate", "{task}/{erase}/erased")
-    priority: scheduler.STAGE_PRIORITY["generate_erased"]
+    priority: scheduler.job_priority("generate_erased")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
@@ -93,7 +93,7 @@ rule generate_finetuned:
         layout.benchmark_file(
             "generate", "{task}/{erase}/{ftset}/{ftmethod}/step-{step}"
         )
-    priority: scheduler.STAGE_PRIORITY["generate_finetuned"]
+    priority: scheduler.job_priority("generate_finetuned")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS

@@ -36,7 +36,7 @@ rule toyworld_quality:
         layout.log_file("toyworld", "quality"),
     benchmark:
         layout.benchmark_file("toyworld", "quality")
-    priority: scheduler.STAGE_PRIORITY["toyworld_quality"]
+    priority: scheduler.job_priority("toyworld_quality")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
@@ -69,7 +69,7 @@ rule toyworld_variant:
         layout.log_file("toyworld", "variant_{variant}"),
     benchmark:
         layout.benchmark_file("toyworld", "variant_{variant}")
-    priority: scheduler.STAGE_PRIORITY["toyworld_variant"]
+    priority: scheduler.job_priority("toyworld_variant")
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
