@@ -3,13 +3,15 @@
 # starts it: issue 20's measurements one after the other, nothing else on the machine:
 #   cu  `benchmarks/cuda_startup.py`: CUDA's per-process start-up in forks, one process and 16 at once;
 #   md  `benchmarks/mace_data.py`: identity_100's MACE training images drawn per concept and all together;
+#   ft  `benchmarks/finetune.py --arch toy`: the toy world's LoRA and full fine-tune steps alone on the GPU, with a
+#       profile of their kernels (a step's wall time against its kernel time: does the host hold it up?);
 #   a   the default study timed (`benchmarks/study.py`, `all`) as the README runs it: the default profile, every
 #       core (tools/device/study_detached.sh PLAIN=1: gpu_jobs_per_device jobs sharing the GPU at
 #       gpu_job_threads threads each);
 #   b   the same again, for the spread between two runs on one machine; with SLOTS_B set, SLOTS_B jobs sharing
 #       the GPU at ${THREADS_B:-1} thread(s) each instead (tools/device/site.sh's shared_gpu_args); with MPS_B=1,
 #       the README's command through a CUDA MPS server of its own (study_detached.sh's MPS=1, row study_mps).
-# PARTS (default "cu md a b") picks the parts, in that order.
+# PARTS (default "cu md ft a b") picks the parts, in that order.
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
 #   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
@@ -22,7 +24,7 @@ if [ "${1:-}" = collect ]; then
   end=$(( $(date +%s) + ${WAIT_S:-0} ))
   while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$R/stage" 2>/dev/null; do
     # stop waiting as soon as a part finishes that no call has packed
-    for part in a md b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
+    for part in a md ft b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
     sleep 5
   done
   cat "$R/stage" "$R"/*/times.log 2>/dev/null
@@ -35,7 +37,9 @@ if [ "${1:-}" = collect ]; then
     [ "$part" = a ] && tar cf "$OUT/a_figures.tar" -C "$R/a/repo" results/figures results/report* 2>/dev/null
     touch "$R/packed.$part"
   done
-  if grep -q "^md " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.md" ]; then touch "$R/packed.md"; fi
+  for part in md ft; do
+    if grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ]; then touch "$R/packed.$part"; fi
+  done
   # the benchmark rows and logs of every part so far, each call
   tar cf "$OUT/rows.tar" -C "$R" $(cd "$R" && ls -d stage ./*.log ./*/bench.log ./*/times.log ./*/gpu.txt \
     ./*/repo/benchmarks/results.jsonl ./bench/benchmarks/results.jsonl 2>/dev/null)
@@ -54,7 +58,7 @@ bench() {  # bench SECONDS SCRIPT ARGS...: a benchmark script in the copy, with 
       && timeout "$secs" python3 "$@"
   )
 }
-PARTS=" ${PARTS:-cu md a b} "
+PARTS=" ${PARTS:-cu md ft a b} "
 if [[ $PARTS == *" cu "* ]]; then
   bench 240 benchmarks/cuda_startup.py --procs 1 16 > "$R/cu.log" 2>&1
   stamp cu
@@ -62,6 +66,11 @@ fi
 if [[ $PARTS == *" md "* ]]; then
   bench 300 benchmarks/mace_data.py --task identity_100 > "$R/md.log" 2>&1
   stamp md
+fi
+if [[ $PARTS == *" ft "* ]]; then
+  bench 240 benchmarks/finetune.py --arch toy --methods lora full --steps 100 --batch 8 --profile-steps 5 \
+    > "$R/ft.log" 2>&1
+  stamp ft
 fi
 if [[ $PARTS == *" a "* ]]; then
   W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1
