@@ -6,7 +6,7 @@ import sys
 from snakemake.utils import min_version
 
 from resurgence.config import prepare_config, read_config_file
-from resurgence import forkserver, gpus, jobs, layout, progress, scheduler, study
+from resurgence import forkserver, gpus, jobs, layout, mps, progress, scheduler, study
 
 min_version("9.0")
 
@@ -38,9 +38,21 @@ prepare_config(config)
 study.check_study(config)
 
 
+# GPU jobs share a GPU through an MPS daemon of this run where `gpu_sharing: mps` (resurgence.mps), named to
+# the fork server and the jobs before they start.
+_mps = []
+
+
 # Local jobs fork from one interpreter that has imported the libraries (resurgence.forkserver): the
 # imports cost ~8 s a job on a 2-core CPU. A job it cannot vouch for starts on its own.
 onstart:
+    if (
+        workflow.is_main_process
+        and workflow.local_exec
+        and config["gpu_sharing"] == "mps"
+        and _devices
+    ):
+        _mps.append(mps.start_mps(layout.log_dir("mps")))
     if workflow.is_main_process and workflow.local_exec and config["fork_server"]:
         forkserver.start_server(layout.log_file("forkserver", "server"))
     # A line a minute: jobs done of all, by rule, what runs now, an estimate of the time left.
@@ -53,12 +65,16 @@ onstart:
 # The end of a successful run: where its figures are and Fig. 5's headline numbers (`study.run_summary`).
 onsuccess:
     forkserver.stop_server()
+    for daemon in _mps:
+        mps.stop_mps(daemon)
     if workflow.is_main_process:
         print(study.run_summary(config), file=sys.stderr)
 
 
 onerror:
     forkserver.stop_server()
+    for daemon in _mps:
+        mps.stop_mps(daemon)
 
 
 # GPU jobs share each GPU `gpu_jobs_per_device` at a time unless --resources gpu=N says how many run at

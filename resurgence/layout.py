@@ -217,6 +217,11 @@ def log_file(stage: str, job: str) -> str:
     return f"{LOGS}/{stage}/{job}.log"
 
 
+def log_dir(name: str) -> str:
+    """A folder of logs written by a program the run starts (the MPS daemon's, resurgence.mps)."""
+    return f"{LOGS}/{name}"
+
+
 def benchmark_file(stage: str, job: str) -> str:
     """A heavy job's Snakemake benchmark (time and memory)."""
     return f"{BENCHMARKS}/{stage}/{job}.tsv"

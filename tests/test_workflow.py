@@ -4,9 +4,11 @@ end-to-end run of the smoke preset with its incremental-rerun behaviour."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from snakemake_helpers import ROOT, job_blocks, job_counts, job_field, rule_values, run, snakemake, study_dir
@@ -220,6 +222,30 @@ def test_jobs_start_by_stage_heads_of_the_longest_chains_first(tmp_path):
 def test_second_run_does_nothing(smoke_dir):
     out = snakemake("-n", "--configfile", "config.smoke.yaml", cwd=smoke_dir)
     assert "Nothing to be done" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_gpu_sharing_mps_starts_the_runs_own_daemon_and_stops_it(smoke_dir, tmp_path):
+    """With `gpu_sharing: mps` on a machine with a GPU (one counted through RESURGENCE_GPU_DEVICES), a local run
+    starts an MPS control daemon of its own before its jobs, names it to them, and quits it at the end (a
+    stand-in control program records its calls; the job run is one figure, forced)."""
+    from test_mps import calls, fake_control
+
+    from resurgence import layout
+
+    record = tmp_path / "calls.jsonl"
+    bin_dir = fake_control(tmp_path / "bin", record)
+    figure = layout.figure("fig5")
+    out = snakemake(
+        "--cores", "1", "--configfile", "config.smoke.yaml", "--config", "gpu_sharing=mps",
+        "--forcerun", "figure", "--", figure,
+        cwd=smoke_dir, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", RESURGENCE_GPU_DEVICES="1",
+    )  # fmt: skip
+    assert "through an MPS daemon of this run" in out.stderr
+    start, stop = calls(record)
+    assert start["argv"] == ["-d"] and start["log"] == str((smoke_dir / layout.log_dir("mps")).resolve())
+    assert stop["stdin"] == "quit\n" and stop["pipe"] == start["pipe"] and not Path(start["pipe"]).exists()
+    assert (smoke_dir / figure).is_file()
 
 
 @pytest.mark.slow

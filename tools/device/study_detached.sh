@@ -9,9 +9,8 @@
 # ($DEADLINE_S after the start, default 1450):
 #   TARGETS (default: the default study up to its tables and the reversion stage),
 #   THEN    (default: none; e.g. "exact_unlearning_control --until tables reversion").
-# With MPS=1 the jobs share the GPU through a CUDA MPS server of this run's own (its pipe and log folders under
-# $W/mps, so no other process on the machine connects to it), started before Snakemake and stopped after it;
-# $W/times.log says whether it started and which servers ran.
+# With MPS=1 the README's command is run with `--config gpu_sharing=mps` (the study's own MPS daemon,
+# resurgence.mps); $W/times.log then lists the daemon's log (logs/mps) after the run.
 # With WORLD=1 it first retrains the toy world at the configured geometry (tools/device/world_retrain.sh, in
 # $W/world; nothing else runs beside it) and runs the study on the retrained world, whether or not
 # $W/world/accepted says it may be shipped (the study's tables then say why not).
@@ -31,12 +30,6 @@ cd "$W/repo" || exit 1
 export PYTHONPATH="$PWD${PYTHONPATH#"$OLDPWD"}"  # this copy's code first
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$W/gpu.txt"
 nproc >> "$W/gpu.txt"
-if [ -n "${MPS:-}" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=$W/mps/pipe CUDA_MPS_LOG_DIRECTORY=$W/mps/log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  nvidia-cuda-mps-control -d >> "$W/times.log" 2>&1
-  echo "mps: control daemon exit $? at $(( $(date +%s) - start )) s" >> "$W/times.log"
-fi
 phase() {  # phase NAME ARGS...
   local name=$1 t=$(( deadline - $(date +%s) ))
   shift
@@ -54,7 +47,7 @@ fi
 if [ -n "${BENCH:-}" ]; then  # the whole default study timed by benchmarks/study.py (a row naming the machine)
   stage bench
   if [ -n "${PLAIN:-}" ]; then
-    cores=$(nproc) args="--profile workflow/profiles/default"
+    cores=$(nproc) args="--profile workflow/profiles/default${MPS:+ --config gpu_sharing=mps}"
   else
     cores=$(study_cores) args=$(shared_gpu_args)
   fi
@@ -68,9 +61,5 @@ else
 fi
 # shellcheck disable=SC2086
 [ -z "${THEN:-}" ] || phase then $THEN
-if [ -n "${MPS:-}" ]; then
-  echo "mps: servers $(echo get_server_list | nvidia-cuda-mps-control 2>&1 | tr '\n' ' ')" >> "$W/times.log"
-  echo quit | nvidia-cuda-mps-control >> "$W/times.log" 2>&1
-  cp -r "$CUDA_MPS_LOG_DIRECTORY" "$W/mps_log" 2>/dev/null
-fi
+[ -z "${MPS:-}" ] || { echo "mps: logs/mps:"; tail -n 30 logs/mps/control.log; } >> "$W/times.log" 2>&1
 stage done
