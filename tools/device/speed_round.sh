@@ -11,7 +11,7 @@
 #   b   the same again, for the spread between two runs on one machine; with SLOTS_B set, SLOTS_B jobs sharing
 #       the GPU at ${THREADS_B:-1} thread(s) each instead (tools/device/site.sh's shared_gpu_args); with MPS_B=1,
 #       the README's command through a CUDA MPS server of its own (study_detached.sh's MPS=1, row study_mps).
-# PARTS (default "cu md ft a b") picks the parts, in that order.
+# PARTS (default "cu md ft a b") picks the parts and their order.
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
 #   setsid bash tools/device/speed_round.sh > /tmp/speed_round.log 2>&1 < /dev/null &
@@ -58,33 +58,26 @@ bench() {  # bench SECONDS SCRIPT ARGS...: a benchmark script in the copy, with 
       && timeout "$secs" python3 "$@"
   )
 }
-PARTS=" ${PARTS:-cu md ft a b} "
-if [[ $PARTS == *" cu "* ]]; then
-  bench 240 benchmarks/cuda_startup.py --procs 1 16 > "$R/cu.log" 2>&1
-  stamp cu
-fi
-if [[ $PARTS == *" md "* ]]; then
-  bench 300 benchmarks/mace_data.py --task identity_100 > "$R/md.log" 2>&1
-  stamp md
-fi
-if [[ $PARTS == *" ft "* ]]; then
-  bench 240 benchmarks/finetune.py --arch toy --methods lora full --steps 100 --batch 8 --profile-steps 5 \
-    > "$R/ft.log" 2>&1
-  stamp ft
-fi
-if [[ $PARTS == *" a "* ]]; then
-  W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1
-  stamp a
-fi
-if [[ $PARTS == *" b "* && -n "${SLOTS_B:-}" ]]; then
-  W=$R/b SLOTS=$SLOTS_B THREADS=${THREADS_B:-1} BENCH="study_${SLOTS_B}x${THREADS_B:-1}" DEADLINE_S=590 \
-    bash tools/device/study_detached.sh > "$R/b.log" 2>&1
-  stamp b
-elif [[ $PARTS == *" b "* && -n "${MPS_B:-}" ]]; then
-  W=$R/b PLAIN=1 MPS=1 BENCH=study_mps DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
-  stamp b
-elif [[ $PARTS == *" b "* ]]; then
-  W=$R/b PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
-  stamp b
-fi
+run_part() {
+  case $1 in
+    cu) bench 240 benchmarks/cuda_startup.py --procs 1 16 > "$R/cu.log" 2>&1 ;;
+    md) bench 300 benchmarks/mace_data.py --task identity_100 > "$R/md.log" 2>&1 ;;
+    ft) bench 240 benchmarks/finetune.py --arch toy --methods lora full --steps 100 --batch 8 --profile-steps 5 \
+      > "$R/ft.log" 2>&1 ;;
+    a) W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1 ;;
+    b)
+      if [ -n "${SLOTS_B:-}" ]; then
+        W=$R/b SLOTS=$SLOTS_B THREADS=${THREADS_B:-1} BENCH="study_${SLOTS_B}x${THREADS_B:-1}" DEADLINE_S=590 \
+          bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+      elif [ -n "${MPS_B:-}" ]; then
+        W=$R/b PLAIN=1 MPS=1 BENCH=study_mps DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+      else
+        W=$R/b PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/b.log" 2>&1
+      fi
+      ;;
+    *) echo "unknown part $1" >&2 ;;
+  esac
+  stamp "$1"
+}
+for part in ${PARTS:-cu md ft a b}; do run_part "$part"; done
 stamp done
