@@ -253,6 +253,12 @@ def model_specs(config: dict[str, Any]) -> dict[str, Any]:
 ERASE_METHODS = ("mace", "uce", "esd", "none")
 
 
+def erase_work(config: dict[str, Any], task: str) -> int:
+    """An erasure's size, for the order in which erasures start (`scheduler.job_priority`): the concepts it
+    erases. Every method's work grows with them (MACE draws images and trains a LoRA for each)."""
+    return len(config["tasks"][task]["erase"])
+
+
 def erase_method(config: dict[str, Any], task: str, erase: str) -> str:
     """The method of one erasure: the variant's `method`, else the task's `erasure`, else MACE."""
     variant = config["erase_variants"][erase]

@@ -42,8 +42,8 @@ def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
     by_rule = {j.rule: j for j in jobs}
     assert [jobs[d].rule for d in by_rule["generate_erased"].deps] == ["erase"]
     as_run = schedule_replay.replay(jobs, 2, lambda i: (jobs[i].start, jobs[i].rule), slotted)
-    priority = schedule_replay.STAGE_PRIORITY
-    by_stage = lambda i: (-priority.get(jobs[i].rule, 0), jobs[i].start)  # noqa: E731
+    rank = [schedule_replay.priority(j, {}) for j in jobs]  # no erasure here names a task
+    by_stage = lambda i: (-rank[i], jobs[i].start)  # noqa: E731
     stages = schedule_replay.replay(jobs, 2, by_stage, slotted)
     assert (as_run, stages) == (55.0, 45.0)
     assert schedule_replay.remaining_chain(jobs)[jobs.index(by_rule["erase"])] == 45.0
@@ -59,3 +59,33 @@ def test_replay_is_a_list_schedule_of_the_measured_jobs(tmp_path):
     ]
     assert schedule_replay.replay(jobs, 2, by_stage, slotted, mem_mb=12000, mem_of=mem) == 65.0
     assert schedule_replay.replay(jobs, 2, by_stage, slotted, cores=1) == 65.0  # one core: one job at a time
+
+
+def test_replay_starts_the_larger_erasure_first_as_the_snakefile_does(tmp_path):
+    """Two slots. The run started two one-concept erasures (10 s each) before a three-concept one (30 s) that a
+    20 s generation waits for: 10 + 30 + 20 = 60 s. By the Snakefile's priorities (stage, then an erasure's
+    concept count) the larger starts at once beside one small one: 30 + 20 = 50 s."""
+    from resurgence import layout
+
+    small = [layout.erase_report(f"small{i}", "default") for i in (1, 2)]
+    large = layout.erase_report("large", "default")
+    run = _metadata(
+        tmp_path,
+        {
+            small[0]: ("erase", 0.0, 10.0, []),
+            small[1]: ("erase", 0.0, 10.0, []),
+            large: ("erase", 10.0, 40.0, []),
+            "images": ("generate_erased", 40.0, 60.0, [large]),
+        },
+    )
+    config = {
+        "tasks": {"small1": {"erase": ["a"]}, "small2": {"erase": ["b"]}, "large": {"erase": ["a", "b", "c"]}}
+    }
+    jobs = schedule_replay.read_jobs(run)
+    rank = {out: schedule_replay.priority(j, config) for j in jobs for out in j.outputs}
+    assert rank[large] > rank[small[0]] == rank[small[1]] > rank["images"]
+    slotted = {"erase", "generate_erased"}
+    by_priority = lambda i: (-schedule_replay.priority(jobs[i], config), jobs[i].start)  # noqa: E731
+    as_run = lambda i: (jobs[i].start,)  # noqa: E731
+    assert schedule_replay.replay(jobs, 2, as_run, slotted) == 60.0
+    assert schedule_replay.replay(jobs, 2, by_priority, slotted) == 50.0

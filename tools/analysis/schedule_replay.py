@@ -8,7 +8,9 @@ pool) take no slot. ``--mem-mb`` and ``--cores`` add the run's other limits: eac
 ``mem_mb`` (the profile's default where it declares none) and one core (the runs timed here gave every job one
 thread or two: pass the cores over the threads). Policies:
   snakemake   the order in which the run's jobs did start (a check of the replay against the run);
-  stages      `resurgence.scheduler.STAGE_PRIORITY`, then the run's order (the rules' ``priority:``);
+  stages      the rules' ``priority:`` as the Snakefile states it (`resurgence.scheduler.job_priority`: the
+              stage, then within it an erasure's concept count, `study.erase_work`, from --config), then
+              the run's order;
   critical    the longest chain of measured durations still ahead of a job first (a lower bound for
               list scheduling's best; it needs every duration in advance, which Snakemake has not).
 Durations are those measured under the run's own concurrency; another order shares the GPU differently, so
@@ -28,10 +30,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from resurgence.scheduler import STAGE_PRIORITY  # noqa: E402  (the checkout's package, as a script)
+from resurgence import layout  # noqa: E402  (the checkout's package, as a script)
+from resurgence.config import load_config  # noqa: E402
+from resurgence.scheduler import job_priority  # noqa: E402
+from resurgence.study import erase_work  # noqa: E402
 
 _RULE = re.compile(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", re.M | re.S)
 _MEM = re.compile(r"mem_mb=(\d+)")
@@ -45,6 +51,7 @@ class Job:
     end: float
     inputs: set[str]
     deps: set[int] = field(default_factory=set)
+    outputs: set[str] = field(default_factory=set)
 
     @property
     def seconds(self) -> float:
@@ -79,13 +86,30 @@ def read_jobs(run_dir: Path) -> list[Job]:
             continue
         key = (meta["rule"], meta["job_hash"])
         by_key.setdefault(key, Job(meta["rule"], meta["starttime"], meta["endtime"], set(meta["input"])))
-        writer[base64.b64decode(f.name).decode()] = key
+        output = base64.b64decode(f.name).decode()
+        writer[output] = key
+        by_key[key].outputs.add(output)
     keys = list(by_key)
     index = {k: i for i, k in enumerate(keys)}
     jobs = [by_key[k] for k in keys]
     for i, job in enumerate(jobs):
         job.deps = {index[writer[p]] for p in job.inputs if p in writer and index[writer[p]] != i}
     return jobs
+
+
+# An erasure's outputs lie in layout.erase_dir(task, erase): the first "@" is the task.
+_ERASE_TASK = re.compile(
+    re.escape(layout.erase_dir("@", "@")).replace("@", "([^/]+)", 1).replace("@", "[^/]+")
+)
+
+
+def priority(job: Job, config: dict[str, Any]) -> int:
+    """The job's Snakemake priority as the Snakefile states it (`scheduler.job_priority`), from its outputs."""
+    work = 0
+    if job.rule == "erase":
+        tasks = {m.group(1) for out in job.outputs if (m := _ERASE_TASK.match(out))}
+        work = max((erase_work(config, t) for t in tasks), default=0)
+    return job_priority(job.rule, work)
 
 
 def replay(
@@ -144,14 +168,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slots", type=int, nargs="+", default=[16], help="GPU slots (the run's --resources gpu)")
     p.add_argument("--mem-mb", type=int, help="the run's --resources mem_mb (default: no limit)")
     p.add_argument("--cores", type=int, help="the run's --cores, one a job (default: no limit)")
+    p.add_argument(
+        "--config", type=Path, default=ROOT / "config.yaml", help="the run's config (erasures' size)"
+    )
     args = p.parse_args(argv)
     jobs = read_jobs(args.run_dir)
     slotted = gpu_rules()
     t0 = min(j.start for j in jobs)
     chain = remaining_chain(jobs)
+    config = load_config([args.config])
+    rank = [priority(j, config) for j in jobs]
     policies: dict[str, Callable[[int], tuple]] = {
         "snakemake": lambda i: (jobs[i].start,),
-        "stages": lambda i: (-STAGE_PRIORITY.get(jobs[i].rule, 0), jobs[i].start),
+        "stages": lambda i: (-rank[i], jobs[i].start),
         "critical": lambda i: (-chain[i],),
     }
     print(

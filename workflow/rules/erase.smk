@@ -12,7 +12,7 @@ rule erase:
         layout.log_file("erase", "{task}/{erase}"),
     benchmark:
         layout.benchmark_file("erase", "{task}/{erase}")
-    priority: lambda wc: scheduler.job_priority("erase", len(config["tasks"][wc.task]["erase"]))
+    priority: lambda wc: scheduler.job_priority("erase", study.erase_work(config, wc.task))
     conda:
         "../../envs/resurgence.yaml"
     threads: JOB_THREADS
