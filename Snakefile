@@ -38,8 +38,8 @@ prepare_config(config)
 study.check_study(config)
 
 
-# GPU jobs share a GPU through an MPS daemon of this run where `gpu_sharing: mps` (resurgence.mps), named to
-# the fork server and the jobs before they start.
+# GPU jobs that share a GPU run through an MPS daemon of this run (`gpu_sharing`, resurgence.mps), named to the
+# fork server and the jobs before they start.
 _mps = []
 
 
@@ -49,8 +49,9 @@ onstart:
     if (
         workflow.is_main_process
         and workflow.local_exec
-        and config["gpu_sharing"] == "mps"
-        and _devices
+        and mps.wanted(
+            config["gpu_sharing"], _devices, int(os.environ[gpus.SLOTS_ENV])
+        )
     ):
         _mps.append(mps.start_mps(layout.log_dir("mps")))
     if workflow.is_main_process and workflow.local_exec and config["fork_server"]:

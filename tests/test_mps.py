@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resurgence.mps import CONTROL, LOG_ENV, PIPE_ENV, start_mps, stop_mps
+from resurgence.mps import CONTROL, LOG_ENV, PIPE_ENV, start_mps, stop_mps, wanted
 
 
 def fake_control(bin_dir: Path, record: Path, exit_code: int = 0) -> Path:
@@ -94,7 +94,45 @@ def test_a_bad_sharing_value_is_rejected_naming_the_key_and_the_values():
     from resurgence.mps import SHARING
 
     root = Path(__file__).resolve().parents[1]
-    assert load_config([root / "config.yaml"])["gpu_sharing"] == "time_slicing"  # the schema's default
+    assert load_config([root / "config.yaml"])["gpu_sharing"] == "auto"
     with pytest.raises(ConfigError, match="gpu_sharing") as err:
         load_config([root / "config.yaml"], {"gpu_sharing": "mpss"})
     assert all(value in str(err.value) for value in SHARING)
+
+
+def test_auto_starts_a_daemon_where_jobs_share_a_gpu_and_mps_wherever_there_is_one():
+    assert wanted("auto", devices=1, slots=16) and wanted("auto", devices=2, slots=4)
+    assert not wanted("auto", devices=1, slots=1)  # a GPU a job (the SD presets): nothing is shared
+    assert not wanted("auto", devices=0, slots=0) and not wanted("mps", devices=0, slots=0)
+    assert wanted("mps", devices=1, slots=1) and not wanted("time_slicing", devices=1, slots=16)
+    with pytest.raises(ValueError, match="allowed values"):
+        wanted("always", devices=1, slots=16)
+
+
+def test_the_watcher_quits_the_daemon_when_the_run_ends_without_doing_so(tmp_path):
+    """A run killed before its `onerror` still leaves no daemon: the watcher sees its owner end and quits it."""
+    import subprocess
+    import time
+
+    from resurgence.jobs import OWNER_ENV, process_identity
+
+    record = tmp_path / "calls.jsonl"
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        environ = {
+            "PATH": str(fake_control(tmp_path / "bin", record)),
+            OWNER_ENV: json.dumps(process_identity(owner.pid)),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
+        daemon = start_mps(tmp_path / "mps", environ)
+        assert daemon is not None
+        time.sleep(2)
+        assert len(calls(record)) == 1 and daemon.pipe_dir.exists()  # the owner runs: the daemon stays
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 30
+    while daemon.pipe_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not daemon.pipe_dir.exists()
+    assert calls(record)[1]["stdin"] == "quit\n"
