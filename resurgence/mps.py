@@ -69,7 +69,7 @@ def start_mps(
         return None
     program = shutil.which(control, path=environ.get("PATH"))
     if program is None:
-        _say(f"gpu_sharing: mps, but {control} is not on PATH; GPU jobs share the GPU without MPS")
+        _say(f"{control} is not on PATH: GPU jobs take turns on the GPU, without MPS (gpu_sharing)")
         return None
     # The pipe folder holds sockets, whose paths must stay short: a fresh folder under the temporary
     # folder, readable by this user alone.
@@ -82,7 +82,7 @@ def start_mps(
         shutil.rmtree(pipe_dir, ignore_errors=True)
         _say(
             f"{control} -d exited with {done.returncode} ({(done.stderr or done.stdout).strip()}); "
-            "GPU jobs share the GPU without MPS"
+            "GPU jobs take turns on the GPU, without MPS (gpu_sharing)"
         )
         return None
     environ[PIPE_ENV], environ[LOG_ENV] = str(pipe_dir), str(logs)
