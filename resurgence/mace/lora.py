@@ -173,7 +173,7 @@ class _ConceptSampler:
 
 class _ConceptBatches:
     """Every concept's step batch, concatenated in concept order and sent to the device in one transfer per
-    tensor: each concept still draws from its own generators (`_ConceptSampler.draw_host`), and the device's
+    tensor (the concepts' masks once, at the start): each concept still draws from its own generators (`_ConceptSampler.draw_host`), and the device's
     arithmetic is elementwise per sample, so a step's tensors equal those of drawing the concepts one by one
     (one by one, each concept cost about a dozen small device operations and three host-to-device copies a
     step: identity_100's 100 concepts, over a thousand a step)."""
@@ -183,11 +183,11 @@ class _ConceptBatches:
         self.lat_mean = torch.cat([s.lat_mean for s in samplers])
         self.lat_std = torch.cat([s.lat_std for s in samplers])
         self.emb = torch.cat([s.emb for s in samplers])
-        self.tok_mask = torch.cat([s.tok_mask for s in samplers])
-        self.spatial = torch.cat([s.spatial for s in samplers])
+        self.device, self.scaling = samplers[0].device, samplers[0].scaling
+        self.tok_mask = torch.cat([s.tok_mask for s in samplers]).to(self.device)
+        self.spatial = torch.cat([s.spatial for s in samplers]).to(self.device)
         self.image_start = np.cumsum([0] + [s.n_images for s in samplers[:-1]])
         self.prompt_start = np.cumsum([0] + [s.n_prompts for s in samplers[:-1]])
-        self.device, self.scaling = samplers[0].device, samplers[0].scaling
 
     def draw(self, sched, T: int) -> tuple[torch.Tensor, ...]:
         """(noisy latents, timesteps, prompt embeddings, token masks, spatial masks) of one step."""
@@ -200,14 +200,14 @@ class _ConceptBatches:
         noise = torch.cat([d[3] for d in drawn]).to(self.device)
         t = torch.as_tensor(np.concatenate([d[4] for d in drawn]), dtype=torch.long, device=self.device)
         idx_t = torch.as_tensor(idx, device=self.device)
+        pidx_t = torch.as_tensor(pidx, device=self.device)
         latents = (self.lat_mean[idx_t] + self.lat_std[idx_t] * eps_lat) * self.scaling
-        pidx_t = torch.as_tensor(pidx)
         return (
             sched.add_noise(latents, noise, t),
             t,
-            self.emb[pidx_t.to(self.device)],
-            self.tok_mask[pidx_t].to(self.device),
-            self.spatial[torch.as_tensor(idx)].to(self.device),
+            self.emb[pidx_t],
+            self.tok_mask[pidx_t],
+            self.spatial[idx_t],
         )
 
 
