@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--linear-fp8", default="none", choices=GRANULARITIES, help="the UNet's linear layers in FP8"
     )
+    p.add_argument("--conv-fp8", default="none", choices=GRANULARITIES, help="the UNet's convolutions in FP8")
     p.add_argument("--images", type=int, default=64, help="images timed after one warm-up batch")
     p.add_argument("--reference", type=int, default=0, help="compare N images with the plain fp32 pipeline")
     p.add_argument(
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         compile=args.compile,
         attention=args.attention,
         linear_fp8=args.linear_fp8,
+        conv_fp8=args.conv_fp8,
     )
     prompts = [f"a photo of the thing number {i}" for i in range(max(args.images, args.reference))]
     ref_pixels = None
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             compile=args.compile,
             attention=args.attention,
             linear_fp8=args.linear_fp8,
+            conv_fp8=args.conv_fp8,
             inductor=args.inductor or None,
             images=args.images,
             seconds=round(elapsed, 3),

@@ -98,6 +98,7 @@ def _broken(cfg: dict, path: list, value) -> dict:
         (["erase_variants", "default", "lamda1"], 0.1, ["erase_variants.default", "lamda1", "lambda1"]),
         (["seeds"], [], ["'seeds'"]),
         (["tasks", "identity_100", "mace", "lambda_1"], 0.1, ["tasks.identity_100.mace", "lambda_1"]),
+        (["generation", "conv_fp8"], "block", ["generation.conv_fp8", "'row'"]),
     ],
 )
 def test_bad_values_name_the_key(default_config, path, value, expected):
@@ -294,3 +295,13 @@ def test_schema_defaults_are_filled_once_where_unset(tmp_path):
     assert trimmed["evaluation"]["captions"]["seed"] == config["evaluation"]["captions"]["seed"] == 1000
     assert config["finetune_sets"]["tercile_1"]["seed"] == 0  # inside a named entry too
     assert apply_defaults(config) == load_config([ROOT / "config.yaml"])  # set values stay as they are
+
+
+@pytest.mark.parametrize("key", ["linear_fp8", "conv_fp8"])
+def test_fp8_layers_need_bf16_sampling(default_config, key):
+    cfg = copy.deepcopy(default_config)
+    cfg["generation"].update({key: "row", "dtype": "float32"})
+    with pytest.raises(ConfigError, match="generation"):
+        validate_config(cfg)
+    cfg["generation"]["dtype"] = "bfloat16"
+    validate_config(cfg)

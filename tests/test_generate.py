@@ -12,7 +12,7 @@ from PIL import Image
 
 from resurgence.generate import engine
 from resurgence.generate.engine import GenerationConfig, copy_from_pool, generate, generate_to_dir
-from resurgence.generate.fp8 import FP8Linear
+from resurgence.generate.fp8 import FP8Conv2d, FP8Linear
 from resurgence.generate.grid import make_grid, save_grid
 from resurgence.models.pipeline import build_random_pipeline
 
@@ -71,23 +71,24 @@ def test_seed_and_prompt_change_the_image(pipe):
     assert not np.array_equal(_arr(a), _arr(c))  # other prompt, same seed
 
 
-def test_fp8_linear_layers_draw_nearly_the_bf16_images_and_switch_back(pipe):
+@pytest.mark.parametrize("key, layer_type", [("linear_fp8", FP8Linear), ("conv_fp8", FP8Conv2d)])
+def test_fp8_layers_draw_nearly_the_bf16_images_and_switch_back(pipe, key, layer_type):
     bf16 = GenerationConfig(steps=2, batch_size=2, dtype="bfloat16")
     prompts, seeds = ["a dog", "a red car"], [1, 2]
     keys = list(pipe.unet.state_dict())
     plain = generate(pipe, prompts, seeds, bf16, progress=False)
-    fp8 = generate(
-        pipe, prompts, seeds, GenerationConfig(**{**vars(bf16), "linear_fp8": "row"}), progress=False
-    )
-    assert sum(type(m) is FP8Linear for m in pipe.unet.modules()) > 0
+    fp8 = generate(pipe, prompts, seeds, GenerationConfig(**{**vars(bf16), key: "row"}), progress=False)
+    assert sum(type(m) is layer_type for m in pipe.unet.modules()) > 0
     assert list(pipe.unet.state_dict()) == keys
     diffs = [np.abs(_arr(a) - _arr(b)).mean() for a, b in zip(plain, fp8, strict=True)]
     assert all(0 < d < 8 for d in diffs)  # rounding, not another image (another seed: ~40 here)
     again = generate(pipe, prompts, seeds, bf16, progress=False)
-    assert not any(type(m) is FP8Linear for m in pipe.unet.modules())
+    assert not any(type(m) is layer_type for m in pipe.unet.modules())
     assert all(np.array_equal(_arr(a), _arr(b)) for a, b in zip(plain, again, strict=True))
-    with pytest.raises(ValueError, match="bfloat16"):
-        GenerationConfig(linear_fp8="row")  # float32 sampling
+    with pytest.raises(ValueError, match=f"{key} 'row' needs dtype bfloat16"):
+        GenerationConfig(**{key: "row"})  # float32 sampling
+    with pytest.raises(ValueError, match=f"{key} must be one of"):
+        GenerationConfig(**{key: "block", "dtype": "bfloat16"})
 
 
 def test_generate_keeps_caller_scheduler_and_validates(pipe):

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from resurgence.generate import COMPILE_MODES, UNCONDITIONAL_PROMPT
-from resurgence.generate.fp8 import check_granularity, set_linear_fp8
+from resurgence.generate.fp8 import check_granularity, set_conv_fp8, set_linear_fp8
 from resurgence.io import atomic_path
 from resurgence.layout import IMAGES_INDEX
 from resurgence.models.pipeline import SCHEDULERS, make_scheduler
@@ -100,15 +100,20 @@ class GenerationConfig:
     # batch 64 (benchmarks/unet_profile.py): cuDNN 0.204 s, flash 0.225 s, memory-efficient 0.273 s.
     attention: str = "default"
     # The UNet's linear layers in FP8 (e4m3) with one scale per tensor or per row ("none" | "tensor" |
-    # "row"; `resurgence.generate.fp8`): bf16 sampling only, convolutions stay bf16.
+    # "row"; `resurgence.generate.fp8`): bf16 sampling only.
     linear_fp8: str = "none"
+    # The UNet's convolutions in FP8: input scaled per tensor, weight per tensor or per output channel
+    # ("none" | "tensor" | "row"; cuDNN's FP8 convolution, `resurgence.generate.scaled_conv`): bf16 only.
+    conv_fp8: str = "none"
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {list(ATTENTION_BACKENDS)}, got {self.attention!r}")
-        check_granularity(self.linear_fp8)
-        if self.linear_fp8 != "none" and DTYPE_ALIASES.get(self.dtype, self.dtype) != "bfloat16":
-            raise ValueError(f"linear_fp8 {self.linear_fp8!r} needs dtype bfloat16, got {self.dtype!r}")
+        for key in ("linear_fp8", "conv_fp8"):
+            value = getattr(self, key)
+            check_granularity(value, key)
+            if value != "none" and DTYPE_ALIASES.get(self.dtype, self.dtype) != "bfloat16":
+                raise ValueError(f"{key} {value!r} needs dtype bfloat16, got {self.dtype!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {self.compile!r}")
         if self.steps < 1:
@@ -156,8 +161,9 @@ def move_module(module: torch.nn.Module, device: str | torch.device, dtype: torc
 def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
     """Apply the config's speed levers to ``pipe`` in place (idempotent; a compile mode is set once).
 
-    FP8 linear layers (``cfg.linear_fp8``) keep the UNet's parameters: they quantize its current weights
-    at every bf16 forward without autograd, so erasures and fine-tunes fused later still run.
+    FP8 linear layers and convolutions (``cfg.linear_fp8``, ``cfg.conv_fp8``) keep the UNet's parameters:
+    they quantize its current weights at every bf16 forward without autograd, so erasures and fine-tunes
+    fused later still run.
 
     The compiled UNet keeps its module type (``nn.Module.compile``), so LoRA loading, MACE's
     weight edits and ``state_dict`` work unchanged; shapes are fixed by the padded batches, so
@@ -171,6 +177,9 @@ def prepare_for_speed(pipe, cfg: GenerationConfig) -> None:
     if getattr(pipe, "_resurgence_linear_fp8", "none") != cfg.linear_fp8:
         set_linear_fp8(pipe.unet, cfg.linear_fp8)
         pipe._resurgence_linear_fp8 = cfg.linear_fp8
+    if getattr(pipe, "_resurgence_conv_fp8", "none") != cfg.conv_fp8:
+        set_conv_fp8(pipe.unet, cfg.conv_fp8)
+        pipe._resurgence_conv_fp8 = cfg.conv_fp8
     compiled = getattr(pipe, "_resurgence_compile", "none")
     if cfg.compile != compiled:
         if compiled != "none":

@@ -9,8 +9,13 @@ operands with float32 accumulation and applies both scales, in core PyTorch on C
 The weight is quantized again at every forward from the layer's own weight: nothing is cached, so a
 weight edit (MACE, a fused LoRA, a fine-tuned checkpoint) is always what runs, and parameters, names and
 state dicts are those of ``nn.Linear``. Under autograd (fine-tuning, MACE's LoRA stage, ESD) the layer is
-the plain linear layer, and for inputs other than bfloat16: FP8 is a bf16 sampling setting. Convolutions
-stay in bf16 (55 % of SD v1.4's FLOPs, already near cuDNN's peak: docs/generation_speed.md).
+the plain linear layer, and for inputs other than bfloat16: FP8 is a bf16 sampling setting.
+
+Convolutions (55 % of SD v1.4's FLOPs) have their own setting: `FP8Conv2d` runs ``resurgence::scaled_conv2d``
+(`resurgence.generate.scaled_conv`, cuDNN's FP8 convolution on a GPU). Its input has one scale for the
+whole tensor: a convolution sums over neighbouring pixels and all input channels, so no per-pixel or
+per-channel input scale can be taken out of the sum. Its weight has one scale per output channel ("row")
+or one in all ("tensor").
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from resurgence.generate import scaled_conv  # noqa: F401 - registers torch.ops.resurgence.scaled_conv2d
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)
@@ -29,21 +36,23 @@ FP8_ALIGNMENT = 16
 _AMAX_FLOOR = 1e-12
 
 
-def check_granularity(granularity: str) -> None:
+def check_granularity(granularity: str, key: str = "linear_fp8") -> None:
     if granularity not in GRANULARITIES:
-        raise ValueError(f"linear_fp8 must be one of {list(GRANULARITIES)}, got {granularity!r}")
+        raise ValueError(f"{key} must be one of {list(GRANULARITIES)}, got {granularity!r}")
 
 
 def quantize_fp8(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2-D tensor as e4m3 values and float32 scales with ``x ~= q.float() * scale``.
+    """A tensor as e4m3 values and float32 scales with ``x ~= q.float() * scale``.
 
-    The scale is ``amax / 448`` over each row ("row", shape ``(rows, 1)``) or over the tensor ("tensor",
-    a 0-d tensor), so the largest magnitude lands on e4m3's largest finite value and nothing saturates.
+    The scale is ``amax / 448`` over each row ("row": each slice along the first dimension, shape
+    ``(rows, 1, ...)``) or over the tensor ("tensor", a 0-d tensor), so the largest magnitude lands on
+    e4m3's largest finite value and nothing saturates.
     """
     if granularity not in ("tensor", "row"):
         raise ValueError(f"granularity must be 'tensor' or 'row', got {granularity!r}")
     xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True) if granularity == "row" else xf.abs().amax()
+    rest = tuple(range(1, x.dim()))
+    amax = xf.abs().amax(dim=rest, keepdim=True) if granularity == "row" else xf.abs().amax()
     scale = amax.clamp(min=_AMAX_FLOOR) / FP8_MAX
     return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
@@ -101,6 +110,64 @@ def set_linear_fp8(module: nn.Module, granularity: str) -> int:
             layer.__dict__.pop("granularity", None)
         else:
             layer.__class__ = FP8Linear
+            layer.granularity = granularity
+            count += 1
+    return count
+
+
+def fp8_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    granularity: str,
+) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` with both operands in e4m3 (module doc), in x's dtype."""
+    qx, sx = quantize_fp8(x, "tensor")
+    qw, sw = quantize_fp8(weight, granularity)
+    return torch.ops.resurgence.scaled_conv2d(
+        qx, qw, sx, sw.reshape(-1), bias, list(stride), list(padding), x.dtype
+    )
+
+
+class FP8Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose bf16 forward without autograd runs as `fp8_conv2d` (module doc)."""
+
+    granularity: str = "row"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.dtype != torch.bfloat16:
+            return super().forward(x)
+        return fp8_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.granularity)
+
+
+def fp8_conv_eligible(layer: nn.Module) -> bool:
+    """A plain 2-D convolution (no groups, dilation or padding mode) with FP8-aligned channel counts."""
+    return (
+        type(layer) in (nn.Conv2d, FP8Conv2d)
+        and layer.groups == 1
+        and layer.dilation == (1, 1)
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+        and layer.in_channels % FP8_ALIGNMENT == 0
+        and layer.out_channels % FP8_ALIGNMENT == 0
+    )
+
+
+def set_conv_fp8(module: nn.Module, granularity: str) -> int:
+    """Make every eligible convolution under ``module`` an `FP8Conv2d` of ``granularity`` ("none": plain
+    ``nn.Conv2d`` again), in place; returns how many now run in FP8 (as `set_linear_fp8` does)."""
+    check_granularity(granularity, "conv_fp8")
+    count = 0
+    for layer in module.modules():
+        if not fp8_conv_eligible(layer):
+            continue
+        if granularity == "none":
+            layer.__class__ = nn.Conv2d
+            layer.__dict__.pop("granularity", None)
+        else:
+            layer.__class__ = FP8Conv2d
             layer.granularity = granularity
             count += 1
     return count

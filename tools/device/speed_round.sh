@@ -11,6 +11,10 @@
 #   b   the same again, for the spread between two runs on one machine; with SLOTS_B set, SLOTS_B jobs sharing
 #       the GPU at ${THREADS_B:-1} thread(s) each instead (tools/device/site.sh's shared_gpu_args); with MPS_B=1,
 #       the README's command through a CUDA MPS server of its own (study_detached.sh's MPS=1, row study_mps).
+#   k8  `benchmarks/fp8_kernels.py --arch sd14`: SD v1.4's convolutions and linear layers one by one, bf16 against
+#       FP8 (issue 22);
+#   g8  `benchmarks/generation.py --arch sd14 --baseline` at the preset's settings with CONV_FP8 (default row) and
+#       LINEAR_FP8 (default none): the engine beside the plain compiled pipeline, one process (issue 22).
 # PARTS (default "cu md ft a b") picks the parts and their order.
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
@@ -24,7 +28,7 @@ if [ "${1:-}" = collect ]; then
   end=$(( $(date +%s) + ${WAIT_S:-0} ))
   while [ "$(date +%s)" -lt "$end" ] && ! grep -q '^done' "$R/stage" 2>/dev/null; do
     # stop waiting as soon as a part finishes that no call has packed
-    for part in a md ft b; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
+    for part in a md ft b k8 g8; do grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ] && break 2; done
     sleep 5
   done
   cat "$R/stage" "$R"/*/times.log 2>/dev/null
@@ -37,7 +41,7 @@ if [ "${1:-}" = collect ]; then
     [ "$part" = a ] && tar cf "$OUT/a_figures.tar" -C "$R/a/repo" results/figures results/report* 2>/dev/null
     touch "$R/packed.$part"
   done
-  for part in md ft; do
+  for part in md ft k8 g8; do
     if grep -q "^$part " "$R/stage" 2>/dev/null && [ ! -e "$R/packed.$part" ]; then touch "$R/packed.$part"; fi
   done
   # the benchmark rows and logs of every part so far, each call
@@ -64,6 +68,11 @@ run_part() {
     md) bench 300 benchmarks/mace_data.py --task identity_100 > "$R/md.log" 2>&1 ;;
     ft) bench 240 benchmarks/finetune.py --arch toy --methods lora full --steps 100 --batch 8 --profile-steps 5 \
       > "$R/ft.log" 2>&1 ;;
+    k8) bench 400 benchmarks/fp8_kernels.py --arch sd14 --batch 32 > "$R/k8.log" 2>&1 ;;
+    g8) bench 590 benchmarks/generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --batch 32 \
+      --channels-last --compile default --images 128 --reference 4 --baseline --conv-fp8 "${CONV_FP8:-row}" \
+      --linear-fp8 "${LINEAR_FP8:-none}" --label "engine, conv_fp8 ${CONV_FP8:-row}, linear_fp8 ${LINEAR_FP8:-none}, \
+beside the plain compiled pipeline" > "$R/g8.log" 2>&1 ;;
     a) W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1 ;;
     b)
       if [ -n "${SLOTS_B:-}" ]; then

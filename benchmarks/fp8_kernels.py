@@ -1,0 +1,180 @@
+"""SD v1.4's UNet layer by layer in bf16 and in FP8 (e4m3): which layers FP8 makes faster (issue 22).
+
+For each distinct convolution and linear shape of one guided UNet forward (batch 2 x --batch at the UNet's
+native size), this times on the GPU, back to back after a warm-up:
+- the bf16 layer as the compiled UNet runs it (cuDNN's channels-last convolution, autotuned; cuBLAS's matmul);
+- the same layer in FP8 from already quantized operands: convolutions through ``resurgence::scaled_conv2d``
+  (one cuDNN graph: FP8 convolution, scales, bias; `resurgence.generate.scaled_conv`), linear layers through
+  ``torch._scaled_mm`` with per-row scales;
+- the quantization of the layer's input (compiled, as inductor would fuse it): the cost FP8 adds;
+and the FP8 output's relative difference from the bf16 one. Weighted by how often each shape runs, the row
+projects a forward's convolution and matmul time in both precisions. Appends one row to
+benchmarks/results.jsonl.
+
+    python benchmarks/fp8_kernels.py --arch sd14 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
+from torch import nn
+
+from resurgence.generate.fp8 import fp8_conv_eligible, fp8_eligible, quantize_fp8
+from resurgence.generate.scaled_conv import conv_output_shape
+from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
+
+
+def gpu_ms(fn, repeats: int) -> float:
+    """Milliseconds per call of ``fn`` over ``repeats`` back-to-back calls (CUDA events), after 3 warm-ups."""
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def layer_shapes(unet: nn.Module, n: int) -> tuple[Counter, Counter, dict]:
+    """Counts of (layer kind, input shape, layer key) over one forward of batch ``n``, and a layer per key."""
+    convs: Counter = Counter()
+    linears: Counter = Counter()
+    layers: dict = {}
+
+    def hook(layer, inputs, _output):
+        x = inputs[0]
+        if isinstance(layer, nn.Conv2d):
+            key = (tuple(x.shape), tuple(layer.weight.shape), layer.stride, layer.padding)
+            convs[key] += 1
+        else:
+            key = (x.numel() // x.shape[-1], layer.in_features, layer.out_features)
+            linears[key] += 1
+        layers.setdefault(key, layer)
+
+    handles = [m.register_forward_hook(hook) for m in unet.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    cfg = unet.config
+    z = torch.randn(n, cfg.in_channels, cfg.sample_size, cfg.sample_size, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(n, 77, cfg.cross_attention_dim, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        unet(z.to(memory_format=torch.channels_last), torch.full((n,), 500, device="cuda"), ctx)
+    for h in handles:
+        h.remove()
+    return convs, linears, layers
+
+
+def conv_row(key, layer, count: int, repeats: int) -> dict:
+    x_shape, w_shape, stride, padding = key
+    x = torch.randn(x_shape, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w, b = layer.weight, layer.bias
+    row = dict(x=list(x_shape), w=list(w_shape), stride=list(stride), count=count)
+    out = torch.Size(conv_output_shape(x_shape, w_shape, stride, padding))
+    row["flop"] = 2 * out.numel() * torch.Size(w_shape[1:]).numel()
+    row["bf16_ms"] = gpu_ms(lambda: F.conv2d(x, w, b, stride, padding), repeats)
+    if not fp8_conv_eligible(layer):
+        row["fp8"] = "not eligible (channels not a multiple of 16)"
+        return row
+    quantize = torch.compile(lambda t: quantize_fp8(t, "tensor"))
+    qx, sx = quantize(x)
+    qw, sw = quantize_fp8(w, "row")
+    sw = sw.reshape(-1)
+
+    def fp8():
+        return torch.ops.resurgence.scaled_conv2d(qx, qw, sx, sw, b, list(stride), list(padding), x.dtype)
+
+    try:
+        row["fp8_ms"] = gpu_ms(fp8, repeats)
+        row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
+        row["fp8_vs_bf16_difference"] = relative_difference(fp8(), F.conv2d(x, w, b, stride, padding))
+    except Exception as e:  # noqa: BLE001 - a shape cuDNN refuses is a finding, not the end of the run
+        row["fp8"] = f"{type(e).__name__}: {e}"[:300]
+    return row
+
+
+def linear_row(key, layer, count: int, repeats: int) -> dict:
+    m, k, n = key
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w, b = layer.weight, layer.bias
+    row = dict(m=m, k=k, n=n, count=count, flop=2 * m * k * n)
+    row["bf16_ms"] = gpu_ms(lambda: F.linear(x, w, b), repeats)
+    if not fp8_eligible(layer):
+        row["fp8"] = "not eligible"
+        return row
+    quantize = torch.compile(lambda t: quantize_fp8(t, "row"))
+    qx, sx = quantize(x)
+    qw, sw = quantize_fp8(w, "row")
+
+    def fp8():
+        return torch._scaled_mm(qx, qw.t(), scale_a=sx, scale_b=sw.t(), bias=b, out_dtype=x.dtype)
+
+    try:
+        row["fp8_ms"] = gpu_ms(fp8, repeats)
+        row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
+        row["fp8_vs_bf16_difference"] = relative_difference(fp8(), F.linear(x, w, b))
+    except Exception as e:  # noqa: BLE001
+        row["fp8"] = f"{type(e).__name__}: {e}"[:300]
+    return row
+
+
+def totals(rows: list[dict]) -> dict:
+    """A forward's milliseconds in bf16, in FP8 (ineligible layers counted at bf16) and FP8 with quantization."""
+    out = dict(bf16_ms=0.0, fp8_ms=0.0, fp8_with_quantize_ms=0.0, tflop=0.0)
+    for r in rows:
+        c = r["count"]
+        out["bf16_ms"] += c * r["bf16_ms"]
+        out["tflop"] += c * r["flop"] / 1e12
+        fp8 = r.get("fp8_ms", r["bf16_ms"])
+        out["fp8_ms"] += c * fp8
+        out["fp8_with_quantize_ms"] += c * (fp8 + r.get("quantize_ms", 0.0))
+    out["bf16_tflops"] = out["tflop"] / out["bf16_ms"] * 1e3
+    out["fp8_tflops"] = out["tflop"] / out["fp8_ms"] * 1e3
+    out["speedup"] = out["bf16_ms"] / out["fp8_ms"]
+    out["speedup_with_quantize"] = out["bf16_ms"] / out["fp8_with_quantize_ms"]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sd14", choices=sorted(ARCHITECTURES))
+    p.add_argument("--batch", type=int, default=32, help="images; the UNet sees twice this (guidance)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--label", default="")
+    args = p.parse_args(argv)
+    fast_cuda_math("cuda", autotune=True)
+    unet = build_random_pipeline(args.arch).unet.to("cuda", torch.bfloat16).eval()
+    unet.to(memory_format=torch.channels_last)
+    convs, linears, layers = layer_shapes(unet, 2 * args.batch)
+    with torch.no_grad():
+        conv_rows = [conv_row(k, layers[k], c, args.repeats) for k, c in convs.items()]
+        for r in conv_rows:
+            print("conv", r, flush=True)
+        linear_rows = [linear_row(k, layers[k], c, args.repeats) for k, c in linears.items()]
+        for r in linear_rows:
+            print("linear", r, flush=True)
+    record(
+        "fp8_kernels",
+        dict(
+            label=args.label,
+            arch=args.arch,
+            unet_batch=2 * args.batch,
+            repeats=args.repeats,
+            convolutions=totals(conv_rows),
+            linears=totals(linear_rows),
+            convolution_shapes=conv_rows,
+            linear_shapes=linear_rows,
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()
