@@ -7,6 +7,10 @@ native size), this times on the GPU, back to back after a warm-up:
   (one cuDNN graph: FP8 convolution, scales, bias; `resurgence.generate.scaled_conv`), linear layers through
   ``torch._scaled_mm`` with per-row scales;
 - the quantization of the layer's input (compiled, as inductor would fuse it): the cost FP8 adds;
+- for each distinct convolution input, the GroupNorm + SiLU that produces it in a ResNet block, compiled
+  alone, with the quantization fused after it (a scale from the tensor's own maximum, as `fp8_conv2d` does),
+  and with a fixed scale (a pointwise cast inductor can fold into the normalisation's kernel): what the
+  quantization costs inside the compiled graph;
 and the FP8 output's relative difference from the bf16 one. Weighted by how often each shape runs, the row
 projects a forward's convolution and matmul time in both precisions. Appends one row to
 benchmarks/results.jsonl.
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from common import fast_cuda_math, record  # benchmarks/ is on sys.path when run as a script
 from torch import nn
 
-from resurgence.generate.fp8 import fp8_conv_eligible, fp8_eligible, quantize_fp8
+from resurgence.generate.fp8 import FP8_DTYPE, fp8_conv_eligible, fp8_eligible, quantize_fp8
 from resurgence.generate.scaled_conv import conv_output_shape
 from resurgence.models.pipeline import ARCHITECTURES, build_random_pipeline
 
@@ -73,6 +77,26 @@ def layer_shapes(unet: nn.Module, n: int) -> tuple[Counter, Counter, dict]:
     return convs, linears, layers
 
 
+def producer_costs(x_shape, repeats: int) -> dict:
+    """Milliseconds of GroupNorm(32) + SiLU on an ``x_shape`` input, compiled: writing bf16, writing e4m3
+    with a scale from the output's maximum, and writing e4m3 with a fixed scale."""
+    h = torch.randn(x_shape, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    gamma = torch.ones(x_shape[1], device="cuda", dtype=torch.bfloat16)
+    beta = torch.zeros_like(gamma)
+    scale = torch.tensor(0.01, device="cuda")
+
+    def norm(t):
+        return F.silu(F.group_norm(t, 32, gamma, beta))
+
+    variants = {
+        "bf16": norm,
+        "fp8_own_scale": lambda t: quantize_fp8(norm(t), "tensor"),
+        "fp8_fixed_scale": lambda t: (norm(t).float() / scale).clamp(-448, 448).to(FP8_DTYPE),
+    }
+    compiled = {name: torch.compile(f, dynamic=False) for name, f in variants.items()}
+    return {f"norm_silu_{name}_ms": gpu_ms(lambda f=f: f(h), repeats) for name, f in compiled.items()}
+
+
 def conv_row(key, layer, count: int, repeats: int) -> dict:
     x_shape, w_shape, stride, padding = key
     x = torch.randn(x_shape, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
@@ -84,7 +108,7 @@ def conv_row(key, layer, count: int, repeats: int) -> dict:
     if not fp8_conv_eligible(layer):
         row["fp8"] = "not eligible (channels not a multiple of 16)"
         return row
-    quantize = torch.compile(lambda t: quantize_fp8(t, "tensor"))
+    quantize = torch.compile(lambda t: quantize_fp8(t, "tensor"), dynamic=False)
     qx, sx = quantize(x)
     qw, sw = quantize_fp8(w, "row")
     sw = sw.reshape(-1)
@@ -110,15 +134,22 @@ def linear_row(key, layer, count: int, repeats: int) -> dict:
     if not fp8_eligible(layer):
         row["fp8"] = "not eligible"
         return row
-    quantize = torch.compile(lambda t: quantize_fp8(t, "row"))
+    quantize = torch.compile(lambda t: quantize_fp8(t, "row"), dynamic=False)
     qx, sx = quantize(x)
     qw, sw = quantize_fp8(w, "row")
 
     def fp8():
         return torch._scaled_mm(qx, qw.t(), scale_a=sx, scale_b=sw.t(), bias=b, out_dtype=x.dtype)
 
+    qx_t, sx_t = quantize_fp8(x, "tensor")
+    qw_t, sw_t = quantize_fp8(w, "tensor")
+
     try:
         row["fp8_ms"] = gpu_ms(fp8, repeats)
+        row["fp8_tensor_scales_ms"] = gpu_ms(
+            lambda: torch._scaled_mm(qx_t, qw_t.t(), scale_a=sx_t, scale_b=sw_t, bias=b, out_dtype=x.dtype),
+            repeats,
+        )
         row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
         row["fp8_vs_bf16_difference"] = relative_difference(fp8(), F.linear(x, w, b))
     except Exception as e:  # noqa: BLE001
@@ -154,13 +185,27 @@ def main(argv: list[str] | None = None) -> None:
     unet = build_random_pipeline(args.arch).unet.to("cuda", torch.bfloat16).eval()
     unet.to(memory_format=torch.channels_last)
     convs, linears, layers = layer_shapes(unet, 2 * args.batch)
+    # Each shape compiles its own quantization: past dynamo's default limit of recompiles of one function
+    # the rest would run eager and unfused.
+    torch._dynamo.config.recompile_limit = 1024
     with torch.no_grad():
-        conv_rows = [conv_row(k, layers[k], c, args.repeats) for k, c in convs.items()]
+        conv_rows = []
+        for k, c in convs.items():
+            conv_rows.append(conv_row(k, layers[k], c, args.repeats))
+            print("conv", conv_rows[-1], flush=True)
+        producers = {}
         for r in conv_rows:
-            print("conv", r, flush=True)
-        linear_rows = [linear_row(k, layers[k], c, args.repeats) for k, c in linears.items()]
-        for r in linear_rows:
-            print("linear", r, flush=True)
+            shape = tuple(r["x"])
+            if r.get("fp8_ms") and shape[1] % 32 == 0 and shape not in producers:
+                try:
+                    producers[shape] = producer_costs(shape, args.repeats)
+                except Exception as e:  # noqa: BLE001
+                    producers[shape] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                print("producer", shape, producers[shape], flush=True)
+        linear_rows = []
+        for k, c in linears.items():
+            linear_rows.append(linear_row(k, layers[k], c, args.repeats))
+            print("linear", linear_rows[-1], flush=True)
     record(
         "fp8_kernels",
         dict(
@@ -172,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
             linears=totals(linear_rows),
             convolution_shapes=conv_rows,
             linear_shapes=linear_rows,
+            norm_silu_producers=[dict(x=list(k), **v) for k, v in producers.items()],
         ),
     )
 
