@@ -14,7 +14,8 @@
 #   k8  `benchmarks/fp8_kernels.py --arch sd14`: SD v1.4's convolutions and linear layers one by one, bf16 against
 #       FP8 (issue 22);
 #   g8  `benchmarks/generation.py --arch sd14 --baseline` at the preset's settings with CONV_FP8 (default row) and
-#       LINEAR_FP8 (default none): the engine beside the plain compiled pipeline, one process (issue 22).
+#       LINEAR_FP8 (default none), G8_IMAGES (default 128) images timed: the engine beside the plain compiled
+#       pipeline, one process (issue 22).
 # PARTS (default "cu md ft a b") picks the parts and their order.
 # Each part runs in its own copy of the checkout (a later call re-copies the one it was started from).
 # /tmp/speed_round/stage says where it is.
@@ -70,7 +71,7 @@ run_part() {
       > "$R/ft.log" 2>&1 ;;
     k8) bench 400 benchmarks/fp8_kernels.py --arch sd14 --batch 32 > "$R/k8.log" 2>&1 ;;
     g8) bench 590 benchmarks/generation.py --arch sd14 --steps 50 --guidance 7.5 --dtype bfloat16 --batch 32 \
-      --channels-last --compile default --images 128 --reference 4 --baseline --conv-fp8 "${CONV_FP8:-row}" \
+      --channels-last --compile default --images "${G8_IMAGES:-128}" --reference 4 --baseline --conv-fp8 "${CONV_FP8:-row}" \
       --linear-fp8 "${LINEAR_FP8:-none}" --label "engine, conv_fp8 ${CONV_FP8:-row}, linear_fp8 ${LINEAR_FP8:-none}, \
 beside the plain compiled pipeline" > "$R/g8.log" 2>&1 ;;
     a) W=$R/a PLAIN=1 BENCH=study_default_profile DEADLINE_S=590 bash tools/device/study_detached.sh > "$R/a.log" 2>&1 ;;
