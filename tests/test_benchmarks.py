@@ -384,3 +384,17 @@ def test_cuda_startup_times_every_step_in_every_forked_process():
     assert s["total"]["max_s"] == round(totals[1], 4)
     assert s["total"]["median_s"] == round((totals[0] + totals[1]) / 2, 4)
     assert s["cudnn"]["max_s"] == round(max(r["cudnn"] for r in results), 4)
+
+
+def test_fp8_kernel_totals_weigh_shapes_by_count_and_keep_ineligible_layers_at_bf16():
+    from fp8_kernels import totals
+
+    rows = [
+        {"count": 3, "flop": 2e12, "bf16_ms": 10.0, "fp8_ms": 4.0, "quantize_ms": 1.0},
+        {"count": 2, "flop": 1e12, "bf16_ms": 5.0, "fp8": "not eligible"},  # stays bf16 in every column
+    ]
+    t = totals(rows)
+    # by hand: bf16 3*10 + 2*5 = 40 ms; FP8 3*4 + 2*5 = 22; with quantization 22 + 3*1 = 25; 8 TFLOP
+    assert (t["bf16_ms"], t["fp8_ms"], t["fp8_with_quantize_ms"], t["tflop"]) == (40.0, 22.0, 25.0, 8.0)
+    assert t["speedup"] == round(40 / 22, 4) and t["speedup_with_quantize"] == 1.6
+    assert t["bf16_tflops"] == 200.0  # 8 TFLOP in 40 ms
