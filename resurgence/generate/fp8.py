@@ -94,25 +94,29 @@ def fp8_eligible(layer: nn.Module) -> bool:
     )
 
 
-def set_linear_fp8(module: nn.Module, granularity: str) -> int:
-    """Make every eligible linear layer under ``module`` an `FP8Linear` of ``granularity`` ("none": plain
-    ``nn.Linear`` again), in place; returns how many layers now run in FP8.
-
-    The layers change class, not identity: parameters, hooks, names and state dict stay as they were.
-    """
-    check_granularity(granularity)
+def _swap_classes(module: nn.Module, granularity: str, key: str, eligible, plain: type, fp8: type) -> int:
+    """Make every ``eligible`` layer under ``module`` an ``fp8`` layer of ``granularity`` ("none": ``plain``
+    again), in place; returns how many layers now run in FP8. Layers change class, not identity:
+    parameters, hooks, names and state dict stay as they were."""
+    check_granularity(granularity, key)
     count = 0
     for layer in module.modules():
-        if not fp8_eligible(layer):
+        if not eligible(layer):
             continue
         if granularity == "none":
-            layer.__class__ = nn.Linear
+            layer.__class__ = plain
             layer.__dict__.pop("granularity", None)
         else:
-            layer.__class__ = FP8Linear
+            layer.__class__ = fp8
             layer.granularity = granularity
             count += 1
     return count
+
+
+def set_linear_fp8(module: nn.Module, granularity: str) -> int:
+    """Make every eligible linear layer under ``module`` an `FP8Linear` of ``granularity`` ("none": plain
+    ``nn.Linear`` again), in place; returns how many layers now run in FP8."""
+    return _swap_classes(module, granularity, "linear_fp8", fp8_eligible, nn.Linear, FP8Linear)
 
 
 def fp8_conv2d(
@@ -157,17 +161,5 @@ def fp8_conv_eligible(layer: nn.Module) -> bool:
 
 def set_conv_fp8(module: nn.Module, granularity: str) -> int:
     """Make every eligible convolution under ``module`` an `FP8Conv2d` of ``granularity`` ("none": plain
-    ``nn.Conv2d`` again), in place; returns how many now run in FP8 (as `set_linear_fp8` does)."""
-    check_granularity(granularity, "conv_fp8")
-    count = 0
-    for layer in module.modules():
-        if not fp8_conv_eligible(layer):
-            continue
-        if granularity == "none":
-            layer.__class__ = nn.Conv2d
-            layer.__dict__.pop("granularity", None)
-        else:
-            layer.__class__ = FP8Conv2d
-            layer.granularity = granularity
-            count += 1
-    return count
+    ``nn.Conv2d`` again), in place; returns how many now run in FP8."""
+    return _swap_classes(module, granularity, "conv_fp8", fp8_conv_eligible, nn.Conv2d, FP8Conv2d)
