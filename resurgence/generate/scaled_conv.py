@@ -14,6 +14,10 @@ for the whole input, ``s_w`` one per output channel (shape ``(K,)``). PyTorch ha
 It is a ``torch.library.custom_op`` with a shape function, so ``torch.compile`` traces through a UNet that
 calls it: inductor fuses the quantization of the input into the kernels before it and leaves the
 convolution to cuDNN.
+
+Measured on an H100 with the cuDNN of torch 2.11: no faster than cuDNN's bf16 convolution at any of SD
+v1.4's shapes, and 1.5-2.7x slower at its 1x1 ones (docs/generation_speed.md). ``generation.conv_fp8``
+is off by default for that reason; ``benchmarks/fp8_kernels.py`` measures whatever cuDNN it is given.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def _(qx, qw, scale_x, scale_w, bias, stride, padding, out_dtype):
 
 # ---- cuDNN -----------------------------------------------------------------------------------------
 
-# (device index) -> cuDNN handle; (shapes, strides, dtypes, device) -> (graph, tensors, workspace size)
+# (device index) -> cuDNN handle; (shapes, stride, padding, dtypes, device) -> (graph, its tensors, plan,
+# workspace bytes). Operands are made channels-last first, so shapes alone fix the strides.
 _HANDLES: dict[int, int] = {}
 _GRAPHS: dict[tuple, tuple] = {}
 # Plans timed per shape when a graph is first built (the fastest is kept); 0 keeps cuDNN's heuristic choice.
