@@ -50,6 +50,25 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def failure(e: Exception) -> str:
+    """What a row records for a shape a kernel refused: a finding, not the end of the run."""
+    return f"{type(e).__name__}: {e}"[:300]
+
+
+def time_fp8(row: dict, fp8, plain, quantize, x: torch.Tensor, repeats: int, also=None) -> dict:
+    """Add to ``row`` the FP8 layer's milliseconds (and those of the callables in ``also``, by name), its
+    input quantization's, and its output's relative difference from the bf16 layer's; or the failure."""
+    try:
+        row["fp8_ms"] = gpu_ms(fp8, repeats)
+        for name, fn in (also or {}).items():
+            row[name] = gpu_ms(fn, repeats)
+        row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
+        row["fp8_vs_bf16_difference"] = relative_difference(fp8(), plain())
+    except Exception as e:  # noqa: BLE001 - a shape the FP8 kernel refuses is a finding
+        row["fp8"] = failure(e)
+    return row
+
+
 def layer_shapes(unet: nn.Module, n: int) -> tuple[Counter, Counter, dict]:
     """Counts of (layer kind, input shape, layer key) over one forward of batch ``n``, and a layer per key."""
     convs: Counter = Counter()
@@ -104,7 +123,11 @@ def conv_row(key, layer, count: int, repeats: int) -> dict:
     row = dict(x=list(x_shape), w=list(w_shape), stride=list(stride), count=count)
     out = torch.Size(conv_output_shape(x_shape, w_shape, stride, padding))
     row["flop"] = 2 * out.numel() * torch.Size(w_shape[1:]).numel()
-    row["bf16_ms"] = gpu_ms(lambda: F.conv2d(x, w, b, stride, padding), repeats)
+
+    def plain():
+        return F.conv2d(x, w, b, stride, padding)
+
+    row["bf16_ms"] = gpu_ms(plain, repeats)
     if not fp8_conv_eligible(layer):
         row["fp8"] = "not eligible (channels not a multiple of 16)"
         return row
@@ -116,13 +139,7 @@ def conv_row(key, layer, count: int, repeats: int) -> dict:
     def fp8():
         return torch.ops.resurgence.scaled_conv2d(qx, qw, sx, sw, b, list(stride), list(padding), x.dtype)
 
-    try:
-        row["fp8_ms"] = gpu_ms(fp8, repeats)
-        row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
-        row["fp8_vs_bf16_difference"] = relative_difference(fp8(), F.conv2d(x, w, b, stride, padding))
-    except Exception as e:  # noqa: BLE001 - a shape cuDNN refuses is a finding, not the end of the run
-        row["fp8"] = f"{type(e).__name__}: {e}"[:300]
-    return row
+    return time_fp8(row, fp8, plain, quantize, x, repeats)
 
 
 def linear_row(key, layer, count: int, repeats: int) -> dict:
@@ -130,7 +147,11 @@ def linear_row(key, layer, count: int, repeats: int) -> dict:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     w, b = layer.weight, layer.bias
     row = dict(m=m, k=k, n=n, count=count, flop=2 * m * k * n)
-    row["bf16_ms"] = gpu_ms(lambda: F.linear(x, w, b), repeats)
+
+    def plain():
+        return F.linear(x, w, b)
+
+    row["bf16_ms"] = gpu_ms(plain, repeats)
     if not fp8_eligible(layer):
         row["fp8"] = "not eligible"
         return row
@@ -144,17 +165,10 @@ def linear_row(key, layer, count: int, repeats: int) -> dict:
     qx_t, sx_t = quantize_fp8(x, "tensor")
     qw_t, sw_t = quantize_fp8(w, "tensor")
 
-    try:
-        row["fp8_ms"] = gpu_ms(fp8, repeats)
-        row["fp8_tensor_scales_ms"] = gpu_ms(
-            lambda: torch._scaled_mm(qx_t, qw_t.t(), scale_a=sx_t, scale_b=sw_t, bias=b, out_dtype=x.dtype),
-            repeats,
-        )
-        row["quantize_ms"] = gpu_ms(lambda: quantize(x), repeats)
-        row["fp8_vs_bf16_difference"] = relative_difference(fp8(), F.linear(x, w, b))
-    except Exception as e:  # noqa: BLE001
-        row["fp8"] = f"{type(e).__name__}: {e}"[:300]
-    return row
+    def fp8_tensor_scales():
+        return torch._scaled_mm(qx_t, qw_t.t(), scale_a=sx_t, scale_b=sw_t, bias=b, out_dtype=x.dtype)
+
+    return time_fp8(row, fp8, plain, quantize, x, repeats, {"fp8_tensor_scales_ms": fp8_tensor_scales})
 
 
 def totals(rows: list[dict]) -> dict:
@@ -200,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     producers[shape] = producer_costs(shape, args.repeats)
                 except Exception as e:  # noqa: BLE001
-                    producers[shape] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                    producers[shape] = {"error": failure(e)}
                 print("producer", shape, producers[shape], flush=True)
         linear_rows = []
         for k, c in linears.items():

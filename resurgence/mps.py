@@ -34,6 +34,8 @@ PIPE_ENV = "CUDA_MPS_PIPE_DIRECTORY"
 LOG_ENV = "CUDA_MPS_LOG_DIRECTORY"
 # The config key's values (`gpu_sharing`): auto is MPS where a machine's GPUs are shared by several jobs each.
 SHARING = ("auto", "time_slicing", "mps")
+# What a run says when it cannot start the daemon and goes on without it.
+_WITHOUT_MPS = "GPU jobs take turns on the GPU, without MPS (gpu_sharing)"
 
 
 def wanted(sharing: str, devices: int, slots: int) -> bool:
@@ -69,7 +71,7 @@ def start_mps(
         return None
     program = shutil.which(control, path=environ.get("PATH"))
     if program is None:
-        _say(f"{control} is not on PATH: GPU jobs take turns on the GPU, without MPS (gpu_sharing)")
+        _say(f"{control} is not on PATH: {_WITHOUT_MPS}")
         return None
     # The pipe folder holds sockets, whose paths must stay short: a fresh folder under the temporary
     # folder, readable by this user alone.
@@ -82,7 +84,7 @@ def start_mps(
         shutil.rmtree(pipe_dir, ignore_errors=True)
         _say(
             f"{control} -d exited with {done.returncode} ({(done.stderr or done.stdout).strip()}); "
-            "GPU jobs take turns on the GPU, without MPS (gpu_sharing)"
+            + _WITHOUT_MPS
         )
         return None
     environ[PIPE_ENV], environ[LOG_ENV] = str(pipe_dir), str(logs)

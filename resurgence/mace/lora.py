@@ -173,8 +173,8 @@ class _ConceptSampler:
 
 class _ConceptBatches:
     """Every concept's step batch, concatenated in concept order and sent to the device in one transfer per
-    tensor (the concepts' masks once, at the start): each concept still draws from its own generators (`_ConceptSampler.draw_host`), and the device's
-    arithmetic is elementwise per sample, so a step's tensors equal those of drawing the concepts one by one
+    tensor (the concepts' masks once, at the start): each concept still draws from its own generators
+    (`_ConceptSampler.draw_host`), and the device's arithmetic is elementwise per sample, so a step's tensors equal those of drawing the concepts one by one
     (one by one, each concept cost about a dozen small device operations and three host-to-device copies a
     step: identity_100's 100 concepts, over a thousand a step)."""
 
